@@ -1,0 +1,29 @@
+"""tpx: a token-pruning lab for multimodal LLMs.
+
+Reproduces Wen et al., "Token Pruning in Multimodal Large Language Models: Are We Solving the Right
+Problem?" (Findings of ACL 2025, arXiv 2502.11501). The public surface is small: `pruning` (the engine's
+context manager), `get_method` / `list_methods` (the registry) and `load` (models and processors).
+Importing tpx costs only torch; transformers is imported when a model is loaded or pruned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tpx.methods import get_method, list_methods
+
+__all__ = ["get_method", "list_methods", "load", "pruning"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # lazy: these pull in transformers
+    if name == "pruning":
+        from tpx.engine import pruning
+
+        return pruning
+    if name == "load":
+        from tpx.models import load
+
+        return load
+    raise AttributeError(f"module 'tpx' has no attribute {name!r}")

@@ -1,0 +1,74 @@
+"""Command line: `python -m tpx reproduce | evaluate | organism ...`.
+
+`reproduce` runs every notebook headless and prints what each one wrote; `evaluate` and `organism` hand
+their arguments to `tpx.evaluate.main` and `tpx.organism.cli.main`, imported only when called.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+PASS_THROUGH = {
+    "evaluate": ("tpx.evaluate", "evaluate methods x retentions on a dataset (see `tpx evaluate --help`)"),
+    "organism": ("tpx.organism.cli", "build or train the tiny model organism (see `tpx organism --help`)"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tpx", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    rep = commands.add_parser("reproduce", help="run every notebooks/NN_*.ipynb headless with papermill")
+    rep.add_argument("--fast", action="store_true", help="pass fast=True to notebooks that declare `fast`")
+    rep.add_argument("--notebooks-dir", default="notebooks", help="source notebooks (default: %(default)s)")
+    rep.add_argument("--build-dir", default="build/notebooks", help="executed copies (default: %(default)s)")
+    rep.add_argument("--figures-dir", default="figures", help="figures folder (default: %(default)s)")
+    rep.add_argument("--only", metavar="PATTERN", help="only notebooks whose name matches, e.g. '00_*'")
+    for name, (_, help_text) in PASS_THROUGH.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _pass_through(command: str, argv: list[str]) -> int:
+    module_name = PASS_THROUGH[command][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        parts = module_name.split(".")
+        if err.name not in {".".join(parts[:i]) for i in range(1, len(parts) + 1)}:
+            raise  # a dependency of the module is missing: show the real error
+        print(f"tpx {command}: {module_name} is not available in this installation ({err})", file=sys.stderr)
+        return 2
+    return int(module.main(argv) or 0)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from tpx.reproduce import reproduce  # papermill and pandas only for this command
+
+    table = reproduce(args.notebooks_dir, args.build_dir, args.figures_dir, fast=args.fast, only=args.only)
+    if table.empty:
+        where = f"{args.notebooks_dir!r}" + (f" matching --only {args.only!r}" if args.only else "")
+        print(f"no notebooks NN_*.ipynb in {where}", file=sys.stderr)
+        return 1
+    shown = table.assign(figures=table["figures"].map(lambda f: ", ".join(f) or "-"))
+    print(shown.drop(columns="error").to_string(index=False))
+    failed = table[table["status"] != "ok"]
+    for row in failed.itertuples():
+        print(f"FAILED {row.notebook}: {row.error} (executed copy in {args.build_dir})", file=sys.stderr)
+    return 1 if len(failed) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASS_THROUGH:  # before argparse, so `organism --help` reaches organism's own parser
+        return _pass_through(argv[0], argv[1:])
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tpx").setLevel(logging.INFO)
+    return _reproduce(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Model adapters and loading.
+
+`load(id_or_path)` loads a supported Hugging Face MLLM and its processor — a hub id such as
+`llava-hf/llava-1.5-7b-hf` when the hub is reachable, any local folder offline, or `"tiny"` for a tiny
+random LLaVA built in memory. `adapter_for(model)` returns the adapter the engine talks to.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import transformers
+from packaging.version import Version
+
+SUPPORTED_TRANSFORMERS = (Version("5.24.0"), Version("5.25.0"))
+if not SUPPORTED_TRANSFORMERS[0] <= Version(transformers.__version__) < SUPPORTED_TRANSFORMERS[1]:
+    raise ImportError(
+        f"tpx needs transformers >=5.24,<5.25 (its engine relies on 5.24 internals: cache=, "
+        f"create_causal_mask(layer_idx=)), found {transformers.__version__}; pip install 'transformers==5.24.*'"
+    )
+
+from tpx.models.llava import LlavaAdapter  # noqa: E402
+from tpx.models.tiny import tiny  # noqa: E402
+
+__all__ = ["ADAPTERS", "adapter_for", "load", "tiny"]
+
+# adapter per `config.model_type`; a new model family is one adapter file and one entry here
+ADAPTERS: dict[str, type] = {"llava": LlavaAdapter}
+
+
+def adapter_for(model: Any) -> Any:
+    """The adapter for a loaded model.
+
+    Raises:
+        TypeError: for a model family tpx does not support; the message lists the supported ones.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ADAPTERS:
+        raise TypeError(
+            f"unsupported model {type(model).__name__} (model_type={model_type!r}); "
+            f"supported model types: {', '.join(sorted(ADAPTERS))}"
+        )
+    return ADAPTERS[model_type](model)
+
+
+def load(
+    id_or_path: str | os.PathLike,
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    attn_implementation: str = "sdpa",
+) -> tuple[Any, Any]:
+    """Load a supported MLLM and its processor, ready for `tpx.pruning`.
+
+    The processor pads on the left, which the engine requires for batches (every row must end with its
+    last prompt token).
+
+    Args:
+        id_or_path: a hub id (needs the hub), a local folder saved with `save_pretrained`, or `"tiny"`.
+        device: where to put the model ("cpu", "cuda", "cuda:1", ...); default: where it loads.
+        dtype: torch dtype of the weights (e.g. `torch.bfloat16` on a GPU); default: the checkpoint's.
+        attn_implementation: "sdpa" (default), "eager" or "flash_attention_2".
+
+    Returns:
+        `(model, processor)`, the model in eval mode.
+
+    Raises:
+        FileNotFoundError: for a local-looking path that does not exist.
+        TypeError: for a model family without an adapter.
+    """
+    if str(id_or_path) == "tiny":
+        model, processor = tiny(attn_implementation=attn_implementation)
+    else:
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+        path = str(id_or_path)
+        # hub ids are "org/name"; anything else that is not on disk is a missing local folder
+        looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
+        if looks_local and not Path(path).expanduser().exists():
+            raise FileNotFoundError(f"model path {path!r} does not exist (looked in {Path(path).resolve()})")
+        config = AutoConfig.from_pretrained(path)
+        if config.model_type not in ADAPTERS:
+            raise TypeError(
+                f"unsupported model_type {config.model_type!r} in {path!r}; "
+                f"supported: {', '.join(sorted(ADAPTERS))}"
+            )
+        kwargs = {"attn_implementation": attn_implementation}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        processor = AutoProcessor.from_pretrained(path)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    if device is not None:
+        model = model.to(device)
+    processor.tokenizer.padding_side = "left"
+    return model.eval(), processor

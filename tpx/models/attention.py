@@ -1,0 +1,56 @@
+"""Attention rows recomputed for a few query positions, so the model itself keeps SDPA / FlashAttention.
+
+Scoring methods (FastV and kin) read one or a few rows of a decoder layer's attention map. Asking the model
+for `output_attentions` forces the eager kernel on every layer and materialises every map; recomputing
+`softmax(q_rows · Kᵀ · scale + mask)` from the layer's own norm, projections and rotary embedding costs one
+thin matrix product and gives the same probabilities as eager attention. Works for Llama-family decoder
+layers (Llama, Mistral, Qwen2 text models): `input_layernorm`, `self_attn.{q,k}_proj`, `head_dim`,
+`num_key_value_groups`, `scaling`.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+__all__ = ["attention_rows"]
+
+
+def attention_rows(
+    layer: torch.nn.Module,
+    hidden_in: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    rows: torch.Tensor,
+    mask2d: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention probabilities of the query positions `rows` over all keys of one decoder layer (prefill).
+
+    Args:
+        layer: a Llama-family decoder layer.
+        hidden_in: `(B, T, D)` hidden states entering that layer.
+        position_embeddings: the layer's rotary `(cos, sin)`, each `(B or 1, T, head_dim)`.
+        rows: `(B, R)` int64 query positions per batch row.
+        mask2d: optional `(B, T)` padding mask (1 = real token, 0 = padding).
+
+    Returns:
+        `(B, H, R, T)` float32 probabilities; key j is visible to query i iff j ≤ i and j is not padding,
+        as in the model's causal mask.
+    """
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden_in)
+    b, t, _ = x.shape
+    r = rows.shape[1]
+    hd = attn.head_dim
+    cos, sin = (e.expand(b, -1, -1) for e in position_embeddings)
+    x_rows = x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))
+    q = attn.q_proj(x_rows).view(b, r, -1, hd).transpose(1, 2)
+    k = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)
+    gidx = rows[..., None].expand(-1, -1, cos.shape[-1])
+    q, _ = apply_rotary_pos_emb(q, q, cos.gather(1, gidx), sin.gather(1, gidx))
+    _, k = apply_rotary_pos_emb(k, k, cos, sin)
+    k = repeat_kv(k, attn.num_key_value_groups)
+    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scaling  # (B, H, R, T)
+    allowed = torch.arange(t, device=x.device)[None, None, :] <= rows[..., None]   # (B, R, T) causal
+    if mask2d is not None:
+        allowed = allowed & mask2d[:, None, :t].bool()
+    return logits.masked_fill(~allowed[:, None], float("-inf")).softmax(dim=-1)

@@ -1,0 +1,133 @@
+"""Run every numbered notebook headless with papermill and report what it wrote.
+
+`python -m tpx reproduce` (and `make figures`) call `reproduce`. Sources stay in `notebooks/` with their
+outputs stripped; executed copies go to a git-ignored build folder, and the figures to `figures/`.
+"""
+
+import fnmatch
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import papermill
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+NOTEBOOK_NAME = re.compile(r"\d{2}_.+\.ipynb")
+COLUMNS = ["notebook", "seconds", "status", "figures", "error"]
+
+
+def find_notebooks(notebooks_dir: str | os.PathLike, only: str | None = None) -> list[Path]:
+    """The notebooks `NN_*.ipynb` of a folder, in sorted order.
+
+    Args:
+        notebooks_dir: folder holding the notebooks (not searched recursively).
+        only: keep the notebooks whose file name matches this fnmatch pattern (e.g. `"0[0-2]_*"`);
+            a pattern without wildcards matches as a substring (e.g. `"quickstart"`).
+
+    Returns:
+        Paths of the matching notebooks, sorted by name.
+
+    Raises:
+        FileNotFoundError: `notebooks_dir` is not a folder.
+    """
+    folder = Path(notebooks_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"notebooks_dir={str(folder)!r} is not a folder")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and NOTEBOOK_NAME.fullmatch(p.name))
+    if only is not None:
+        pattern = only if any(c in only for c in "*?[") else f"*{only}*"
+        paths = [p for p in paths if fnmatch.fnmatch(p.name, pattern)]
+    return paths
+
+
+def _snapshot(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def _parameters(path: Path, notebooks_dir: Path, figures_dir: Path, fast: bool) -> dict:
+    """Overrides for the parameters the notebook declares; papermill would inject undeclared ones too."""
+    declared = papermill.inspect_notebook(str(path))
+    parameters = {}
+    if "figures_dir" in declared:  # relative to the notebook's working directory, so "../figures" by default
+        parameters["figures_dir"] = os.path.relpath(figures_dir.resolve(), notebooks_dir.resolve())
+    if fast and "fast" in declared:
+        parameters["fast"] = True
+    return parameters
+
+
+def _run_one(path: Path, out: Path, notebooks_dir: Path, figures_dir: Path, fast: bool) -> str:
+    """Execute one notebook; returns "" on success, else the error in one line."""
+    try:
+        parameters = _parameters(path, notebooks_dir, figures_dir, fast)
+        timeout = nbformat.read(path, as_version=4).metadata.get("execution", {}).get("timeout")
+        papermill.execute_notebook(
+            str(path),
+            str(out),
+            parameters=parameters,
+            cwd=str(notebooks_dir),
+            kernel_name="python3",
+            progress_bar=False,
+            execution_timeout=timeout,
+        )
+    except Exception as err:  # a failed notebook is a row in the report, not the end of the run
+        name, value = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
+        message = f"{name}: {value}".splitlines()[0]
+        logger.error("%s failed (%s); executed copy: %s", path.name, message, out)
+        return message
+    return ""
+
+
+def reproduce(
+    notebooks_dir: str | os.PathLike = "notebooks",
+    build_dir: str | os.PathLike = "build/notebooks",
+    figures_dir: str | os.PathLike = "figures",
+    fast: bool = False,
+    only: str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Execute the notebooks `NN_*.ipynb` in order, headless, and report each one.
+
+    Each notebook runs with its working directory set to `notebooks_dir`, as under nbmake. A notebook that
+    declares `figures_dir` gets it pointed at `figures_dir` (relative to `notebooks_dir`, hence its default
+    "../figures" in the normal layout); one that declares `fast` gets `fast=True` when `fast` is set. A
+    failing notebook is reported and the run goes on with the next one.
+
+    Args:
+        notebooks_dir: folder of the source notebooks.
+        build_dir: where the executed copies are written, under the same file names.
+        figures_dir: folder the notebooks write their figures to; watched for new or modified files.
+        fast: pass `fast=True` to the notebooks whose parameters cell declares `fast`.
+        only: run only the notebooks whose name matches (see `find_notebooks`).
+        progress: show a progress bar over the notebooks.
+
+    Returns:
+        One row per notebook with columns `notebook` (file name), `seconds` (wall time), `status`
+        ("ok" or "failed"), `figures` (sorted list of paths under `figures_dir` that the notebook
+        created or modified) and `error` ("" when ok). Empty if no notebook matched.
+
+    Raises:
+        FileNotFoundError: `notebooks_dir` is not a folder.
+    """
+    notebooks_dir, build_dir, figures_dir = Path(notebooks_dir), Path(build_dir), Path(figures_dir)
+    paths = find_notebooks(notebooks_dir, only)
+    if not paths:
+        logger.warning("no notebooks NN_*.ipynb in %s (only=%r)", notebooks_dir, only)
+        return pd.DataFrame([], columns=COLUMNS)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in tqdm(paths, desc="notebooks", unit="nb", disable=not progress):
+        logger.info("running %s", path.name)
+        before, start = _snapshot(figures_dir), time.perf_counter()
+        error = _run_one(path, build_dir / path.name, notebooks_dir, figures_dir, fast)
+        seconds = time.perf_counter() - start
+        after = _snapshot(figures_dir)
+        written = sorted(str(p.relative_to(figures_dir)) for p, t in after.items() if before.get(p) != t)
+        rows.append((path.name, round(seconds, 1), "failed" if error else "ok", written, error))
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -1,0 +1,193 @@
+"""Selectors: turn per-token scores (and features) into the visual tokens that survive.
+
+Every selector is a pure, batched tensor function: `(B, N)` scores or `(B, N, D)` features in, `(B, n_keep)`
+sorted indices into the visual span out (or a `Merged` pair when tokens are merged, not subset). No Python
+loop runs over tokens; randomness only comes through a `torch.Generator`. This module imports only torch and
+math, so a new method never needs model code.
+
+Papers covered:
+    FastV top-k: Chen et al., "An Image is Worth 1/2 Tokens After Layer 2", ECCV 2024, arXiv 2403.06764.
+    Window top-k ("Window FastV") and 2-D pooling baselines: Wen et al., "Token Pruning in Multimodal Large
+    Language Models: Are We Solving the Right Problem?", Findings of ACL 2025, arXiv 2502.11501, Sec. 3 (Q1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["Merged", "budget", "check_retention", "pool2d", "pool_grid", "topk", "window_topk"]
+
+
+class Merged(NamedTuple):
+    """Result of a merging selector: each output token stands for a group of input tokens.
+
+    Attributes:
+        index: `(B, n_keep)` sorted visual indices of each group's representative (its first token); the
+            merged token takes that token's place and position id.
+        features: `(B, n_keep, D)` merged features, in the order of `index`.
+    """
+
+    index: torch.Tensor
+    features: torch.Tensor
+
+
+def check_retention(retention: float) -> float:
+    """Validate a retention ratio: the kept share of visual tokens must lie in (0, 1].
+
+    Raises:
+        ValueError: if `retention` is not a real number in (0, 1].
+    """
+    if isinstance(retention, bool) or not isinstance(retention, (int, float)):
+        raise ValueError(f"retention must be a number in (0, 1], got {retention!r}")
+    if not (0.0 < float(retention) <= 1.0) or math.isnan(retention):
+        raise ValueError(f"retention must be in (0, 1], got {retention}")
+    return float(retention)
+
+
+def budget(retention: float, n_visual: int) -> int:
+    """Number of visual tokens kept: `round(retention · n_visual)`, halves rounded up.
+
+    This is the single place where tpx turns a ratio into a count, so the literature's budgets come out exact:
+    for N = 576, r = 1/3, 1/4, 2/9, 1/9 give 192, 144, 128, 64.
+
+    Args:
+        retention: kept share of visual tokens, in (0, 1].
+        n_visual: number of visual tokens N (≥ 1).
+
+    Returns:
+        n_keep, with 1 ≤ n_keep ≤ n_visual.
+
+    Raises:
+        ValueError: if `retention` is outside (0, 1], `n_visual` < 1, or the budget rounds to zero tokens.
+    """
+    retention = check_retention(retention)
+    if int(n_visual) < 1:
+        raise ValueError(f"n_visual must be ≥ 1, got {n_visual}")
+    # the small epsilon absorbs float error such as 2/9 * 576 = 127.99999999999999
+    n_keep = math.floor(retention * n_visual + 0.5 + 1e-9)
+    if n_keep < 1:
+        raise ValueError(
+            f"retention={retention} keeps 0 of {n_visual} visual tokens; "
+            f"the smallest retention that keeps one token is {0.5 / n_visual:.4g}"
+        )
+    return min(n_keep, int(n_visual))
+
+
+def topk(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Keep the `n_keep` highest-scoring tokens of each row.
+
+    Args:
+        scores: `(B, N)` float scores, higher means keep.
+        n_keep: tokens kept per row.
+
+    Returns:
+        `(B, n_keep)` int64 indices into the N tokens, sorted ascending.
+    """
+    _check_n_keep(n_keep, scores.shape[1])
+    return scores.topk(n_keep, dim=1).indices.sort(dim=1).values
+
+
+def window_topk(scores: torch.Tensor, n_keep: int, grid: tuple[int, int], window: int | tuple[int, int] = 2) -> torch.Tensor:
+    """Top-k inside each local 2-D window of the visual grid ("Window FastV").
+
+    Splitting the grid into windows and ranking inside each one makes the kept set spatially uniform while
+    still choosing by score, which is how the study isolates position bias from the scores themselves.
+    Tokens are taken by their rank inside their window first and by score second, so with W windows and
+    `n_keep = q·W` every window keeps exactly its q best tokens; any remainder goes to the windows whose next
+    token scores highest. Edge windows are smaller when the grid is not a multiple of the window.
+
+    Reference: Wen et al., Findings of ACL 2025, arXiv 2502.11501, Sec. 3 (Window FastV; 2×2 windows keeping
+    1 give 144 of 576 tokens, 3×3 keeping 1 give 64).
+
+    Args:
+        scores: `(B, N)` scores with N = rows·cols, tokens in row-major order.
+        n_keep: tokens kept per row.
+        grid: `(rows, cols)` of the visual grid.
+        window: window size, an int for square windows or `(height, width)`.
+
+    Returns:
+        `(B, n_keep)` sorted indices.
+    """
+    rows, cols = _check_grid(grid, scores.shape[1])
+    wh, ww = (window, window) if isinstance(window, int) else tuple(window)
+    if not (1 <= wh <= rows and 1 <= ww <= cols):
+        raise ValueError(f"window must be between 1 and the grid {rows}x{cols}, got {window}")
+    _check_n_keep(n_keep, scores.shape[1])
+    device = scores.device
+    r = torch.arange(rows, device=device).repeat_interleave(cols)
+    c = torch.arange(cols, device=device).repeat(rows)
+    n_wc = -(-cols // ww)
+    window_id = (r // wh) * n_wc + c // ww                                   # (N,)
+    n_windows = int(-(-rows // wh) * n_wc)
+    order = scores.sort(dim=1, descending=True, stable=True).indices         # (B, N) best first
+    wid_sorted = window_id[order]                                            # (B, N)
+    onehot = torch.nn.functional.one_hot(wid_sorted, n_windows)              # (B, N, W)
+    rank = onehot.cumsum(dim=1).gather(2, wid_sorted[..., None])[..., 0] - 1  # rank inside own window
+    n = scores.shape[1]
+    key = rank * n + torch.arange(n, device=device)                           # rank first, then score order
+    chosen = key.topk(n_keep, dim=1, largest=False).indices                  # positions in `order`
+    return order.gather(1, chosen).sort(dim=1).values
+
+
+def pool_grid(n_keep: int, grid: tuple[int, int]) -> tuple[int, int]:
+    """Output grid `(h, w)` with `h·w = n_keep` that 2-D pooling uses, closest in aspect to the input grid.
+
+    Raises:
+        ValueError: if no `h ≤ rows`, `w ≤ cols` multiply to `n_keep`; the message lists feasible budgets.
+    """
+    rows, cols = grid
+    pairs = [(h, n_keep // h) for h in range(1, rows + 1) if n_keep % h == 0 and n_keep // h <= cols]
+    if not pairs:
+        feasible = sorted({h * w for h in range(1, rows + 1) for w in range(1, cols + 1)})
+        near = sorted(feasible, key=lambda k: abs(k - n_keep))[:4]
+        raise ValueError(
+            f"pooling cannot keep exactly n_keep={n_keep} tokens of a {rows}x{cols} grid: it needs "
+            f"n_keep = h*w with h <= {rows}, w <= {cols}; nearest feasible budgets: {sorted(near)}"
+        )
+    target = math.log(rows / cols)
+    return min(pairs, key=lambda hw: (abs(math.log(hw[0] / hw[1]) - target), -hw[0]))
+
+
+def pool2d(features: torch.Tensor, n_keep: int, grid: tuple[int, int]) -> Merged:
+    """2-D average pooling of the visual grid down to exactly `n_keep` tokens.
+
+    A spatially uniform, content-blind baseline: 2×2 windows give r = 1/4, 3×3 give r = 1/9. Other budgets
+    use PyTorch's adaptive pooling rule (output cell i spans input rows ⌊iH/h⌋ … ⌈(i+1)H/h⌉ − 1), with the
+    output grid chosen by `pool_grid`. A merged token takes the place and position id of the first token of
+    its window.
+
+    Reference: Wen et al., Findings of ACL 2025, arXiv 2502.11501, Sec. 3 (Pooling baseline).
+
+    Args:
+        features: `(B, N, D)` visual token features, row-major over the grid.
+        n_keep: number of merged tokens.
+        grid: `(rows, cols)`.
+
+    Returns:
+        `Merged(index (B, n_keep), features (B, n_keep, D))`.
+    """
+    rows, cols = _check_grid(grid, features.shape[1])
+    _check_n_keep(n_keep, features.shape[1])
+    h, w = pool_grid(n_keep, (rows, cols))
+    b, _, d = features.shape
+    x = features.transpose(1, 2).reshape(b, d, rows, cols)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(x, (h, w)).reshape(b, d, h * w).transpose(1, 2)
+    start_r = torch.div(torch.arange(h, device=features.device) * rows, h, rounding_mode="floor")
+    start_c = torch.div(torch.arange(w, device=features.device) * cols, w, rounding_mode="floor")
+    index = (start_r[:, None] * cols + start_c[None, :]).reshape(1, -1).expand(b, -1)
+    return Merged(index=index, features=pooled)
+
+
+def _check_grid(grid: tuple[int, int], n: int) -> tuple[int, int]:
+    rows, cols = (int(g) for g in grid)
+    if rows * cols != n:
+        raise ValueError(f"grid {rows}x{cols} does not match the {n} visual tokens it should lay out")
+    return rows, cols
+
+
+def _check_n_keep(n_keep: int, n: int) -> None:
+    if not 1 <= n_keep <= n:
+        raise ValueError(f"n_keep must be in [1, {n}], got {n_keep}")
