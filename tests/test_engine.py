@@ -1,0 +1,256 @@
+"""Engine oracles over every registered method × hook × attention kernel × batch shape.
+
+1. retention 1.0 reproduces the unpruned model exactly (logits and greedy tokens);
+2. pruned logits and greedy tokens equal the mask reference (dropped positions masked for layers ≥ K);
+3. scores from recomputed rows equal scores from eager attention maps;
+plus the trace, positions="renumber", hook removal and input validation.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_inputs
+from reference import MaskReference, reference_generate
+
+import tpx
+from tpx import select
+
+N_NEW = 4
+CASES = [(name, hook) for name in tpx.list_methods() for hook in tpx.get_method(name).hooks if hook != "V"]
+
+
+def _generate(model, inputs, **kw):
+    out = model.generate(
+        **inputs, max_new_tokens=N_NEW, do_sample=False, output_logits=True, return_dict_in_generate=True,
+        pad_token_id=model.config.text_config.pad_token_id, **kw,
+    )
+    return out.sequences[:, inputs["input_ids"].shape[1]:], out.logits
+
+
+@pytest.mark.parametrize(("name", "hook"), CASES, ids=[f"{n}-{h}" for n, h in CASES])
+def test_retention_one_is_exact(tiny_models, attn, batch, name, hook):
+    model, processor = tiny_models[attn]
+    inputs = make_inputs(processor, batch)
+    with torch.no_grad():
+        ref_logits = model(**inputs).logits
+        ref_tokens, ref_steps = _generate(model, inputs)
+        with tpx.pruning(model, name, retention=1.0, hook=hook, seed=3) as run:
+            logits = model(**inputs).logits
+            tokens, steps = _generate(model, inputs)
+    assert run.trace[0].n_keep == run.trace[0].n_visual
+    assert torch.equal(logits, ref_logits)
+    assert torch.equal(tokens, ref_tokens)
+    for a, b in zip(steps, ref_steps, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("name", "hook"), CASES, ids=[f"{n}-{h}" for n, h in CASES])
+def test_matches_mask_reference(tiny_models, attn, batch, name, hook):
+    model, processor = tiny_models[attn]
+    inputs = make_inputs(processor, batch, seed=10)
+    with torch.no_grad():
+        with tpx.pruning(model, name, retention=0.25, hook=hook, seed=7) as run:
+            logits = model(**inputs).logits
+            kept = run.kept_positions
+            entry = run.trace[-1]
+            tokens, steps = _generate(model, inputs)
+        assert len(run.trace) == 2  # one forward and one generate prefill
+        assert torch.equal(run.trace[1].kept, entry.kept) or name == "random"
+        visual = (inputs["input_ids"] == model.config.image_token_id).nonzero()[:, 1].view(batch, -1)
+        merge = entry.grid if name == "pooling" else None
+        ref = MaskReference(model, entry.layer, kept, inputs["input_ids"].shape[1], merge, visual, entry.n_keep)
+        try:
+            ref_full = model(**inputs).logits
+            ref_logits = ref_full.gather(1, kept[..., None].expand(-1, -1, ref_full.shape[-1]))
+            if name == "random":  # the generate call drew a fresh subset: reference it separately
+                ref.kept = run.kept_positions
+            ref_tokens, ref_steps = reference_generate(model, inputs, ref, N_NEW)
+        finally:
+            ref.remove()
+    real = inputs["attention_mask"].gather(1, kept).bool()
+    assert logits.shape[1] == inputs["input_ids"].shape[1] - entry.n_visual + entry.n_keep
+    torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-5, rtol=0)
+    assert torch.equal(tokens, ref_tokens)
+    for a, b in zip(steps, ref_steps, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["fastv", "fastv_vis", "window_fastv"])
+def test_rows_equal_eager_maps(tiny_models, batch, name):
+    model, processor = tiny_models["eager"]
+    inputs = make_inputs(processor, batch, seed=20)
+    with torch.no_grad():
+        with tpx.pruning(model, name, retention=0.25, attention="rows") as rows:
+            model(**inputs)
+        with tpx.pruning(model, name, retention=0.25, attention="maps") as maps:
+            model(**inputs)
+    torch.testing.assert_close(rows.trace[0].scores, maps.trace[0].scores, atol=1e-6, rtol=0)
+    assert torch.equal(rows.trace[0].kept, maps.trace[0].kept)
+
+
+def test_budgets_of_the_literature_are_exact():
+    from tpx.models import tiny
+
+    model, processor = tiny(image_size=336, patch_size=14, text_hidden=32, vision_hidden=16, vision_layers=1)
+    inputs = make_inputs(processor, 1)
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 576
+    kept = {}
+    with torch.no_grad():
+        for retention in (1 / 3, 1 / 4, 2 / 9, 1 / 9):
+            with tpx.pruning(model, "fastv", retention=retention) as run:
+                model(**inputs)
+            kept[round(retention, 4)] = run.trace[0].kept.shape[1]
+    assert kept == {0.3333: 192, 0.25: 144, 0.2222: 128, 0.1111: 64}
+
+
+def test_trace_records_grid_cells_scores_and_parameters(tiny_models):
+    model, processor = tiny_models["sdpa"]
+    inputs = make_inputs(processor, 2)
+    with torch.no_grad(), tpx.pruning(model, "window_fastv", retention=0.25, window=2, seed=5) as run:
+        model(**inputs)
+    entry = run.trace[0]
+    rows, cols = entry.grid
+    assert (rows, cols) == (12, 12) and entry.n_visual == 144 and entry.n_keep == 36 and entry.layer == 2
+    assert entry.params == {"window": 2, "retention": 0.25, "seed": 5, "positions": "keep"}
+    assert torch.equal(entry.grid_rc[..., 0] * cols + entry.grid_rc[..., 1], entry.kept)
+    assert entry.scores.shape == (2, 144) and not torch.isnan(entry.scores).any()
+    # 2x2 windows keeping 36 of 144 keep exactly one token per window: the best-scored one
+    win = (entry.grid_rc[..., 0] // 2) * 6 + entry.grid_rc[..., 1] // 2
+    assert torch.equal(win.sort(dim=1).values, torch.arange(36).expand(2, -1))
+    best = entry.scores.view(2, 6, 2, 6, 2).permute(0, 1, 3, 2, 4).reshape(2, 36, 4).max(-1).values
+    torch.testing.assert_close(entry.scores.gather(1, entry.kept).sort(1).values, best.sort(1).values)
+
+
+def test_same_seed_same_selection(tiny_models):
+    model, processor = tiny_models["sdpa"]
+    inputs = make_inputs(processor, 2)
+    kept = []
+    with torch.no_grad():
+        for seed in (0, 0, 1):
+            with tpx.pruning(model, "random", retention=0.3, seed=seed) as run:
+                model(**inputs)
+            kept.append(run.trace[0].kept)
+    assert torch.equal(kept[0], kept[1]) and not torch.equal(kept[0], kept[2])
+    assert all(bool((k[:, 1:] > k[:, :-1]).all()) for k in kept)
+
+
+def test_renumbered_positions_equal_the_shortened_sequence(tiny_models, attn):
+    """Hook E with renumbered positions is exactly the model run on the shortened prompt."""
+    model, processor = tiny_models[attn]
+    inputs = make_inputs(processor, 1, seed=30)
+    with torch.no_grad():
+        with tpx.pruning(model, "random", retention=0.25, positions="renumber", seed=2) as run:
+            logits = model(**inputs).logits
+            tokens, _ = _generate(model, inputs)
+        ids = inputs["input_ids"]
+        visual = (ids == model.config.image_token_id).nonzero()[:, 1]
+        features = model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output[0]
+        embeds = model.get_input_embeddings()(ids).index_put((torch.zeros_like(visual), visual), features)
+
+        def shortened(kept):
+            keep = torch.ones(ids.shape[1], dtype=torch.bool)
+            keep[visual] = False
+            keep[visual[kept[0]]] = True
+            short = embeds[:, keep]
+            return short, torch.ones(short.shape[:2], dtype=torch.long)
+
+        short, mask = shortened(run.trace[0].kept)
+        ref_logits = model(inputs_embeds=short, attention_mask=mask).logits
+        short, mask = shortened(run.trace[1].kept)  # generate's prefill drew its own subset
+        ref_tokens = model.generate(inputs_embeds=short, attention_mask=mask, max_new_tokens=N_NEW, do_sample=False,
+                                    pad_token_id=model.config.text_config.pad_token_id)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
+    assert torch.equal(tokens, ref_tokens)
+
+
+def test_hooks_removed_on_exit_and_on_error(tiny_models):
+    model, processor = tiny_models["sdpa"]
+    inputs = make_inputs(processor, 1)
+    modules = [model, *model.model.language_model.layers]
+    with pytest.raises(RuntimeError, match="boom"):
+        with tpx.pruning(model, "fastv", retention=0.5):
+            assert any(len(m._forward_pre_hooks) for m in modules)
+            raise RuntimeError("boom")
+    assert not any(len(m._forward_pre_hooks) for m in modules)
+    with pytest.raises(ValueError, match="image tokens"):
+        with tpx.pruning(model, "fastv", retention=0.5):
+            model(input_ids=inputs["input_ids"][:, -5:])
+    assert not any(len(m._forward_pre_hooks) for m in modules)
+    assert not any(len(m.self_attn._forward_hooks) for m in model.model.language_model.layers)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"retention": 0.0}, ValueError, r"retention must be in \(0, 1\], got 0.0"),
+        ({"retention": 1.5}, ValueError, r"retention must be in \(0, 1\], got 1.5"),
+        ({"retention": -0.2}, ValueError, "retention"),
+        ({"retention": float("nan")}, ValueError, "retention"),
+        ({"retention": 0.5, "layer": 0}, ValueError, r"layer=0 out of range.*K ≥ 1"),
+        ({"retention": 0.5, "layer": 4}, ValueError, r"layer=4 out of range: model has 4 decoder layers \(0..3\)"),
+        ({"retention": 0.5, "hook": "E"}, ValueError, "hook='E' is not supported by 'fastv'; supported: L"),
+        ({"retention": 0.5, "window": 3}, ValueError, r"unknown parameter\(s\) \['window'\] for method 'fastv'"),
+        ({"retention": 0.5, "positions": "shift"}, ValueError, "positions must be one of"),
+        ({"retention": 0.5, "attention": "maps"}, ValueError, "attn_implementation='eager'"),
+        ({"retention": 0.5, "seed": 1.5}, ValueError, "seed must be an int"),
+    ],
+)
+def test_bad_arguments_raise_before_any_hook(tiny_models, kwargs, error, match):
+    model, _ = tiny_models["sdpa"]
+    with pytest.raises(error, match=match):
+        with tpx.pruning(model, "fastv", **kwargs):
+            pass
+    assert not len(model._forward_pre_hooks)
+
+
+def test_unknown_method_lists_known_ones(tiny_models):
+    model, _ = tiny_models["sdpa"]
+    with pytest.raises(ValueError, match=r"unknown method 'fastvv'; did you mean 'fastv'\? known: .*pooling"):
+        with tpx.pruning(model, "fastvv", retention=0.5):
+            pass
+
+
+def test_layer_with_hook_e_is_an_error(tiny_models):
+    model, _ = tiny_models["sdpa"]
+    with pytest.raises(ValueError, match="layer applies to hook 'L' only"):
+        with tpx.pruning(model, "pooling", retention=0.25, layer=2):
+            pass
+
+
+def test_unsupported_model_and_cache(tiny_models):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2))
+    with pytest.raises(TypeError, match="unsupported model LlamaForCausalLM.*supported model types: llava"):
+        with tpx.pruning(llm, "fastv", retention=0.5):
+            pass
+    model, processor = tiny_models["sdpa"]
+    inputs = make_inputs(processor, 1)
+    with pytest.raises(TypeError, match="needs a DynamicCache.*StaticCache"):
+        with torch.no_grad(), tpx.pruning(model, "fastv", retention=0.5):
+            model.generate(**inputs, max_new_tokens=2, cache_implementation="static")
+
+
+def test_right_padding_is_rejected(tiny_models):
+    model, processor = tiny_models["sdpa"]
+    processor.tokenizer.padding_side = "right"
+    try:
+        inputs = processor(images=[make_inputs.__globals__["random_image"](i) for i in range(2)],
+                           text=["USER: <image>\nHi ASSISTANT:", "USER: <image>\nWhat is shown here? ASSISTANT:"],
+                           return_tensors="pt", padding=True)
+    finally:
+        processor.tokenizer.padding_side = "left"
+    with pytest.raises(ValueError, match="left-padded"):
+        with torch.no_grad(), tpx.pruning(model, "fastv", retention=0.5):
+            model(**inputs)
+
+
+def test_pooling_budget_that_no_grid_can_hold_is_an_error(tiny_models):
+    model, processor = tiny_models["sdpa"]
+    inputs = make_inputs(processor, 1)
+    n_keep = select.budget(0.26, 144)  # 37 is prime and larger than 12
+    assert n_keep == 37
+    with pytest.raises(ValueError, match="pooling cannot keep exactly n_keep=37"):
+        with torch.no_grad(), tpx.pruning(model, "pooling", retention=0.26):
+            model(**inputs)

@@ -1,0 +1,111 @@
+"""`tpx.reproduce` and the `python -m tpx` command line, on tiny notebooks made here."""
+
+import sys
+import types
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tpx.__main__ import main
+from tpx.reproduce import find_notebooks, reproduce
+
+KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+def _write(path: Path, parameters: str | None, *code: str) -> None:
+    cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}")]
+    if parameters is not None:
+        cell = nbformat.v4.new_code_cell(parameters)
+        cell.metadata["tags"] = ["parameters"]
+        cells.append(cell)
+    cells += [nbformat.v4.new_code_cell(c) for c in code]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": KERNEL}), path)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Path:
+    """notebooks/ with a parametrised notebook, a plain one, a failing one and a non-numbered one."""
+    root = tmp_path_factory.mktemp("lab")
+    nbs = root / "notebooks"
+    nbs.mkdir()
+    write_fast = "from pathlib import Path\nPath(figures_dir, '01_fast.txt').write_text(str(fast))"
+    _write(nbs / "01_params.ipynb", 'fast = False\nfigures_dir = "../figures"', write_fast)
+    _write(nbs / "02_plain.ipynb", None, "open('cwd.txt', 'w').write('here')")
+    _write(nbs / "03_fails.ipynb", "seed = 0", "raise RuntimeError('boom')")
+    _write(nbs / "scratch.ipynb", None, "raise AssertionError('never run')")
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(lab):
+    return reproduce(lab / "notebooks", lab / "build" / "notebooks", lab / "figures", fast=True, progress=False)
+
+
+def test_runs_numbered_notebooks_in_order(report):
+    assert report["notebook"].tolist() == ["01_params.ipynb", "02_plain.ipynb", "03_fails.ipynb"]
+    assert report["status"].tolist() == ["ok", "ok", "failed"]
+    assert (report["seconds"] >= 0).all()
+
+
+def test_executed_copies_in_build_dir_and_sources_untouched(lab, report):
+    built = sorted(p.name for p in (lab / "build" / "notebooks").iterdir())
+    assert built == ["01_params.ipynb", "02_plain.ipynb", "03_fails.ipynb"]
+    source = nbformat.read(lab / "notebooks" / "01_params.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in source.cells if c.cell_type == "code")
+
+
+def test_fast_and_figures_dir_injected_only_where_declared(lab, report):
+    executed = nbformat.read(lab / "build" / "notebooks" / "01_params.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "fast = True" in injected[0].source
+    assert executed.metadata.papermill.parameters == {"fast": True, "figures_dir": "../figures"}
+    assert (lab / "figures" / "01_fast.txt").read_text() == "True"
+    assert report["figures"].tolist() == [["01_fast.txt"], [], []]
+    failed = nbformat.read(lab / "build" / "notebooks" / "03_fails.ipynb", as_version=4)
+    assert failed.metadata.papermill.parameters == {}  # declares seed only: no fast, no figures_dir
+
+
+def test_working_directory_is_the_notebooks_folder(lab, report):
+    assert (lab / "notebooks" / "cwd.txt").read_text() == "here"
+
+
+def test_failure_is_reported_not_raised(report):
+    failed = report.set_index("notebook").loc["03_fails.ipynb"]
+    assert failed["status"] == "failed"
+    assert "RuntimeError" in failed["error"] and "boom" in failed["error"]
+
+
+def test_find_notebooks_only(lab):
+    names = lambda only: [p.name for p in find_notebooks(lab / "notebooks", only)]  # noqa: E731
+    assert names(None) == ["01_params.ipynb", "02_plain.ipynb", "03_fails.ipynb"]
+    assert names("0[23]_*") == ["02_plain.ipynb", "03_fails.ipynb"]
+    assert names("plain") == ["02_plain.ipynb"]
+    assert names("nothing") == []
+    with pytest.raises(FileNotFoundError, match="notebooks_dir"):
+        find_notebooks(lab / "missing")
+
+
+def test_cli_reproduce_exit_status_and_table(lab, capsys):
+    common = ["reproduce", "--notebooks-dir", str(lab / "notebooks"), "--build-dir", str(lab / "cli"),
+              "--figures-dir", str(lab / "figures")]
+    assert main(common + ["--only", "03_*"]) == 1
+    out, err = capsys.readouterr()
+    assert "03_fails.ipynb" in out and "failed" in out
+    assert "FAILED 03_fails.ipynb: RuntimeError: boom" in err
+    assert main(common + ["--only", "nothing"]) == 1
+    assert "no notebooks" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, module", [("evaluate", "tpx.evaluate"), ("organism", "tpx.organism.cli")])
+def test_cli_passes_arguments_through(monkeypatch, command, module):
+    seen = []
+    monkeypatch.setitem(sys.modules, module, types.SimpleNamespace(main=lambda argv: seen.append(argv) or 3))
+    assert main([command, "train", "--resume"]) == 3
+    assert seen == [["train", "--resume"]]
+
+
+def test_cli_missing_module_exits_2(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tpx.evaluate", None)  # makes the import fail as if the file were absent
+    assert main(["evaluate"]) == 2
+    assert "tpx.evaluate is not available" in capsys.readouterr().err
