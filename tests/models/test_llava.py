@@ -1,0 +1,84 @@
+"""The LLaVA adapter, the attention-row recompute and `tpx.load`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_inputs
+
+import tpx
+from tpx.models import LlavaAdapter, adapter_for, tiny
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_recomputed_rows_equal_eager_attention(tiny_models, batch):
+    model, processor = tiny_models["eager"]
+    inputs = make_inputs(processor, batch, seed=40)
+    adapter = adapter_for(model)
+    with torch.no_grad():
+        out = model(**inputs, output_attentions=True, output_hidden_states=True)
+        length = inputs["input_ids"].shape[1]
+        position_ids = torch.arange(length)[None]
+        pe = adapter.rotary(out.hidden_states[0], position_ids)
+        g = torch.Generator().manual_seed(0)
+        rows = torch.stack([torch.randperm(length, generator=g)[:5] for _ in range(batch)])
+        rows[:, 0] = length - 1
+        mask2d = inputs["attention_mask"]
+        for layer in range(adapter.n_layers):
+            got = adapter.attention_rows(layer, out.hidden_states[layer], pe, rows, mask2d)
+            want = out.attentions[layer].gather(2, rows[:, None, :, None].expand(-1, got.shape[1], -1, length))
+            real = mask2d.gather(1, rows).bool()  # padded query rows are meaningless in both
+            torch.testing.assert_close(got.permute(0, 2, 1, 3)[real], want.permute(0, 2, 1, 3)[real], atol=1e-6, rtol=0)
+            if layer:
+                assert not torch.allclose(got, prev, atol=1e-3)  # a different layer gives different rows
+            prev = got
+
+
+def test_adapter_knows_span_and_grid(tiny_models):
+    model, processor = tiny_models["sdpa"]
+    adapter = LlavaAdapter(model)
+    inputs = make_inputs(processor, 2)
+    pos = adapter.visual_positions(inputs["input_ids"])
+    assert pos.shape == (2, 144) and adapter.grid(144) == (12, 12)
+    assert bool((inputs["input_ids"].gather(1, pos) == model.config.image_token_id).all())
+    with pytest.raises(ValueError, match="do not form the 12x12 patch grid"):
+        adapter.grid(145)
+    ids = inputs["input_ids"].clone()
+    ids[0, pos[0, 0]] = 5
+    with pytest.raises(ValueError, match=r"same number of image tokens, got \[143, 144\]"):
+        adapter.visual_positions(ids)
+
+
+def test_load_round_trip_offline(tmp_path, tiny_models):
+    model, processor = tiny_models["sdpa"]
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, proc = tpx.load(str(tmp_path), attn_implementation="eager")
+    assert proc.tokenizer.padding_side == "left"
+    assert loaded.config.text_config._attn_implementation == "eager"
+    inputs = make_inputs(processor, 2)
+    again = make_inputs(proc, 2)
+    assert torch.equal(inputs["input_ids"], again["input_ids"])
+    assert torch.equal(inputs["pixel_values"], again["pixel_values"])
+    real = inputs["attention_mask"].bool()  # padded rows differ between sdpa and eager by design
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits[real], loaded(**again).logits[real], atol=1e-5, rtol=0)
+
+
+def test_load_reports_missing_paths_and_unsupported_models(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model path './no/such/model' does not exist"):
+        tpx.load("./no/such/model")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2)).save_pretrained(tmp_path)
+    with pytest.raises(TypeError, match="unsupported model_type 'llama'.*supported: llava"):
+        tpx.load(str(tmp_path))
+
+
+def test_tiny_is_deterministic_and_offline():
+    a, _ = tiny(seed=3)
+    b, _ = tiny(seed=3)
+    c, _ = tiny(seed=4)
+    pa, pb, pc = (dict(m.named_parameters())["lm_head.weight"] for m in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
