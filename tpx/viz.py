@@ -1,0 +1,100 @@
+"""Figures: which visual tokens survive, drawn over the image the model saw.
+
+Viz functions take results (a `TraceEntry`, pixel values) and an optional axis, return the `Figure` and
+compute nothing experimental. Style is applied inside `plt.rc_context`, never globally. `save` writes PNG
+(200 dpi) and PDF with no creation date, so re-running a notebook does not churn git.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["kept_tokens", "model_view", "save"]
+
+
+def _style() -> Any:
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    return plt.rc_context({**sns.plotting_context("paper", font_scale=1.2), **sns.axes_style("ticks")})
+
+
+def model_view(pixel_values: torch.Tensor, processor: Any) -> np.ndarray:
+    """The image as the vision tower sees it (resized, cropped), undoing the processor's normalisation.
+
+    Args:
+        pixel_values: `(3, H, W)` or `(1, 3, H, W)` processor output.
+        processor: the model's processor (its image processor's mean and std are used).
+
+    Returns:
+        `(H, W, 3)` float array in [0, 1].
+    """
+    ip = processor.image_processor
+    x = pixel_values.detach().float().reshape(-1, *pixel_values.shape[-3:])[0].cpu()
+    mean = torch.tensor(ip.image_mean)[:, None, None]
+    std = torch.tensor(ip.image_std)[:, None, None]
+    return (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def kept_tokens(image: np.ndarray, entry: Any, row: int = 0, title: str | None = None) -> Any:
+    """Two panels: the image with dropped patches dimmed and kept ones outlined; the score map.
+
+    Args:
+        image: `(H, W, 3)` array in [0, 1] (see `model_view`).
+        entry: a `tpx.engine.TraceEntry`.
+        row: batch row to draw.
+        title: figure title; default names the method, budget and layer.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    rows, cols = entry.grid
+    h, w = image.shape[:2]
+    ph, pw = h / rows, w / cols
+    kept = torch.zeros(rows * cols, dtype=torch.bool)
+    kept[entry.kept[row].cpu()] = True
+    keep_map = kept.view(rows, cols).numpy()
+    with _style():
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4.6), constrained_layout=True)
+        dim = np.kron(np.where(keep_map, 1.0, 0.25), np.ones((int(ph), int(pw))))[:h, :w]
+        axes[0].imshow(image[: dim.shape[0], : dim.shape[1]] * dim[..., None])
+        for r, c in zip(*np.nonzero(keep_map), strict=True):
+            axes[0].add_patch(Rectangle((c * pw - 0.5, r * ph - 0.5), pw, ph, fill=False, lw=0.8, ec="#ffd400"))
+        axes[0].set_title(f"kept tokens ({entry.n_keep} of {entry.n_visual})")
+        axes[0].set_axis_off()
+        if entry.scores is not None:
+            scores = entry.scores[row].float().cpu().view(rows, cols).numpy()
+            im = axes[1].imshow(scores, cmap="viridis")
+            fig.colorbar(im, ax=axes[1], shrink=0.8, label="score (method's units)")
+            axes[1].scatter(*np.nonzero(keep_map)[::-1], s=6, c="white", marker="s", label="kept")
+            axes[1].legend(loc="upper right", fontsize=8, framealpha=0.6)
+            axes[1].set_title("score per visual token")
+        else:
+            axes[1].imshow(keep_map, cmap="Greys", vmin=0, vmax=1)
+            axes[1].set_title(f"kept cells ({entry.method} is not scored)")
+        axes[1].set_xlabel("grid column")
+        axes[1].set_ylabel("grid row (0 = top)")
+        where = "input embeddings (hook E)" if entry.hook == "E" else f"before decoder layer {entry.layer}"
+        fig.suptitle(title or f"{entry.method}: retention {entry.params['retention']:.3g}, {where}")
+    return fig
+
+
+def save(fig: Any, name: str, figures_dir: str | Path = "figures") -> list[Path]:
+    """Write `fig` as `<figures_dir>/<name>.png` (200 dpi) and `.pdf` (no creation date).
+
+    Returns:
+        The two paths written.
+    """
+    out = Path(figures_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=200, metadata={"Software": None})
+    fig.savefig(paths[1], metadata={"CreationDate": None, "Creator": None, "Producer": None})
+    return paths
