@@ -11,7 +11,7 @@ MICRO = dict(vision_hidden=32, vision_mlp=64, vision_layers=2, vision_heads=4,
 
 def _cfg(tmp_path, **kw):
     base = dict(root=str(tmp_path), batch_size=8, lr=3e-3, warmup=1, eval_minutes=1e9, n_eval=4,
-                model=MICRO, threads=1)
+                model=MICRO, threads=1, prior_draws=50)
     return T.TrainConfig(**{**base, **kw})
 
 
@@ -38,7 +38,7 @@ def test_lm_stage_from_vision_and_cli_resume(tmp_path):
     tr = T.Trainer(_cfg(tmp_path, run="lm", stage="lm", init_from=str(tmp_path / "v"), max_steps=40, n_questions=4))
     frozen = [p.clone() for p in tr.vision.parameters()]
     losses = [tr.step()["lm"] for _ in range(40)]
-    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    assert sum(losses[-5:]) / 5 < 0.85 * sum(losses[:5]) / 5
     assert all(torch.equal(p, q) for p, q in zip(frozen, tr.vision.parameters()))
     tr.save()
     assert main(["train", "--resume", "--run", "lm", "--root", str(tmp_path), "--max-steps", "42"]) == 0

@@ -1,0 +1,7 @@
+"""The model organism: a synthetic visual-QA suite and the tiny trained LLaVA that ships in `data/organism/`.
+
+Modules: `font` (glyph bitmaps), `draw` (scenes and per-patch labels), `tasks` (question families),
+`suite` (samples, splits, question-only priors), `model` (LLaVA, tokenizer, processor), `batch`
+(training rows), `heads` (vision auxiliary heads), `evaluate`, `checkpoint`, `train`, `cli`.
+Nothing is imported here, so `import tpx.organism.suite` does not pay for transformers.
+"""

@@ -1,0 +1,50 @@
+"""`python -m tpx organism train ...` (also `python -m tpx.organism.cli train ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict, fields
+
+from tpx.organism import checkpoint, train as T
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tpx organism", description="Train the tpx model organism, one stage per call.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="run or resume one training stage")
+    t.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    for f in fields(T.TrainConfig):
+        if f.name == "model":
+            t.add_argument("--model", type=json.loads, default=None, help="model sizes as JSON (OrganismConfig)")
+        elif f.type in ("bool", bool):
+            t.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true", default=None)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+            if f.name == "decay_start":
+                kind = int
+            t.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "resume")}
+    if args.resume:
+        base = T.TrainConfig(**given)
+        ck = checkpoint.ckpt_dir(T.Path(base.root) / base.run)
+        if ck is None:
+            raise SystemExit(f"--resume: no checkpoint for run {base.run!r} under {base.root}")
+        saved = checkpoint.load_state(ck)["config"]
+        cfg = T.TrainConfig.from_dict({**saved, **given})
+    else:
+        cfg = T.TrainConfig(**given)
+    logging.getLogger(__name__).info("config %s", json.dumps(asdict(cfg)))
+    T.train(cfg, resume=args.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

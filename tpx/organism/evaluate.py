@@ -1,0 +1,88 @@
+"""Held-out measurements during training: what the vision tokens carry, and per-task QA accuracy."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from tpx.organism import batch as B, font, heads, suite
+from tpx.organism.suite import Sample
+
+
+@torch.no_grad()
+def vision_report(vision_tower, aux: heads.AuxHeads, scenes, batch_size: int = 64) -> dict:
+    """Foreground / background accuracy per head and per-class foreground accuracy of the gated heads."""
+    preds: dict[str, list] = defaultdict(list)
+    labels: dict[str, list] = defaultdict(list)
+    for i in range(0, len(scenes), batch_size):
+        chunk = scenes[i:i + batch_size]
+        lg = aux(heads.features(vision_tower, B.pixels([s.image for s in chunk])))
+        lab = B.patch_labels(chunk)
+        for k in lab:
+            preds[k].append(lg[k].argmax(-1).flatten())
+            labels[k].append(lab[k].flatten())
+    out: dict = {}
+    for k in labels:
+        p, y = torch.cat(preds[k]), torch.cat(labels[k])
+        fg = y != 0
+        out[f"{k}_fg"] = round(float((p[fg] == y[fg]).float().mean()), 4)
+        out[f"{k}_bg"] = round(float((p[~fg] == y[~fg]).float().mean()), 4)
+        if k in heads.GATED:
+            out[f"{k}_per_class"] = {int(c): round(float((p[y == c] == c).float().mean()), 3)
+                                     for c in torch.unique(y[fg]).tolist()}
+    p, y = torch.cat(preds["char"]), torch.cat(labels["char"])
+    digit = (y >= 1) & (y <= len(font.DIGITS))  # panel letters sit at fixed places: keep them out of the gate
+    out["digit_fg"] = round(float((p[digit] == y[digit]).float().mean()), 4) if digit.any() else 0.0
+    out["gate"] = min(out["colour_fg"], out["shape_fg"], out["digit_fg"])
+    return out
+
+
+def _rows(vocab, prompts: list[list[int]]):
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), vocab["<pad>"], dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, p in enumerate(prompts):
+        ids[b, :len(p)] = torch.tensor(p)
+        mask[b, :len(p)] = 1
+    last = torch.tensor([len(p) - 1 for p in prompts])
+    return ids, mask, last
+
+
+@torch.no_grad()
+def greedy_answers(model, vocab: dict[str, int], samples: list[Sample], batch_size: int = 64) -> list[str]:
+    """Greedy answer per sample from the single-turn prompt: 1 token, 2 for `locate` (argmax, no sampling)."""
+    inv = {i: w for w, i in vocab.items()}
+    out = []
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i:i + batch_size]
+        prompts = [B.prompt_ids(vocab, s.question) for s in chunk]
+        px = B.pixels([np.asarray(s.image) for s in chunk])
+        first = _step(model, vocab, prompts, px)
+        words = [[inv[t]] for t in first]
+        two = [j for j, s in enumerate(chunk) if s.task == "locate"]
+        if two:
+            second = _step(model, vocab, [prompts[j] + [first[j]] for j in two], px[two])
+            for j, t in zip(two, second):
+                words[j].append(inv[t])
+        out += [" ".join(w) for w in words]
+    return out
+
+
+def _step(model, vocab, prompts, px) -> list[int]:
+    ids, mask, last = _rows(vocab, prompts)
+    logits = model(input_ids=ids, attention_mask=mask, pixel_values=px).logits
+    return logits[torch.arange(len(prompts)), last].argmax(-1).tolist()
+
+
+def task_accuracy(model, vocab, samples: list[Sample]) -> dict[str, float]:
+    """Per-task held-out accuracy (locate: cell hit) of greedy answers."""
+    was_training = model.training
+    model.eval()
+    answers = greedy_answers(model, vocab, samples)
+    model.train(was_training)
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for s, a in zip(samples, answers):
+        hits[s.task].append(suite.score(s, a))
+    return {t: round(float(np.mean(v)), 4) for t, v in hits.items()}
