@@ -38,6 +38,10 @@ class Method:
         selector: pure function returning kept indices or a `select.Merged`.
         defaults: method parameters and their default values; `tpx.pruning` accepts exactly these keys.
         paper: citation of the method's source.
+        schedule: for multi-stage methods, a pure function `(retention, n_visual, n_stages, **params) ->
+            list[int]` giving the tokens kept after each stage; None for single-stage methods.
+        scale_layers: multi-stage layers are given for a 32-layer LLM (LLaVA-1.5-7B) and scaled to the model's
+            depth; single-stage layers (FastV's K = 2) are absolute.
     """
 
     name: str
@@ -47,6 +51,8 @@ class Method:
     selector: Callable[..., Any]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     paper: str = ""
+    schedule: Callable[..., list[int]] | None = None
+    scale_layers: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
