@@ -4,9 +4,10 @@
 method's hook point and removes them on exit, also when the body raises. In prefill, the hook on decoder
 layer K gathers the kept rows of the hidden states, their position ids and rotary embeddings, and rebuilds
 the causal mask from layer K's own cache; later layers reuse what layer K computed, and every decode step
-rebuilds only the masks of pruned layers (their caches are shorter). Hook "E" is the same surgery before
-layer 0, on the input embeddings, so every layer sees the short sequence. The engine knows no method by
-name: it hands the method's scorer and selector the tensors their argument names ask for.
+rebuilds only the masks of pruned layers (their caches are shorter). Hooks "E" and "V" do the same surgery
+before layer 0, so every layer sees the short sequence; "V" scores with what the vision tower recorded and
+projects merged vision features. Multi-stage methods repeat the surgery at each of their layers. The engine
+knows no method by name: it hands the method's scorer and selector the tensors their argument names ask for.
 """
 
 from __future__ import annotations
@@ -15,30 +16,21 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from tpx import ingredients as ing
 from tpx import select
 from tpx.methods import Method, get_method
 
 __all__ = ["INGREDIENTS", "Run", "TraceEntry", "pruning"]
 
 log = logging.getLogger(__name__)
-
+INGREDIENTS = ing.INGREDIENTS
 POSITIONS = ("keep", "renumber")
 ATTENTION = ("rows", "maps")
-# what a scorer or selector may ask for by argument name (besides the method's own parameters)
-INGREDIENTS = {
-    "attn_last": "(B, H, N) attention of the last prompt token over the visual tokens, layer K−1",
-    "attn_last_visual": "(B, H, N) attention of the last visual token over the visual tokens, layer K−1",
-    "features": "(B, N, D) hidden states of the visual tokens entering the pruned layer",
-    "scores": "(B, N) output of the scorer",
-    "n_keep": "int, tokens to keep at this stage",
-    "grid": "(rows, cols) of the visual grid",
-    "generator": "torch.Generator seeded once per run, on the model's device",
-}
 
 
 @dataclass
@@ -46,14 +38,15 @@ class TraceEntry:
     """What one pruning stage of one forward call did, per batch row.
 
     Attributes:
-        method, hook, layer, stage: which method acted where (`layer` = K, 0 for hook "E").
+        method, hook, layer, stage: which method acted where (`layer` = K; 0 for hooks "E" and "V").
         params: the method's parameters, retention, seed and positions mode.
-        n_visual: visual tokens N in the image span (before any pruning).
-        n_keep: visual tokens kept by this stage.
+        n_visual: visual tokens N in the image span(s) before any pruning.
+        n_keep: visual tokens left after this stage.
         kept: `(B, n_keep)` sorted indices into the visual span of the kept (or representative) tokens.
-        grid_rc: `(B, n_keep, 2)` their (row, col) on the visual grid, row 0 at the top.
+        segment: `(B, n_keep)` image segment of each kept token (0 for a single image).
+        grid_rc: `(B, n_keep, 2)` their (row, col) on their segment's grid, row 0 at the top.
         scores: `(B, n_visual)` float scores (NaN where a token was already gone), or None if unscored.
-        grid: `(rows, cols)` of the visual grid.
+        grids: `(rows, cols)` of every image segment; `grid` is the first one.
     """
 
     method: str
@@ -64,9 +57,15 @@ class TraceEntry:
     n_visual: int
     n_keep: int
     kept: torch.Tensor
+    segment: torch.Tensor
     grid_rc: torch.Tensor
     scores: torch.Tensor | None
-    grid: tuple[int, int]
+    grids: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The grid of the first (usually only) image segment."""
+        return self.grids[0]
 
 
 class Run:
@@ -78,58 +77,43 @@ class Run:
         kept_positions: `(B, L')` original sequence positions that survive all stages of the last prefill.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        method: Method,
-        retention: float,
-        hook: str,
-        layers: tuple[int, ...],
-        seed: int,
-        positions: str,
-        attention: str,
-        params: dict[str, Any],
-    ) -> None:
-        from tpx.models import adapter_for
-
-        self.model = model
-        self.adapter = adapter_for(model)
-        self.method = method
-        self.retention = retention
-        self.hook = hook
-        self.layers = layers
-        self.seed = seed
-        self.positions = positions
-        self.attention = attention
-        self.params = params
+    def __init__(self, model: torch.nn.Module, adapter: Any, method: Method, retention: float, hook: str,
+                 layers: tuple[int, ...], seed: int, positions: str, attention: str, params: dict[str, Any]) -> None:
+        self.model, self.adapter, self.method = model, adapter, method
+        self.retention, self.hook, self.layers, self.seed = retention, hook, layers, seed
+        self.positions, self.attention, self.params = positions, attention, params
         self.trace: list[TraceEntry] = []
         self.kept_positions: torch.Tensor | None = None
         self._handles: list[Any] = []
         self._generator: torch.Generator | None = None
+        self._wanted = ing.wanted(method.scorer, method.selector)
         self._prefill = False
         self._mask2d: torch.Tensor | None = None
         self._stages: dict[int, dict[str, Any]] = {}
-        self._stash: dict[int, Any] = {}
+        self._stash: dict[Any, Any] = {}
+        self._vision: dict[str, torch.Tensor] = {}
         self._cur: dict[str, Any] = {}
 
     # ---- installation -------------------------------------------------------------------------------
     def _install(self) -> None:
         layers = self.adapter.layers
         self._handles.append(self.model.register_forward_pre_hook(self._on_call, with_kwargs=True))
-        score_layers = {k - 1 for k in self.layers} if self.method.needs_attention else set()
-        for i in sorted(score_layers | set(range(self.layers[0], self.adapter.n_layers))):
-            hook = _LayerHook(self, i, stash=i in score_layers)
+        score = {k - 1 for k in self.layers} if ing.needs_layer_before(self._wanted) else set()
+        for i in sorted(score | set(range(self.layers[0], self.adapter.n_layers))):
+            hook = _LayerHook(self, i, stash=i in score)
             self._handles.append(layers[i].register_forward_pre_hook(hook, with_kwargs=True))
         if self.attention == "maps":
-            for i in score_layers:
-                cap = _MapCapture(self, i)
-                self._handles.append(layers[i].self_attn.register_forward_hook(cap))
+            for i in score:
+                self._handles.append(layers[i].self_attn.register_forward_hook(_MapCapture(self, i)))
+        if ing.needs_vision(self._wanted):
+            self._handles.extend(self.adapter.vision_hooks(self._vision))
 
     def _remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._stash.clear()
+        self._vision.clear()
         self._cur = {}
 
     # ---- per call -----------------------------------------------------------------------------------
@@ -148,21 +132,23 @@ class Run:
             raise ValueError("tpx.pruning needs input_ids to find the image tokens; inputs_embeds-only calls are not supported")
         if mask is not None and not bool(mask[:, -1].all()):
             raise ValueError("batches must be left-padded (tokenizer.padding_side='left'): the last position of every row must be a real token")
-        visual = self.adapter.visual_positions(input_ids)
+        layout = self.adapter.layout(input_ids, **{k: v for k, v in kwargs.items() if k != "input_ids"})
         b, length = input_ids.shape
-        self._n_visual = visual.shape[1]
-        self._grid = self.adapter.grid(self._n_visual)
+        dev = input_ids.device
+        self._n_visual = layout.positions.shape[1]
+        self._grids = layout.grids
         self._length = length
-        self._is_visual = torch.zeros(b, length, dtype=torch.bool, device=input_ids.device).scatter(1, visual, True)
-        vis_index = torch.arange(self._n_visual, device=input_ids.device).expand(b, -1)
-        self._vis_index = torch.full((b, length), -1, dtype=torch.long, device=input_ids.device).scatter(1, visual, vis_index)
-        self._budgets = [select.budget(self.retention, self._n_visual)]
-        self._seq = torch.arange(length, device=input_ids.device).expand(b, -1)
+        self._is_visual = torch.zeros(b, length, dtype=torch.bool, device=dev).scatter(1, layout.positions, True)
+        vis_index = torch.arange(self._n_visual, device=dev).expand(b, -1)
+        self._vis_index = torch.full((b, length), -1, dtype=torch.long, device=dev).scatter(1, layout.positions, vis_index)
+        after_image = torch.arange(length, device=dev)[None] > layout.positions[:, :1]
+        self._is_text = ~self._is_visual & after_image & (mask.bool() if mask is not None else True)
+        self._budgets = _budgets(self.method, self.retention, self._n_visual, len(self.layers), self.params)
+        self._seq = torch.arange(length, device=dev).expand(b, -1)
         self._seq_mask2d = mask
         self._pos0 = None
-        self._stages = {}
+        self._stages, self._cur = {}, {}
         self._stash = {}
-        self._cur = {}
 
     def _layer(self, idx: int, args: tuple, kwargs: dict, stash: bool) -> tuple[tuple, dict]:
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -187,12 +173,11 @@ class Run:
         b, length, d = hidden.shape
         seq = self._seq
         vis_mask = self._is_visual.gather(1, seq)                                 # (B, L) visual in current seq
-        n_cur = self._n_visual if stage == 0 else self.trace[-1].n_keep
+        n_cur = self._n_visual if stage == 0 else self._budgets[stage - 1]
         vis_cur = _true_positions(vis_mask, n_cur)                                 # (B, n_cur)
         vis_orig = self._vis_index.gather(1, seq.gather(1, vis_cur))              # (B, n_cur) into visual span
         with torch.no_grad():
-            scores, result = self._score_and_select(idx, hidden, vis_cur, n_cur, n_keep)
-        index, merged = (result.index, result.features) if isinstance(result, select.Merged) else (result, None)
+            scores, index, merged = self._score_and_select(idx, hidden, seq, vis_cur, n_cur, n_keep)
         keep_mask = (~vis_mask).scatter(1, vis_cur.gather(1, index), True)
         keep = _true_positions(keep_mask, length - n_cur + n_keep)                 # (B, L') sorted
         new_hidden = hidden.gather(1, keep[..., None].expand(-1, -1, d))
@@ -210,8 +195,7 @@ class Run:
         shift = None
         if self.positions == "renumber":
             kept_full = torch.zeros_like(self._is_visual).scatter(1, new_seq, True)
-            dropped_before = (~kept_full).long().cumsum(1)
-            pos = self._pos0.gather(1, new_seq) - dropped_before.gather(1, new_seq)
+            pos = self._pos0.gather(1, new_seq) - (~kept_full).long().cumsum(1).gather(1, new_seq)
             shift = (~kept_full).long().sum(1, keepdim=True)
             pe = self.adapter.rotary(new_hidden, pos)
         self._seq, self.kept_positions = new_seq, new_seq
@@ -222,42 +206,74 @@ class Run:
         self._record(idx, stage, vis_orig, index, scores, n_keep)
         return new_hidden
 
-    def _score_and_select(self, idx: int, hidden: torch.Tensor, vis_cur: torch.Tensor, n_cur: int, n_keep: int) -> tuple:
+    def _score_and_select(self, idx: int, hidden: torch.Tensor, seq: torch.Tensor, vis_cur: torch.Tensor,
+                          n_cur: int, n_keep: int) -> tuple:
         if self._generator is None:
             self._generator = torch.Generator(device=hidden.device).manual_seed(self.seed)
+        text_mask_seq = self._is_text.gather(1, seq)
+        n_text = int(text_mask_seq.sum(1).max()) if self._wanted & {"attn_text", "text_keys", "normed_text", "text_mask"} else 0
+        text = _true_positions(text_mask_seq, n_text)
+        text_valid = text_mask_seq.gather(1, text)
+        text = torch.where(text_valid, text, seq.shape[1] - 1)
+        before = self._stash.pop(idx - 1, None)
+        maps = self._stash.pop(("maps", idx - 1), None)
+        vision = self._take_vision(hidden.shape[0]) if ing.needs_vision(self._wanted) else None
+        stage = ing.Stage(self.adapter, hidden, vis_cur, text, text_valid, before, maps, vision, idx - 1)
         given: dict[str, Any] = dict(self.params, n_keep=n_keep, generator=self._generator)
-        given["features"] = hidden.gather(1, vis_cur[..., None].expand(-1, -1, hidden.shape[-1]))
-        if n_cur == self._n_visual:
-            given["grid"] = self._grid
+        given.update(ing.collect(self._wanted, stage))
         method = self.method
-        wanted = set(method.ingredients) | set(inspect.signature(method.selector).parameters)
-        for name in ("attn_last", "attn_last_visual"):
-            if name in wanted:
-                given[name] = self._attention(idx - 1, name, vis_cur)
         scores = None
         if method.scorer is not None:
             scores = method.scorer(**_pick(method.scorer, given))
             given["scores"] = scores
-        return scores, method.selector(**_pick(method.selector, given))
-
-    def _attention(self, score_layer: int, name: str, vis_cur: torch.Tensor) -> torch.Tensor:
-        hidden, pe, mask2d = self._stash.pop(score_layer) if self.attention == "rows" else (None, None, None)
-        b, n = vis_cur.shape
-        if name == "attn_last":
-            rows = torch.full((b, 1), self._seq.shape[1] - 1, device=vis_cur.device, dtype=torch.long)
+        if "grid" in inspect.signature(method.selector).parameters:
+            index, merged = self._select_per_segment(given, n_cur, n_keep)
         else:
-            rows = vis_cur[:, -1:]
-        if self.attention == "maps":
-            maps = self._stash.pop(("maps", score_layer))                               # (B, H, T, T)
-            att = maps.gather(2, rows[:, None, :, None].expand(-1, maps.shape[1], -1, maps.shape[3]))
-        else:
-            att = self.adapter.attention_rows(score_layer, hidden, pe, rows, mask2d)     # (B, H, 1, T)
-        att = att[:, :, 0]
-        return att.gather(2, vis_cur[:, None, :].expand(-1, att.shape[1], -1))
+            index, merged = _unpack(method.selector(**_pick(method.selector, given)))
+        if merged is not None and self.hook == "V" and merged.shape[-1] != hidden.shape[-1]:
+            merged = self.adapter.project(merged)
+        return scores, index, merged
 
-    def _record(self, idx: int, stage: int, vis_orig: torch.Tensor, index: torch.Tensor, scores: torch.Tensor | None, n_keep: int) -> None:
+    def _select_per_segment(self, given: dict[str, Any], n_cur: int, n_keep: int) -> tuple:
+        """Selectors that need a grid run on each image segment with a share of the budget."""
+        if n_cur != self._n_visual:
+            raise ValueError(f"{self.method.name!r} selects on the image grid, which needs all visual tokens; "
+                             f"this stage sees {n_cur} of {self._n_visual}")
+        sizes = [r * c for r, c in self._grids]
+        shares = select.split_budget(n_keep, sizes) if len(sizes) > 1 else [n_keep]
+        indices, features, start = [], [], 0
+        for grid, size, share in zip(self._grids, sizes, shares, strict=True):
+            part = dict(given, grid=grid, n_keep=share)
+            for name in ("scores", "features", "vision_features", "vision_keys", "normed_features"):
+                if name in given and given[name] is not None:
+                    part[name] = given[name][:, start:start + size]
+            for name in ("attn_last", "attn_last_visual", "cls_attn"):
+                if name in given:
+                    part[name] = given[name][..., start:start + size]
+            index, merged = _unpack(self.method.selector(**_pick(self.method.selector, part)))
+            indices.append(index + start)
+            features.append(merged)
+            start += size
+        merged = None if features[0] is None else torch.cat(features, dim=1)
+        return torch.cat(indices, dim=1), merged
+
+    def _take_vision(self, batch: int) -> dict[str, torch.Tensor]:
+        if not self._vision:
+            raise RuntimeError("hook 'V' found no vision-tower record for this prefill (were pixel_values passed?)")
+        vision = dict(self._vision)
+        self._vision.clear()
+        if vision["cls_attn"].shape[0] != batch:
+            raise ValueError(f"hook 'V' needs one image per batch row; got {vision['cls_attn'].shape[0]} images for {batch} rows")
+        return vision
+
+    def _record(self, idx: int, stage: int, vis_orig: torch.Tensor, index: torch.Tensor,
+                scores: torch.Tensor | None, n_keep: int) -> None:
         kept = vis_orig.gather(1, index)
-        cols = self._grid[1]
+        sizes = torch.tensor([r * c for r, c in self._grids], device=kept.device)
+        starts = sizes.cumsum(0) - sizes
+        segment = torch.searchsorted(starts, kept, right=True) - 1
+        local = kept - starts[segment]
+        cols = torch.tensor([c for _, c in self._grids], device=kept.device)[segment]
         full_scores = None
         if scores is not None:
             full_scores = torch.full((kept.shape[0], self._n_visual), float("nan"), device=scores.device)
@@ -265,8 +281,9 @@ class Run:
         params = dict(self.params, retention=self.retention, seed=self.seed, positions=self.positions)
         self.trace.append(TraceEntry(
             method=self.method.name, hook=self.hook, layer=idx, stage=stage, params=params,
-            n_visual=self._n_visual, n_keep=n_keep, kept=kept.detach(),
-            grid_rc=torch.stack([kept // cols, kept % cols], dim=-1).detach(), scores=full_scores, grid=self._grid,
+            n_visual=self._n_visual, n_keep=n_keep, kept=kept.detach(), segment=segment.detach(),
+            grid_rc=torch.stack([local // cols, local % cols], dim=-1).detach(), scores=full_scores,
+            grids=list(self._grids),
         ))
 
     # ---- decode -------------------------------------------------------------------------------------
@@ -315,6 +332,22 @@ def _pick(fn: Any, given: dict[str, Any]) -> dict[str, Any]:
     return {k: given[k] for k in inspect.signature(fn).parameters if k in given}
 
 
+def _unpack(result: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(result, select.Merged):
+        return result.index, result.features
+    return result, None
+
+
+def _budgets(method: Method, retention: float, n_visual: int, n_stages: int, params: dict[str, Any]) -> list[int]:
+    if method.schedule is None:
+        return [select.budget(retention, n_visual)]
+    budgets = [int(k) for k in method.schedule(retention, n_visual, n_stages, **_pick(method.schedule, params))]
+    if len(budgets) != n_stages or any(not 1 <= k <= n_visual for k in budgets) or budgets != sorted(budgets, reverse=True):
+        raise ValueError(f"{method.name!r} schedule gave {budgets} for {n_stages} stages of {n_visual} tokens; "
+                         "it must give one non-increasing count in [1, N] per stage")
+    return budgets
+
+
 @contextlib.contextmanager
 def pruning(
     model: torch.nn.Module,
@@ -322,6 +355,7 @@ def pruning(
     *,
     retention: float,
     layer: int | None = None,
+    layers: Sequence[int] | None = None,
     hook: Literal["V", "E", "L"] | None = None,
     seed: int = 0,
     positions: Literal["keep", "renumber"] = "keep",
@@ -333,9 +367,11 @@ def pruning(
     Args:
         model: a supported Hugging Face MLLM (see `tpx.models.ADAPTERS`).
         method: a registry name (`tpx.list_methods()`) or a `Method`.
-        retention: kept share of visual tokens, in (0, 1]; `n_keep = select.budget(retention, N)`.
+        retention: kept share of visual tokens, in (0, 1]; `n_keep = select.budget(retention, N)` (multi-stage
+            methods: see their schedule).
         layer: decoder layer K for hook "L" (the first layer that sees the pruned sequence); default: the
-            method's. Not allowed for hook "E", which acts before layer 0.
+            method's. Not allowed for hooks "E" / "V", which act before layer 0.
+        layers: stage layers of a multi-stage method (default: the method's, scaled to the model's depth).
         hook: hook point, one of the method's `hooks`; default: its first.
         seed: seed of the run's generator (random methods draw from it, in call order).
         positions: "keep" (kept tokens keep their original position ids) or "renumber" (compacted).
@@ -350,7 +386,7 @@ def pruning(
         ValueError: for a parameter outside its allowed values (named in the message).
         TypeError: for an unsupported model.
     """
-    run = _make_run(model, method, retention, layer, hook, seed, positions, attention, params)
+    run = _make_run(model, method, retention, layer, layers, hook, seed, positions, attention, params)
     run._install()
     try:
         yield run
@@ -358,7 +394,7 @@ def pruning(
         run._remove()
 
 
-def _make_run(model, method, retention, layer, hook, seed, positions, attention, params) -> Run:
+def _make_run(model, method, retention, layer, layers, hook, seed, positions, attention, params) -> Run:
     from tpx.models import adapter_for
 
     method = get_method(method)
@@ -366,8 +402,6 @@ def _make_run(model, method, retention, layer, hook, seed, positions, attention,
     hook = hook or method.hook
     if hook not in method.hooks:
         raise ValueError(f"hook={hook!r} is not supported by {method.name!r}; supported: {', '.join(method.hooks)}")
-    if hook == "V":
-        raise ValueError(f"hook 'V' is not supported by this engine yet (method {method.name!r})")
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
     if attention not in ATTENTION:
@@ -379,23 +413,47 @@ def _make_run(model, method, retention, layer, hook, seed, positions, attention,
         allowed = ", ".join(sorted(method.defaults)) or "none"
         raise ValueError(f"unknown parameter(s) {unknown} for method {method.name!r}; allowed: {allowed}")
     adapter = adapter_for(model)
-    layers = _stage_layers(method, hook, layer, adapter.n_layers)
+    stage_layers = _stage_layers(method, hook, layer, layers, adapter.n_layers)
     if attention == "maps" and adapter.attn_implementation != "eager":
         raise ValueError(f"attention='maps' reads eager attention maps; load the model with attn_implementation='eager' (it uses {adapter.attn_implementation!r})")
-    return Run(model, method, retention, hook, layers, seed, positions, attention, dict(method.defaults, **params))
+    return Run(model, adapter, method, retention, hook, stage_layers, seed, positions, attention, dict(method.defaults, **params))
 
 
-def _stage_layers(method: Method, hook: str, layer: int | None, n_layers: int) -> tuple[int, ...]:
-    if hook == "E":
-        if layer is not None:
-            raise ValueError(f"layer applies to hook 'L' only; {method.name!r} at hook 'E' acts before layer 0 (pass hook='L' to prune inside the LLM)")
+def _stage_layers(method: Method, hook: str, layer: int | None, layers: Sequence[int] | None, n_layers: int) -> tuple[int, ...]:
+    if layer is not None and layers is not None:
+        raise ValueError("pass either layer= (one stage) or layers= (several), not both")
+    if hook in ("E", "V"):
+        if layer is not None or layers is not None:
+            raise ValueError(f"layer applies to hook 'L' only; {method.name!r} at hook {hook!r} acts before layer 0 "
+                             "(pass hook='L' to prune inside the LLM)")
         return (0,)
-    layers: Sequence[int] = (layer,) if layer is not None else method.layers
-    low = 1 if method.needs_attention else 0
-    for k in layers:
+    low = 1 if ing.needs_layer_before(ing.wanted(method.scorer, method.selector)) else 0
+    if layer is not None:
+        chosen: Sequence[int] = (layer,)
+    elif layers is not None:
+        chosen = tuple(layers)
+    elif method.scale_layers and n_layers != 32:
+        chosen = _scaled(method.layers, n_layers, low)
+    else:
+        chosen = method.layers
+    for k in chosen:
         if isinstance(k, bool) or not isinstance(k, int) or not low <= k < n_layers:
-            why = f"; {method.name!r} reads attention at layer K−1, so K ≥ 1" if low else ""
-            raise ValueError(f"layer={k} out of range: model has {n_layers} decoder layers (0..{n_layers - 1}), allowed {low}..{n_layers - 1}{why}")
-    if len(layers) != 1:
-        raise ValueError(f"{method.name!r} prunes at one layer; got layers {tuple(layers)}")
-    return tuple(layers)
+            why = f"; {method.name!r} reads layer K−1, so K ≥ 1" if low else ""
+            raise ValueError(f"layer={k} out of range: model has {n_layers} decoder layers (0..{n_layers - 1}), "
+                             f"allowed {low}..{n_layers - 1}{why}")
+    if list(chosen) != sorted(set(chosen)):
+        raise ValueError(f"layers must be strictly increasing, got {tuple(chosen)}")
+    if len(chosen) != len(method.layers) and (method.schedule is None or len(chosen) == 0):
+        raise ValueError(f"{method.name!r} prunes at {len(method.layers)} layer(s); got layers {tuple(chosen)}")
+    return tuple(chosen)
+
+
+def _scaled(layers: Sequence[int], n_layers: int, low: int) -> tuple[int, ...]:
+    """Stage layers given for a 32-layer LLM, moved to the same relative depth of a shallower/deeper one."""
+    out: list[int] = []
+    for k in layers:
+        k = max(low, round(k * n_layers / 32), out[-1] + 1 if out else low)
+        out.append(k)
+    if out[-1] >= n_layers:
+        raise ValueError(f"a {n_layers}-layer model is too shallow for {len(layers)} pruning stages; pass layers=")
+    return tuple(out)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
-__all__ = ["attention_rows"]
+__all__ = ["attention_keys", "attention_rows", "cls_attention"]
 
 
 def attention_rows(
@@ -54,3 +54,41 @@ def attention_rows(
     if mask2d is not None:
         allowed = allowed & mask2d[:, None, :t].bool()
     return logits.masked_fill(~allowed[:, None], float("-inf")).softmax(dim=-1)
+
+
+def attention_keys(
+    layer: torch.nn.Module, hidden_in: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """Post-RoPE key vectors of every position at one Llama-family decoder layer, heads concatenated.
+
+    Returns:
+        `(B, T, H_kv · head_dim)` keys, as the layer would cache them.
+    """
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden_in)
+    b, t, _ = x.shape
+    k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    cos, sin = (e.expand(b, -1, -1) for e in position_embeddings)
+    _, k = apply_rotary_pos_emb(k, k, cos, sin)
+    return k.transpose(1, 2).reshape(b, t, -1)
+
+
+def cls_attention(layer: torch.nn.Module, hidden_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The [CLS] row of a CLIP-style vision encoder layer's attention, and the patch keys.
+
+    Args:
+        layer: a CLIP encoder layer (`layer_norm1`, `self_attn.{q,k}_proj`, `head_dim`, `scale`).
+        hidden_in: `(B, 1 + N, Dv)` hidden states entering the layer, [CLS] first.
+
+    Returns:
+        `(B, H, N)` attention of [CLS] over the N patches (softmax over all 1 + N keys, as in the layer) and
+        `(B, N, Dv)` the patches' keys (heads concatenated).
+    """
+    attn = layer.self_attn
+    x = layer.layer_norm1(hidden_in)
+    b, t, _ = x.shape
+    q = attn.q_proj(x[:, :1]).view(b, 1, -1, attn.head_dim).transpose(1, 2)     # (B, H, 1, hd)
+    k_flat = attn.k_proj(x)
+    k = k_flat.view(b, t, -1, attn.head_dim).transpose(1, 2)                     # (B, H, T, hd)
+    probs = (torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale).softmax(dim=-1)
+    return probs[:, :, 0, 1:], k_flat[:, 1:]

@@ -7,14 +7,28 @@ embedding — and holds no pruning logic.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
 from transformers import LlavaForConditionalGeneration
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-from tpx.models.attention import attention_rows
+from tpx.models.attention import attention_keys, attention_rows, cls_attention
 
-__all__ = ["LlavaAdapter"]
+__all__ = ["Layout", "LlavaAdapter"]
+
+
+class Layout(NamedTuple):
+    """Where the prunable visual tokens are and how they lie on grids.
+
+    Attributes:
+        positions: `(B, N)` sequence positions of the prunable visual tokens, ascending.
+        grids: `(rows, cols)` per image segment, in visual-token order; their areas sum to N.
+    """
+
+    positions: torch.Tensor
+    grids: list[tuple[int, int]]
 
 
 class LlavaAdapter:
@@ -46,7 +60,7 @@ class LlavaAdapter:
         return self.text_model.config._attn_implementation
 
     def grid(self, n_visual: int) -> tuple[int, int]:
-        """`(rows, cols)` of the visual grid: image size / patch size on each side.
+        """`(rows, cols)` of one image's grid: image size / patch size on each side.
 
         Raises:
             ValueError: if the grid does not hold exactly `n_visual` tokens (e.g. the "full" feature strategy
@@ -60,6 +74,16 @@ class LlavaAdapter:
                 f"(vision_feature_select_strategy={self.model.config.vision_feature_select_strategy!r})"
             )
         return side, side
+
+    def layout(self, input_ids: torch.Tensor, **call: Any) -> Layout:
+        """Visual positions and grids of a call: one `side × side` grid per image in the prompt."""
+        positions = self.visual_positions(input_ids)
+        vc = self.model.config.vision_config
+        per_image = (int(vc.image_size) // int(vc.patch_size)) ** 2
+        n = positions.shape[1]
+        if n % per_image:
+            self.grid(n)  # raises with the explanation
+        return Layout(positions, [self.grid(per_image)] * (n // per_image))
 
     def visual_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """`(B, N)` positions of the image tokens in each row of `input_ids`.
@@ -101,6 +125,53 @@ class LlavaAdapter:
     ) -> torch.Tensor:
         """`(B, H, R, T)` attention of query `rows` at decoder layer `layer_idx`; see `attention_rows`."""
         return attention_rows(self.layers[layer_idx], hidden_in, position_embeddings, rows, mask2d)
+
+    def keys(
+        self, layer_idx: int, hidden_in: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """`(B, T, H_kv · head_dim)` post-RoPE keys at decoder layer `layer_idx`."""
+        return attention_keys(self.layers[layer_idx], hidden_in, position_embeddings)
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The language model's final norm (what the LM head reads)."""
+        return self.text_model.norm(hidden)
+
+    def project(self, vision_features: torch.Tensor) -> torch.Tensor:
+        """Map pre-projector vision features `(B, N, Dv)` into the LLM's embedding space."""
+        return self.model.model.multi_modal_projector(vision_features)
+
+    def vision_hooks(self, sink: dict[str, torch.Tensor]) -> list[Any]:
+        """Hooks on the vision tower's feature layer that record, per image, into `sink`:
+        `cls_attn` (n_img, H, N), `vision_keys` (n_img, N, Dv) and `vision_features` (n_img, N, Dv), the
+        pre-projector features LLaVA feeds its projector.
+
+        Raises:
+            ValueError: for a multi-layer feature selection or the "full" strategy (no [CLS] to drop).
+        """
+        cfg = self.model.config
+        if not isinstance(cfg.vision_feature_layer, int) or cfg.vision_feature_select_strategy != "default":
+            raise ValueError(
+                "vision-side (hook 'V') pruning needs a single vision_feature_layer and the 'default' strategy; "
+                f"got {cfg.vision_feature_layer!r}, {cfg.vision_feature_select_strategy!r}"
+            )
+        encoder_layers = self.model.model.vision_tower.vision_model.encoder.layers
+        h = cfg.vision_feature_layer % (len(encoder_layers) + 1)  # index into hidden_states
+        if h == 0:
+            raise ValueError("vision_feature_layer selects the patch embeddings: there is no attention to read")
+        layer = encoder_layers[h - 1]
+
+        def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            sink["cls_attn"], sink["vision_keys"] = cls_attention(module, hidden)
+
+        def after(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            out = output[0] if isinstance(output, tuple) else output
+            sink["vision_features"] = out[:, 1:]
+
+        return [
+            layer.register_forward_pre_hook(before, with_kwargs=True),
+            layer.register_forward_hook(after, with_kwargs=True),
+        ]
 
     def rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotary `(cos, sin)` for explicit position ids (used when positions are renumbered)."""
