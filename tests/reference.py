@@ -1,14 +1,16 @@
 """Test oracles: the unpruned model with dropped positions masked out (and merged tokens substituted).
 
 Masking dropped prompt positions for every layer ≥ K is the exact semantic equivalent of removing them; it
-is slow and saves nothing, which is why it lives here and not in tpx.
+is slow and saves nothing, which is why it lives here and not in tpx. Multi-stage methods mask with each
+stage's kept set from that stage's layer on; merged tokens (pooling, VisionZip, recycling) are substituted
+into the hidden states at their representatives' positions as they enter the stage layer.
 """
 
 from __future__ import annotations
 
-import torch
+import functools
 
-from tpx import select
+import torch
 
 
 def _positions(mask2d: torch.Tensor) -> torch.Tensor:
@@ -16,28 +18,36 @@ def _positions(mask2d: torch.Tensor) -> torch.Tensor:
     return (mask2d.long().cumsum(-1) - 1).masked_fill(mask2d == 0, 1)
 
 
+def spy(selector, sink: list):
+    """Wrap a selector so every output is appended to `sink` (signature preserved for the engine)."""
+
+    @functools.wraps(selector)
+    def wrapped(*args, **kwargs):
+        out = selector(*args, **kwargs)
+        sink.append(out)
+        return out
+
+    return wrapped
+
+
 class MaskReference:
-    """Hooks on an unpruned model: layers ≥ K may not attend to dropped prompt positions.
+    """Hooks on an unpruned model reproducing a pruned run by masking.
 
     Args:
         model: the LLaVA model.
-        layer: K.
-        kept: `(B, L')` prompt positions that survive (from `run.kept_positions`).
-        prompt_len: length L of the prompt.
-        merge_grid: if set, substitute 2-D pooled features at the representatives at layer K's input
-            (pooling), computed from the hidden states entering layer K.
-        visual: `(B, N)` visual positions (needed with `merge_grid`).
+        stages: list of `(layer, kept (B, L_s), subs)` with `subs = (positions (B, M), features (B, M, D))` or
+            None: from `layer` on, only `kept` prompt positions may be attended to; `subs` replace the hidden
+            states at those positions as they enter `layer`.
+        prompt_len: length of the prompt.
     """
 
-    def __init__(self, model, layer, kept, prompt_len, merge_grid=None, visual=None, n_keep=None):
-        self.model, self.layer, self.kept, self.prompt_len = model, layer, kept, prompt_len
-        self.merge_grid, self.visual, self.n_keep = merge_grid, visual, n_keep
+    def __init__(self, model, stages, prompt_len):
+        self.model, self.stages, self.prompt_len = model, stages, prompt_len
         self.mask2d = None
         layers = model.model.language_model.layers
         self.handles = [model.register_forward_pre_hook(self._top, with_kwargs=True)]
-        self.handles.append(layers[layer].register_forward_pre_hook(self._merge, with_kwargs=True))
-        for lay in layers[layer:]:
-            self.handles.append(lay.register_forward_pre_hook(self._mask, with_kwargs=True))
+        for i in range(stages[0][0], len(layers)):
+            self.handles.append(layers[i].register_forward_pre_hook(functools.partial(self._layer, i), with_kwargs=True))
 
     def remove(self):
         for h in self.handles:
@@ -46,35 +56,30 @@ class MaskReference:
     def _top(self, module, args, kwargs):
         self.mask2d = kwargs.get("attention_mask")
 
-    def _merge(self, module, args, kwargs):
-        if self.merge_grid is None:
-            return None
+    def _layer(self, idx, module, args, kwargs):
         hs = args[0] if args else kwargs["hidden_states"]
-        d = hs.shape[-1]
-        feats = hs.gather(1, self.visual[..., None].expand(-1, -1, d))
-        merged = select.pool2d(feats, self.n_keep, self.merge_grid)
-        slots = self.visual.gather(1, merged.index)
-        hs = hs.scatter(1, slots[..., None].expand(-1, -1, d), merged.features)
-        return ((hs, *args[1:]) if args else args), (kwargs if args else {**kwargs, "hidden_states": hs})
-
-    def _mask(self, module, args, kwargs):
-        hs = args[0] if args else kwargs["hidden_states"]
-        b, q, _ = hs.shape
-        kv = q  # no cache in the reference loop
+        current = [s for s in self.stages if s[0] <= idx][-1]
+        layer, kept, subs = current
+        if layer == idx and subs is not None:
+            pos, feats = subs
+            hs = hs.scatter(1, pos[..., None].expand(-1, -1, hs.shape[-1]), feats.to(hs.dtype))
+        b, kv, _ = hs.shape  # no cache in the reference loop
         allowed_k = torch.ones(b, kv, dtype=torch.bool)
         allowed_k[:, : self.prompt_len] = False
-        allowed_k[:, : self.prompt_len] = allowed_k[:, : self.prompt_len].scatter(1, self.kept, True)
+        allowed_k[:, : self.prompt_len] = allowed_k[:, : self.prompt_len].scatter(1, kept, True)
         if self.mask2d is not None:
             allowed_k &= self.mask2d[:, :kv].bool()
-        idx = torch.arange(kv)
-        causal = idx[None, :] <= idx[:, None]
-        allowed = (causal[None] & allowed_k[:, None, :]) | torch.eye(kv, dtype=torch.bool)[None]
-        allowed = allowed[:, None]
+        idx_ = torch.arange(kv)
+        causal = idx_[None, :] <= idx_[:, None]
+        allowed = ((causal[None] & allowed_k[:, None, :]) | torch.eye(kv, dtype=torch.bool)[None])[:, None]
         if self.model.config.text_config._attn_implementation == "eager":
             mask = torch.zeros(allowed.shape, dtype=hs.dtype).masked_fill(~allowed, torch.finfo(hs.dtype).min)
         else:
             mask = allowed
         kwargs["attention_mask"] = mask
+        if args:
+            return (hs, *args[1:]), kwargs
+        kwargs["hidden_states"] = hs
         return args, kwargs
 
 

@@ -8,16 +8,36 @@ plus the trace, positions="renumber", hook removal and input validation.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import make_inputs
-from reference import MaskReference, reference_generate
+from reference import MaskReference, reference_generate, spy
 
 import tpx
 from tpx import select
+from tpx.methods import Method
 
 N_NEW = 4
-CASES = [(name, hook) for name in tpx.list_methods() for hook in tpx.get_method(name).hooks if hook != "V"]
+
+
+def _cls_mean(cls_attn):
+    return cls_attn.float().mean(dim=1)
+
+
+def _vision_pool(vision_features, n_keep, grid):
+    return select.pool2d(vision_features, n_keep, grid)
+
+
+# engine-level probes of hook "V" (subset and merge in vision space), independent of the registry
+V_PROBES = [
+    Method("v_cls_topk", hooks=("V",), layers=(), scorer=_cls_mean, selector=select.topk, paper="test probe"),
+    Method("v_pool", hooks=("V",), layers=(), scorer=None, selector=_vision_pool, paper="test probe"),
+]
+CASES = [(name, hook) for name in tpx.list_methods() for hook in tpx.get_method(name).hooks]
+CASES += [(m, "V") for m in V_PROBES]
+IDS = [f"{getattr(n, 'name', n)}-{h}" for n, h in CASES]
 
 
 def _generate(model, inputs, **kw):
@@ -28,7 +48,7 @@ def _generate(model, inputs, **kw):
     return out.sequences[:, inputs["input_ids"].shape[1]:], out.logits
 
 
-@pytest.mark.parametrize(("name", "hook"), CASES, ids=[f"{n}-{h}" for n, h in CASES])
+@pytest.mark.parametrize(("name", "hook"), CASES, ids=IDS)
 def test_retention_one_is_exact(tiny_models, attn, batch, name, hook):
     model, processor = tiny_models[attn]
     inputs = make_inputs(processor, batch)
@@ -45,29 +65,46 @@ def test_retention_one_is_exact(tiny_models, attn, batch, name, hook):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize(("name", "hook"), CASES, ids=[f"{n}-{h}" for n, h in CASES])
+def _stages(run, merged_outputs, visual, adapter):
+    """Reference stages from a pruned run: per stage layer, its kept positions and merged substitutions."""
+    stages, prev = [], None
+    for entry, out in zip(run.trace, merged_outputs, strict=True):
+        subs = None
+        if isinstance(out, select.Merged):
+            current = visual if prev is None else visual.gather(1, prev.kept)
+            feats = out.features
+            if feats.shape[-1] != adapter.text_model.config.hidden_size:
+                feats = adapter.project(feats)
+            subs = (current.gather(1, out.index), feats)
+        stages.append((entry.layer, run.stage_positions[entry.layer], subs))
+        prev = entry
+    return stages
+
+
+@pytest.mark.parametrize(("name", "hook"), CASES, ids=IDS)
 def test_matches_mask_reference(tiny_models, attn, batch, name, hook):
     model, processor = tiny_models[attn]
     inputs = make_inputs(processor, batch, seed=10)
+    method = tpx.get_method(name)
+    outputs: list = []
+    spied = dataclasses.replace(method, selector=spy(method.selector, outputs))
     with torch.no_grad():
-        with tpx.pruning(model, name, retention=0.25, hook=hook, seed=7) as run:
+        with tpx.pruning(model, spied, retention=0.25, hook=hook, seed=7) as run:
             logits = model(**inputs).logits
-            kept = run.kept_positions
-            entry = run.trace[-1]
+        kept = run.kept_positions
+        with tpx.pruning(model, spied, retention=0.25, hook=hook, seed=7) as again:
             tokens, steps = _generate(model, inputs)
-        assert len(run.trace) == 2  # one forward and one generate prefill
-        assert torch.equal(run.trace[1].kept, entry.kept) or name == "random"
+        assert torch.equal(again.kept_positions, kept)  # same seed, same prefill: same selection
         visual = (inputs["input_ids"] == model.config.image_token_id).nonzero()[:, 1].view(batch, -1)
-        merge = entry.grid if name == "pooling" else None
-        ref = MaskReference(model, entry.layer, kept, inputs["input_ids"].shape[1], merge, visual, entry.n_keep)
+        n_calls = len(run.trace)
+        ref = MaskReference(model, _stages(run, outputs[:n_calls], visual, run.adapter), inputs["input_ids"].shape[1])
         try:
             ref_full = model(**inputs).logits
-            ref_logits = ref_full.gather(1, kept[..., None].expand(-1, -1, ref_full.shape[-1]))
-            if name == "random":  # the generate call drew a fresh subset: reference it separately
-                ref.kept = run.kept_positions
             ref_tokens, ref_steps = reference_generate(model, inputs, ref, N_NEW)
         finally:
             ref.remove()
+    entry = run.trace[-1]
+    ref_logits = ref_full.gather(1, kept[..., None].expand(-1, -1, ref_full.shape[-1]))
     real = inputs["attention_mask"].gather(1, kept).bool()
     assert logits.shape[1] == inputs["input_ids"].shape[1] - entry.n_visual + entry.n_keep
     torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-5, rtol=0)

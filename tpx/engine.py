@@ -94,6 +94,11 @@ class Run:
         self._vision: dict[str, torch.Tensor] = {}
         self._cur: dict[str, Any] = {}
 
+    @property
+    def stage_positions(self) -> dict[int, torch.Tensor]:
+        """`{layer: (B, L_s)}` original positions that layers ≥ that stage layer saw in the last prefill."""
+        return {k: v["seq"] for k, v in self._stages.items()}
+
     # ---- installation -------------------------------------------------------------------------------
     def _install(self) -> None:
         layers = self.adapter.layers

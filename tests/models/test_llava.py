@@ -82,3 +82,23 @@ def test_tiny_is_deterministic_and_offline():
     c, _ = tiny(seed=4)
     pa, pb, pc = (dict(m.named_parameters())["lm_head.weight"] for m in (a, b, c))
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+def test_vision_records_equal_eager_clip_attention(tiny_models):
+    model, processor = tiny_models["eager"]
+    inputs = make_inputs(processor, 2, seed=41)
+    adapter = adapter_for(model)
+    sink: dict = {}
+    handles = adapter.vision_hooks(sink)
+    try:
+        with torch.no_grad():
+            tower = model.model.vision_tower
+            out = tower(inputs["pixel_values"], output_attentions=True, output_hidden_states=True)
+    finally:
+        for h in handles:
+            h.remove()
+    h = model.config.vision_feature_layer % (len(out.hidden_states))
+    want = out.attentions[h - 1][:, :, 0, 1:]
+    torch.testing.assert_close(sink["cls_attn"], want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(sink["vision_features"], out.hidden_states[h][:, 1:], atol=0, rtol=0)
+    assert sink["vision_keys"].shape == (2, 144, model.config.vision_config.hidden_size)

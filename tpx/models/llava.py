@@ -154,7 +154,8 @@ class LlavaAdapter:
                 "vision-side (hook 'V') pruning needs a single vision_feature_layer and the 'default' strategy; "
                 f"got {cfg.vision_feature_layer!r}, {cfg.vision_feature_select_strategy!r}"
             )
-        encoder_layers = self.model.model.vision_tower.vision_model.encoder.layers
+        tower = self.model.model.vision_tower
+        encoder_layers = getattr(tower, "vision_model", tower).encoder.layers
         h = cfg.vision_feature_layer % (len(encoder_layers) + 1)  # index into hidden_states
         if h == 0:
             raise ValueError("vision_feature_layer selects the patch embeddings: there is no attention to read")
