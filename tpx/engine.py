@@ -30,6 +30,9 @@ __all__ = ["INGREDIENTS", "Run", "TraceEntry", "pruning"]
 log = logging.getLogger(__name__)
 INGREDIENTS = ing.INGREDIENTS
 POSITIONS = ("keep", "renumber")
+# ingredients indexed by visual token along dim 1, and along the last dim (attention over visual keys)
+_PER_TOKEN = ("scores", "features", "normed_features", "visual_keys", "vision_keys", "vision_features")
+_PER_KEY = ("attn_last", "attn_last_visual", "attn_text", "cls_attn")
 ATTENTION = ("rows", "maps")
 
 
@@ -249,10 +252,10 @@ class Run:
         indices, features, start = [], [], 0
         for grid, size, share in zip(self._grids, sizes, shares, strict=True):
             part = dict(given, grid=grid, n_keep=share)
-            for name in ("scores", "features", "vision_features", "vision_keys", "normed_features"):
-                if name in given and given[name] is not None:
+            for name in _PER_TOKEN:
+                if given.get(name) is not None:
                     part[name] = given[name][:, start:start + size]
-            for name in ("attn_last", "attn_last_visual", "cls_attn"):
+            for name in _PER_KEY:
                 if name in given:
                     part[name] = given[name][..., start:start + size]
             index, merged = _unpack(self.method.selector(**_pick(self.method.selector, part)))

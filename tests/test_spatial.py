@@ -1,0 +1,57 @@
+"""Spatial statistics of kept positions, on hand-made selections with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tpx import spatial
+
+
+def test_keep_frequency_counts_share_of_samples():
+    kept = torch.tensor([[0, 3], [0, 1]])  # 2x2 grid
+    assert spatial.keep_frequency(kept, (2, 2)).tolist() == [[1.0, 0.5], [0.0, 0.5]]
+
+
+def test_bottom_rows_only_versus_uniform():
+    grid = (4, 4)
+    bottom = torch.tensor([[12, 13, 14, 15]])
+    stats = spatial.spatial_stats(bottom, grid)
+    assert stats["mean_row"] == 1.0 and stats["mean_col"] == 0.5
+    assert stats["coverage_2x2"] == 0.5           # only the two bottom windows
+    assert stats["entropy"] == pytest.approx(math.log(4) / math.log(16))
+    spread = torch.tensor([[0, 3, 12, 15]])       # the four corners
+    s2 = spatial.spatial_stats(spread, grid)
+    assert s2["mean_row"] == 0.5 and s2["coverage_2x2"] == 1.0
+    # 3x3 windows on a 4x4 grid: 4 windows (edge ones smaller); the corners hit all four
+    assert s2["coverage_3x3"] == 1.0 and stats["coverage_3x3"] == 0.5
+
+
+def test_uniform_random_selection_has_high_entropy():
+    g = torch.Generator().manual_seed(0)
+    kept = torch.stack([torch.randperm(144, generator=g)[:36] for _ in range(400)])
+    stats = spatial.spatial_stats(kept, (12, 12))
+    assert stats["entropy"] > 0.99 and abs(stats["mean_row"] - 0.5) < 0.02
+
+
+def test_rope_decay_starts_at_one_and_decays():
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 64, 2).float() / 64))
+    curve = spatial.rope_decay(inv_freq, torch.tensor([0, 1, 10, 100, 500]))
+    assert curve[0] == pytest.approx(1.0)
+    assert curve[1] < curve[0] and curve[3] < curve[2] < curve[1]
+
+
+def test_attention_by_distance_bins_means():
+    scores = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    dist = torch.tensor([[0, 1, 2, 3]])
+    centres, mean = spatial.attention_by_distance(scores, dist, n_bins=2)
+    assert mean.tolist() == [1.5, 3.5] and centres.shape == (2,)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match=r"kept indices must lie in \[0, 4\)"):
+        spatial.keep_frequency(torch.tensor([[4]]), (2, 2))
+    with pytest.raises(ValueError, match="same shape"):
+        spatial.attention_by_distance(torch.ones(1, 3), torch.ones(1, 4))

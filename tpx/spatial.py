@@ -1,0 +1,117 @@
+"""Where kept tokens sit on the image grid, summed over a dataset: the measurements behind the study's Q1.
+
+The study's first finding is that attention-scored pruning keeps tokens late in the sequence — the bottom
+rows of the image — because causal attention with RoPE's long-range decay favours keys near the query.
+These functions turn trace entries into retention-frequency maps and spatial statistics, and compute the
+RoPE decay curve that explains the bias. Pure torch; no model code.
+
+Reference: Wen et al., Findings of ACL 2025, arXiv 2502.11501, Sec. 3 (Q1, retention frequency over POPE);
+Su et al., "RoFormer", arXiv 2104.09864, Sec. 3.4.3 (long-term decay of RoPE).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["attention_by_distance", "keep_frequency", "rope_decay", "spatial_stats"]
+
+
+def _check(kept: torch.Tensor, grid: tuple[int, int]) -> tuple[int, int]:
+    rows, cols = grid
+    if kept.ndim != 2:
+        raise ValueError(f"kept must be (samples, n_keep) visual indices, got shape {tuple(kept.shape)}")
+    if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= rows * cols):
+        raise ValueError(f"kept indices must lie in [0, {rows * cols}) for a {rows}x{cols} grid")
+    return rows, cols
+
+
+def keep_frequency(kept: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Share of samples in which each grid cell was kept.
+
+    Args:
+        kept: `(S, n_keep)` visual indices kept in each of S samples (row-major over the grid).
+        grid: `(rows, cols)`.
+
+    Returns:
+        `(rows, cols)` float tensor in [0, 1]; uniform random selection gives n_keep / N everywhere.
+    """
+    rows, cols = _check(kept, grid)
+    hits = torch.zeros(kept.shape[0], rows * cols, device=kept.device).scatter(1, kept, 1.0)
+    return hits.mean(0).view(rows, cols)
+
+
+def spatial_stats(kept: torch.Tensor, grid: tuple[int, int]) -> dict[str, float]:
+    """Spatial summary of kept positions over a dataset.
+
+    Returns:
+        `mean_row` / `mean_col`: mean grid row / column of kept tokens divided by (rows − 1) / (cols − 1), so a
+        spatially uniform selection gives 0.5 and 1 is the bottom / right edge; `coverage_2x2` /
+        `coverage_3x3`: mean share of the non-overlapping 2×2 / 3×3 windows (edge windows included) that
+        hold at least one kept token; `entropy`: entropy of the dataset's kept-position distribution divided
+        by log N (1 = every cell kept equally often).
+    """
+    rows, cols = _check(kept, grid)
+    r = (kept // cols).float()
+    c = (kept % cols).float()
+    out = {
+        "mean_row": float(r.mean() / max(rows - 1, 1)),
+        "mean_col": float(c.mean() / max(cols - 1, 1)),
+    }
+    for w in (2, 3):
+        wc = -(-cols // w)
+        window = (kept // cols // w) * wc + (kept % cols) // w
+        n_windows = -(-rows // w) * wc
+        hit = torch.zeros(kept.shape[0], n_windows, device=kept.device).scatter(1, window, 1.0)
+        out[f"coverage_{w}x{w}"] = float(hit.mean())
+    p = keep_frequency(kept, grid).flatten()
+    p = p / p.sum()
+    out["entropy"] = float(-(p[p > 0] * p[p > 0].log()).sum() / math.log(rows * cols))
+    return out
+
+
+def rope_decay(inv_freq: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
+    """RoFormer's upper bound on the attention logit between tokens `m` positions apart, relative to m = 0.
+
+    With RoPE, q·k at relative distance m is bounded by `max|q_j − q_{j+1}| · Σ_j |S_j|` with
+    `S_j = Σ_{k<j} exp(i·m·θ_k)`; the bound decays with m, which is why a query (FastV's last token)
+    attends more to nearby keys (the last rows of the image).
+
+    Args:
+        inv_freq: `(d/2,)` the model's RoPE frequencies θ_k (its rotary embedding's `inv_freq`).
+        distances: `(M,)` relative distances m ≥ 0.
+
+    Returns:
+        `(M,)` mean_j |S_j| at each distance, divided by its value at m = 0.
+    """
+    theta = inv_freq.double()
+    m = distances.double()[:, None]
+    phase = m * theta[None, :]
+    s = torch.complex(phase.cos(), phase.sin()).cumsum(dim=1)      # S_j for j = 1..d/2
+    at_zero = (theta.shape[0] + 1) / 2                              # S_j = j when m = 0
+    return (s.abs().mean(dim=1) / at_zero).float()
+
+
+def attention_by_distance(scores: torch.Tensor, distances: torch.Tensor, n_bins: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean attention a key receives as a function of its distance to the query, over a dataset.
+
+    Args:
+        scores: `(S, N)` attention of the query (e.g. FastV's last token) over N visual tokens.
+        distances: `(S, N)` query position minus key position.
+        n_bins: equal-width distance bins.
+
+    Returns:
+        `(bin_centres (n_bins,), mean_score (n_bins,))`; empty bins give NaN.
+    """
+    if scores.shape != distances.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and distances {tuple(distances.shape)} must have the same shape")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be ≥ 1, got {n_bins}")
+    d = distances.float().flatten()
+    v = scores.float().flatten()
+    edges = torch.linspace(float(d.min()), float(d.max()) + 1e-6, n_bins + 1, device=d.device)
+    idx = torch.bucketize(d, edges, right=True) - 1                  # in [0, n_bins) by construction
+    total = torch.zeros(n_bins, device=d.device).index_add(0, idx, v)
+    count = torch.zeros(n_bins, device=d.device).index_add(0, idx, torch.ones_like(v))
+    return (edges[:-1] + edges[1:]) / 2, total / count
