@@ -13,7 +13,19 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["kept_tokens", "model_view", "save"]
+__all__ = ["colour", "keep_frequency_maps", "kept_tokens", "model_view", "save"]
+
+# one colour per method, everywhere; the unpruned baseline is dashed grey
+_PALETTE = {
+    "unpruned": "#7f7f7f", "random": "#1f77b4", "pooling": "#2ca02c", "fastv": "#d62728", "fastv_vis": "#ff9896",
+    "window_fastv": "#ff7f0e", "alpha": "#9467bd", "sparsevlm": "#8c564b", "pdrop": "#e377c2", "dart": "#17becf",
+    "divprune": "#bcbd22", "fastervlm": "#aec7e8", "visionzip": "#98df8a",
+}
+
+
+def colour(method: str) -> str:
+    """The colour a method is drawn in across every figure."""
+    return _PALETTE.get(method, "#333333")
 
 
 def _style() -> Any:
@@ -83,6 +95,46 @@ def kept_tokens(image: np.ndarray, entry: Any, row: int = 0, title: str | None =
         axes[1].set_ylabel("grid row (0 = top)")
         where = "input embeddings (hook E)" if entry.hook == "E" else f"before decoder layer {entry.layer}"
         fig.suptitle(title or f"{entry.method}: retention {entry.params['retention']:.3g}, {where}")
+    return fig
+
+
+def keep_frequency_maps(freqs: dict[str, Any], title: str | None = None, cols: int = 3) -> Any:
+    """Retention-frequency heatmaps of several methods side by side on one colour scale.
+
+    Args:
+        freqs: method name → `(rows, cols)` share of samples that kept each cell (see
+            `tpx.spatial.keep_frequency`), in the order to draw.
+        title: figure title.
+        cols: panels per row.
+
+    Returns:
+        The `Figure`: one panel per method, a shared [0, 1] colour scale and one colour bar.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
+    from matplotlib.ticker import MaxNLocator
+
+    n = len(freqs)
+    ncols = min(cols, n)
+    nrows = -(-n // ncols)
+    norm = Normalize(vmin=0.0, vmax=1.0)
+    with _style():
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols + 1.0, 3.2 * nrows), squeeze=False,
+                                 constrained_layout=True)
+        im = None
+        for ax, (name, freq) in zip(axes.flat, freqs.items(), strict=False):
+            grid = freq.detach().float().cpu().numpy()
+            im = ax.imshow(grid, cmap="magma", norm=norm)
+            ax.set_title(name)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("grid column")
+            ax.set_ylabel("grid row (0 = top)")
+        for ax in list(axes.flat)[n:]:
+            ax.set_axis_off()
+        fig.colorbar(im, ax=axes, shrink=0.8, label="share of samples keeping the cell")
+        if title:
+            fig.suptitle(title)
     return fig
 
 
