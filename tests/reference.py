@@ -13,7 +13,7 @@ import functools
 import torch
 
 
-def _positions(mask2d: torch.Tensor) -> torch.Tensor:
+def generate_positions(mask2d: torch.Tensor) -> torch.Tensor:
     # what generate() uses: cumulative count of real tokens, padding at 1
     return (mask2d.long().cumsum(-1) - 1).masked_fill(mask2d == 0, 1)
 
@@ -95,7 +95,7 @@ def reference_generate(model, inputs, ref: MaskReference, n_new: int):
     for _ in range(n_new):
         out = model(
             input_ids=ids, pixel_values=inputs["pixel_values"], attention_mask=mask,
-            position_ids=_positions(mask), use_cache=False,
+            position_ids=generate_positions(mask), use_cache=False,
         )
         step = out.logits[:, -1]
         nxt = step.argmax(-1, keepdim=True)

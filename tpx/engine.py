@@ -151,7 +151,9 @@ class Run:
         self._vis_index = torch.full((b, length), -1, dtype=torch.long, device=dev).scatter(1, layout.positions, vis_index)
         after_image = torch.arange(length, device=dev)[None] > layout.positions[:, :1]
         self._is_text = ~self._is_visual & after_image & (mask.bool() if mask is not None else True)
-        self._budgets = _budgets(self.method, self.retention, self._n_visual, len(self.layers), self.params)
+        context = dict(self.params, layers=self.layers, n_layers=self.adapter.n_layers)
+        self._budgets = _budgets(self.method, self.retention, self._n_visual, len(self.layers), context)
+        self._n_cur = self._n_visual
         self._seq = torch.arange(length, device=dev).expand(b, -1)
         self._seq_mask2d = mask
         self._pos0 = None
@@ -162,6 +164,8 @@ class Run:
         hidden = args[0] if args else kwargs["hidden_states"]
         if idx in self.layers:
             if self._prefill:
+                if idx > self.layers[0]:  # a later stage starts from the current (pruned) positions and rotary
+                    kwargs.update(self._cur)
                 hidden = self._prune(idx, hidden, kwargs)
             else:
                 self._cur = self._decode_kwargs(idx, hidden, kwargs)
@@ -181,11 +185,12 @@ class Run:
         b, length, d = hidden.shape
         seq = self._seq
         vis_mask = self._is_visual.gather(1, seq)                                 # (B, L) visual in current seq
-        n_cur = self._n_visual if stage == 0 else self._budgets[stage - 1]
+        n_cur = self._n_cur
         vis_cur = _true_positions(vis_mask, n_cur)                                 # (B, n_cur)
         vis_orig = self._vis_index.gather(1, seq.gather(1, vis_cur))              # (B, n_cur) into visual span
         with torch.no_grad():
             scores, index, merged = self._score_and_select(idx, hidden, seq, vis_cur, n_cur, n_keep)
+        n_keep = self._n_cur = index.shape[1]  # a method may document a count other than the budget (DART's official one)
         keep_mask = (~vis_mask).scatter(1, vis_cur.gather(1, index), True)
         keep = _true_positions(keep_mask, length - n_cur + n_keep)                 # (B, L') sorted
         new_hidden = hidden.gather(1, keep[..., None].expand(-1, -1, d))
@@ -234,7 +239,7 @@ class Run:
         if method.scorer is not None:
             scores = method.scorer(**_pick(method.scorer, given))
             given["scores"] = scores
-        if "grid" in inspect.signature(method.selector).parameters:
+        if method.per_segment or "grid" in inspect.signature(method.selector).parameters:
             index, merged = self._select_per_segment(given, n_cur, n_keep)
         else:
             index, merged = _unpack(method.selector(**_pick(method.selector, given)))
@@ -244,6 +249,8 @@ class Run:
 
     def _select_per_segment(self, given: dict[str, Any], n_cur: int, n_keep: int) -> tuple:
         """Selectors that need a grid run on each image segment with a share of the budget."""
+        if len(self._grids) == 1 and "grid" not in inspect.signature(self.method.selector).parameters:
+            return _unpack(self.method.selector(**_pick(self.method.selector, given)))
         if n_cur != self._n_visual:
             raise ValueError(f"{self.method.name!r} selects on the image grid, which needs all visual tokens; "
                              f"this stage sees {n_cur} of {self._n_visual}")

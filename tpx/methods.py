@@ -42,6 +42,8 @@ class Method:
             list[int]` giving the tokens kept after each stage; None for single-stage methods.
         scale_layers: multi-stage layers are given for a 32-layer LLM (LLaVA-1.5-7B) and scaled to the model's
             depth; single-stage layers (FastV's K = 2) are absolute.
+        per_segment: select inside each image segment (AnyRes crop, image) with a proportional share of the
+            budget, as FasterVLM and VisionZip do per crop; selectors that take `grid` always do.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Method:
     paper: str = ""
     schedule: Callable[..., list[int]] | None = None
     scale_layers: bool = False
+    per_segment: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
@@ -80,6 +83,30 @@ class Method:
 
 _FASTV = "Chen et al., An Image is Worth 1/2 Tokens After Layer 2, ECCV 2024, arXiv 2403.06764"
 _STUDY = "Wen et al., Token Pruning in MLLMs: Are We Solving the Right Problem?, Findings of ACL 2025, arXiv 2502.11501"
+_DART = (
+    "Wen et al., Stop Looking for Important Tokens in Multimodal Language Models: Duplication Matters More (DART),"
+    " EMNLP 2025, arXiv 2502.11494"
+)
+_SPARSEVLM = (
+    "Zhang et al., SparseVLM: Visual Token Sparsification for Efficient Vision-Language Model Inference,"
+    " ICML 2025, arXiv 2410.04417"
+)
+_PDROP = (
+    "Xing et al., PyramidDrop: Accelerating Your Large Vision-Language Models via Pyramid Visual Redundancy Reduction,"
+    " CVPR 2025, arXiv 2410.17247"
+)
+_DIVPRUNE = (
+    "Alvar et al., DivPrune: Diversity-based Visual Token Pruning for Large Multimodal Models,"
+    " CVPR 2025, arXiv 2503.02175"
+)
+_FASTERVLM = (
+    "Zhang et al., [CLS] Attention is All You Need for Training-Free Visual Token Pruning (FasterVLM),"
+    " 2024, arXiv 2412.01818"
+)
+_VISIONZIP = (
+    "Yang et al., VisionZip: Longer is Better but Not Necessary in Vision Language Models,"
+    " CVPR 2025, arXiv 2412.04467"
+)
 
 METHODS: dict[str, Method] = {
     "random": Method(
@@ -101,6 +128,38 @@ METHODS: dict[str, Method] = {
     "window_fastv": Method(
         name="window_fastv", hooks=("L",), layers=(2,), scorer=scores.last_token_attention,
         selector=select.window_topk, defaults={"window": 2}, paper=_STUDY + " (Window FastV, Q1)",
+    ),
+    # alpha = 0.2: the best mean relative score over the four benchmarks of the study's Table 6 (93.9%)
+    "alpha": Method(
+        name="alpha", hooks=("L",), layers=(2,), scorer=scores.last_token_attention, selector=select.alpha_mix,
+        defaults={"alpha": 0.2, "uniqueness": "dup", "n_visual_pivots": 4, "n_text_pivots": 4},
+        paper=_STUDY + " (importance vs. uniqueness, Q4, Eq. 6)",
+    ),
+    # SparseVLM prunes inside layers 2, 6 and 15 with their own attention: the next layers (K = 3, 7, 16) see
+    # the pruned sequence and the scores come from K − 1, tpx's convention
+    "sparsevlm": Method(
+        name="sparsevlm", hooks=("L",), layers=(3, 7, 16), scorer=scores.text_rater_attention,
+        selector=select.topk_recycle, defaults={"recycle": False}, paper=_SPARSEVLM,
+        schedule=select.sparsevlm_schedule, scale_layers=True,
+    ),
+    "pdrop": Method(
+        name="pdrop", hooks=("L",), layers=(8, 16, 24), scorer=scores.last_token_attention, selector=select.topk,
+        defaults={"ratios": (0.5, 0.25, 0.125)}, paper=_PDROP, schedule=select.pyramid_schedule, scale_layers=True,
+    ),
+    "dart": Method(
+        name="dart", hooks=("L",), layers=(2,), scorer=scores.key_norm, selector=select.pivot_duplication,
+        defaults={"n_visual_pivots": 4, "n_text_pivots": 4, "exact_budget": True}, paper=_DART,
+    ),
+    "divprune": Method(
+        name="divprune", hooks=("E",), layers=(), scorer=None, selector=select.max_min_diversity, paper=_DIVPRUNE,
+    ),
+    "fastervlm": Method(
+        name="fastervlm", hooks=("V",), layers=(), scorer=scores.cls_attention, selector=select.topk, paper=_FASTERVLM,
+        per_segment=True,
+    ),
+    "visionzip": Method(
+        name="visionzip", hooks=("V",), layers=(), scorer=scores.cls_attention, selector=select.dominant_contextual,
+        defaults={"dominant_share": 54 / 64}, paper=_VISIONZIP, per_segment=True,
     ),
 }
 

@@ -3,19 +3,28 @@
 A scorer is a pure, batched tensor function. Its argument names say which ingredient the engine must hand
 it (see `tpx.engine.INGREDIENTS`): `attn_last` / `attn_last_visual` are `(B, H, N)` attention probabilities
 from one query row to the N visual tokens at the scoring layer, `features` are the `(B, N, D)` visual
-hidden states at the hook point, and `generator` is the run's seeded `torch.Generator`. Scorers return
+hidden states at the hook point, and `generator` is the run's seeded `torch.Generator`; the other names are
+listed in the engine's `INGREDIENTS`. Scorers return
 `(B, N)` float scores on the input's device. This module imports only torch.
 
 Papers covered:
     FastV: Chen et al., "An Image is Worth 1/2 Tokens After Layer 2", ECCV 2024, arXiv 2403.06764.
-    FastV_VIS and random baselines: Wen et al., Findings of ACL 2025, arXiv 2502.11501 (Q1, Q3).
+    FastV_VIS, random baselines, α uniqueness: Wen et al., Findings of ACL 2025, arXiv 2502.11501 (Q1, Q3, Q4).
+    FasterVLM: Zhang et al., "[CLS] Attention is All You Need for Training-Free Visual Token Pruning", 2024,
+        arXiv 2412.01818.
+    SparseVLM: Zhang et al., ICML 2025, arXiv 2410.04417.
+    DART: Wen et al., "Stop Looking for Important Tokens in Multimodal Language Models: Duplication Matters
+        More", EMNLP 2025, arXiv 2502.11494.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["last_token_attention", "last_visual_attention", "random_scores"]
+__all__ = [
+    "cls_attention", "key_norm", "last_token_attention", "last_token_uniqueness", "last_visual_attention", "minmax",
+    "random_scores", "text_rater_attention",
+]
 
 
 def last_token_attention(attn_last: torch.Tensor) -> torch.Tensor:
@@ -68,3 +77,117 @@ def random_scores(features: torch.Tensor, generator: torch.Generator) -> torch.T
     """
     b, n = features.shape[:2]
     return torch.rand(b, n, generator=generator, device=features.device)
+
+
+def cls_attention(cls_attn: torch.Tensor) -> torch.Tensor:
+    """FasterVLM / VisionZip importance: head-mean attention of the vision tower's [CLS] token to each patch.
+
+    The [CLS] token summarises the image for CLIP's contrastive objective, so the patches it attends to carry
+    the image's salient content, without any text.
+
+    Reference: Zhang et al., "[CLS] Attention is All You Need for Training-Free Visual Token Pruning"
+    (FasterVLM), arXiv 2412.01818, 2024, method section ([CLS] attention at the vision feature layer, averaged
+    over heads). VisionZip (Yang et al., CVPR 2025, arXiv 2412.04467) sums over heads, which ranks the same
+    tokens.
+
+    Args:
+        cls_attn: `(B, H, N)` attention probabilities of the [CLS] query over the N patch tokens.
+
+    Returns:
+        `(B, N)` float32 scores.
+    """
+    return cls_attn.float().mean(dim=1)
+
+
+def text_rater_attention(attn_text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    """SparseVLM importance: head-mean attention of the "rater" text tokens to each visual token.
+
+    Not every instruction token says where to look; SparseVLM lets only the text tokens most related to the
+    image rate the visual tokens. Relevance of text token t is its head-mean attention to the visual tokens,
+    averaged over the N visual tokens; raters are the valid text tokens whose relevance exceeds the mean
+    relevance of the row's valid text tokens (all valid tokens if none does). The score of a visual token is
+    the head-mean attention it receives, averaged over the raters. Rows without any text token score zero.
+
+    Reference: Zhang et al., "SparseVLM: Visual Token Sparsification for Efficient Vision-Language Model
+    Inference", ICML 2025, arXiv 2410.04417, method section (text raters; rater-weighted
+    visual scores). Equation numbers are not cited: tpx's authors could not check them against the PDF.
+    Differs from the official code: the code picks raters once, from the LLM's input embeddings, as the
+    softmax over text tokens of visual·text dot products averaged over visual tokens; tpx reads relevance
+    from the attention rows of layer K−1 (softmax over keys) and picks raters again at every stage. The code
+    also scores with the pruning layer's own attention and prunes that layer's output (its layers 2, 6, 15
+    are tpx's K = 3, 7, 16); tpx's registry keeps K = 2, 6, 15, scored at layers 1, 5, 14.
+
+    Args:
+        attn_text: `(B, H, T, N)` attention of the T text tokens after the image over the visual tokens.
+        text_mask: `(B, T)` bool, True for real text tokens (rows are padded to the batch's longest).
+
+    Returns:
+        `(B, N)` float32 scores.
+    """
+    att = attn_text.float().mean(dim=1)                                        # (B, T, N)
+    valid = text_mask.to(torch.bool)
+    relevance = att.mean(dim=2)                                                # (B, T)
+    n_valid = valid.sum(dim=1, keepdim=True)
+    mean = (relevance * valid).sum(dim=1, keepdim=True) / n_valid.clamp(min=1)
+    raters = valid & (relevance > mean)
+    raters = torch.where(raters.any(dim=1, keepdim=True), raters, valid)
+    weight = raters.float() / raters.sum(dim=1, keepdim=True).clamp(min=1)
+    return torch.einsum("bt,btn->bn", weight, att)
+
+
+def key_norm(visual_keys: torch.Tensor) -> torch.Tensor:
+    """DART pivot score: L1 norm of each visual token's key vector (heads concatenated).
+
+    Tokens with large keys dominate attention logits; DART uses them as pivots whose near-duplicates are
+    dropped. The norm is an importance-free, attention-free score (it needs no query row).
+
+    Reference: Wen et al., "Stop Looking for Important Tokens in Multimodal Language Models: Duplication
+    Matters More" (DART), EMNLP 2025, arXiv 2502.11494, method section (pivot selection by the K-norm of keys).
+
+    Args:
+        visual_keys: `(B, N, Dk)` post-RoPE keys of the visual tokens at layer K−1.
+
+    Returns:
+        `(B, N)` float32 scores.
+    """
+    return visual_keys.float().abs().sum(dim=-1)
+
+
+def minmax(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Min-max normalise each row to [0, 1] (over the entries where `mask` is True); constant rows give 0.
+
+    Args:
+        x: `(B, N)` scores.
+        mask: optional `(B, N)` bool, the entries the minimum and maximum are taken over.
+
+    Returns:
+        `(B, N)` float32, in [0, 1] on the masked entries.
+    """
+    x = x.float()
+    if mask is None:
+        lo, hi = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
+    else:
+        lo = x.masked_fill(~mask, float("inf")).amin(dim=1, keepdim=True)
+        hi = x.masked_fill(~mask, float("-inf")).amax(dim=1, keepdim=True)
+    span = hi - lo
+    return torch.where(span > 0, (x - lo) / span.clamp(min=torch.finfo(torch.float32).tiny), torch.zeros_like(x))
+
+
+def last_token_uniqueness(features: torch.Tensor, last_feature: torch.Tensor) -> torch.Tensor:
+    """Uniqueness, "last" reading of the study's Eq. 6: 1 − cosine similarity to the last prompt token.
+
+    Tokens that already resemble what the last token holds add little that it lacks. The score is static:
+    exact duplicates get equal scores and are kept or dropped together.
+
+    Reference: Wen et al., Findings of ACL 2025, arXiv 2502.11501, Q4, Eq. 6 ("pattern
+    uniqueness", instantiated as 1 − cosine similarity).
+
+    Args:
+        features: `(B, N, D)` visual hidden states entering the pruned layer.
+        last_feature: `(B, D)` hidden state of the last prompt token entering the pruned layer.
+
+    Returns:
+        `(B, N)` float32 scores in [0, 2].
+    """
+    cos = torch.nn.functional.cosine_similarity(features.float(), last_feature.float()[:, None, :], dim=-1)
+    return 1.0 - cos
