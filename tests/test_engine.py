@@ -144,7 +144,11 @@ def test_budgets_of_the_literature_are_exact():
             with tpx.pruning(model, "fastv", retention=retention) as run:
                 model(**inputs)
             kept[round(retention, 4)] = run.trace[0].kept.shape[1]
+        with tpx.pruning(model, "dart", retention=2 / 9, exact_budget=False) as run:
+            logits = model(**inputs).logits
     assert kept == {0.3333: 192, 0.25: 144, 0.2222: 128, 0.1111: 64}
+    # DART's official count keeps its 4 visual pivots on top of the budget: 132 at "128"
+    assert run.trace[0].n_keep == 132 and logits.shape[1] == inputs["input_ids"].shape[1] - 576 + 132
 
 
 def test_trace_records_grid_cells_scores_and_parameters(tiny_models):
