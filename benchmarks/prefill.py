@@ -35,7 +35,7 @@ def proxy(hidden: int, layers: int, device: str):
     heads = hidden // 64
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=64, intermediate_size=128,
-                                       num_hidden_layers=1, num_attention_heads=4),
+                                       num_hidden_layers=2, num_attention_heads=4),
         text_config=LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=int(hidden * 2.6875),
                                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                                 max_position_embeddings=4096),

@@ -150,7 +150,8 @@ class Run:
         vis_index = torch.arange(self._n_visual, device=dev).expand(b, -1)
         self._vis_index = torch.full((b, length), -1, dtype=torch.long, device=dev).scatter(1, layout.positions, vis_index)
         after_image = torch.arange(length, device=dev)[None] > layout.positions[:, :1]
-        self._is_text = ~self._is_visual & after_image & (mask.bool() if mask is not None else True)
+        placeholder = input_ids == self.adapter.image_token_id  # unprunable image tokens (LLaVA-NeXT newlines) are not text
+        self._is_text = ~self._is_visual & ~placeholder & after_image & (mask.bool() if mask is not None else True)
         context = dict(self.params, layers=self.layers, n_layers=self.adapter.n_layers)
         self._budgets = _budgets(self.method, self.retention, self._n_visual, len(self.layers), context)
         self._n_cur = self._n_visual
@@ -172,7 +173,7 @@ class Run:
         if idx >= self.layers[0]:
             kwargs.update(self._cur)
         if stash and self._prefill:
-            self._stash[idx] = (hidden, kwargs["position_embeddings"], self._seq_mask2d)
+            self._stash[idx] = (hidden, kwargs["position_embeddings"], self._seq_mask2d, kwargs.get("cache"))
         if args:
             return (hidden, *args[1:]), kwargs
         kwargs["hidden_states"] = hidden
@@ -198,12 +199,14 @@ class Run:
             slots = _true_positions(vis_mask.gather(1, keep), n_keep)
             new_hidden = new_hidden.scatter(1, slots[..., None].expand(-1, -1, d), merged.to(new_hidden.dtype))
         new_seq = seq.gather(1, keep)
-        position_ids = kwargs["position_ids"].expand(b, -1)
+        position_ids = kwargs.get("position_ids")  # None in a Qwen2-VL forward (3-D M-RoPE lives in cos/sin)
+        if position_ids is not None:
+            position_ids = position_ids.expand(b, -1)
         if self._pos0 is None:
             self._pos0 = position_ids
         cos, sin = kwargs["position_embeddings"]
         gidx = keep[..., None].expand(-1, -1, cos.shape[-1])
-        pos = position_ids.gather(1, keep)
+        pos = None if position_ids is None else position_ids.gather(1, keep)
         pe = (cos.expand(b, -1, -1).gather(1, gidx), sin.expand(b, -1, -1).gather(1, gidx))
         shift = None
         if self.positions == "renumber":
@@ -428,6 +431,8 @@ def _make_run(model, method, retention, layer, layers, hook, seed, positions, at
         allowed = ", ".join(sorted(method.defaults)) or "none"
         raise ValueError(f"unknown parameter(s) {unknown} for method {method.name!r}; allowed: {allowed}")
     adapter = adapter_for(model)
+    if positions == "renumber" and not adapter.supports_renumber:
+        raise ValueError(f"positions='renumber' is not supported on {type(model).__name__}: its M-RoPE positions are 3-D; use positions='keep'")
     stage_layers = _stage_layers(method, hook, layer, layers, adapter.n_layers)
     if attention == "maps" and adapter.attn_implementation != "eager":
         raise ValueError(f"attention='maps' reads eager attention maps; load the model with attn_implementation='eager' (it uses {adapter.attn_implementation!r})")

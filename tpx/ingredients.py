@@ -65,7 +65,8 @@ class Stage:
         visual: `(B, N)` positions of the current visual tokens in the current sequence.
         text: `(B, T)` positions of the text tokens after the image (padded slots repeat the last position).
         text_mask: `(B, T)` which text slots are real.
-        before: `(hidden, position_embeddings, mask2d)` entering layer K−1, or None.
+        before: `(hidden, position_embeddings, mask2d, cache)` entering layer K−1, or None; once layer K−1 ran,
+            the cache holds its keys, which attention rows and key ingredients reuse.
         maps: `(B, H, L, L)` eager attention maps of layer K−1 (attention="maps"), or None.
         vision: ingredients recorded on the vision tower, or None.
         score_layer: K−1.
@@ -92,8 +93,8 @@ def _rows(st: Stage, rows: torch.Tensor) -> torch.Tensor:
         m = st.maps
         att = m.gather(2, rows[:, None, :, None].expand(-1, m.shape[1], -1, m.shape[3]))
     else:
-        hidden, pe, mask2d = st.before
-        att = st.adapter.attention_rows(st.score_layer, hidden, pe, rows, mask2d)
+        hidden, pe, mask2d, cache = st.before
+        att = st.adapter.attention_rows(st.score_layer, hidden, pe, rows, mask2d, cache=cache)
     return att.gather(3, st.visual[:, None, None, :].expand(-1, att.shape[1], att.shape[2], -1))
 
 
@@ -117,8 +118,8 @@ def collect(names: set[str], st: Stage) -> dict[str, Any]:
     if "attn_text" in names:
         out["attn_text"] = _rows(st, st.text)
     if names & {"visual_keys", "text_keys"}:
-        hidden, pe, _ = st.before
-        keys = st.adapter.keys(st.score_layer, hidden, pe)
+        hidden, pe, _, cache = st.before
+        keys = st.adapter.keys(st.score_layer, hidden, pe, cache=cache)
         out["visual_keys"], out["text_keys"] = _gather(keys, st.visual), _gather(keys, st.text)
     if names & _VISION:
         out.update({k: st.vision[k] for k in names & _VISION})

@@ -443,11 +443,21 @@ def alpha_mix(
         sim_text = torch.bmm(x, _take(t, text_piv).transpose(1, 2)).masked_fill(~text_ok[:, None, :], -1.0)
         best = torch.maximum(best, sim_text.amax(dim=2))
     kept = torch.zeros(b, n, dtype=torch.bool, device=x.device)
-    for _ in range(n_keep):  # greedy: each kept token joins the reference set
-        mix = alpha * importance + (1 - alpha) * _scores.minmax(1.0 - best, ~kept)
-        pick = mix.masked_fill(kept, float("-inf")).argmax(dim=1, keepdim=True)         # (B, 1)
-        kept = kept.scatter(1, pick, True)
-        best = torch.maximum(best, torch.bmm(x, _take(x, pick).transpose(1, 2))[..., 0])
+    weighted = alpha * importance
+    rows = torch.arange(b, device=x.device)
+    inf = torch.tensor(float("inf"), device=x.device)
+    tiny = torch.finfo(torch.float32).tiny
+    best = best.clone()
+    for _ in range(n_keep):  # greedy: each kept token joins the reference set (in-place on local tensors)
+        # uniqueness 1 − best, min-max normalised over the remaining candidates, as `scores.minmax` does
+        lo = torch.where(kept, inf, best).amin(dim=1, keepdim=True)                       # min best = max unique
+        hi = torch.where(kept, -inf, best).amax(dim=1, keepdim=True)
+        span = hi - lo
+        unique = torch.where(span > 0, (hi - best) / span.clamp(min=tiny), 0.0)
+        mix = (weighted + (1 - alpha) * unique).masked_fill_(kept, float("-inf"))
+        pick = mix.argmax(dim=1)                                                           # (B,)
+        kept[rows, pick] = True
+        torch.maximum(best, torch.bmm(x, x[rows, pick][:, :, None])[..., 0], out=best)  # one column of x·xᵀ
     return _mask_to_index(kept, n_keep)
 
 

@@ -102,3 +102,21 @@ def test_vision_records_equal_eager_clip_attention(tiny_models):
     torch.testing.assert_close(sink["cls_attn"], want, atol=1e-6, rtol=0)
     torch.testing.assert_close(sink["vision_features"], out.hidden_states[h][:, 1:], atol=0, rtol=0)
     assert sink["vision_keys"].shape == (2, 144, model.config.vision_config.hidden_size)
+
+
+def test_rows_from_cached_keys_equal_recomputed_rows(tiny_models):
+    model, processor = tiny_models["sdpa"]
+    inputs = make_inputs(processor, 2, seed=42)
+    adapter = adapter_for(model)
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True, use_cache=True)
+        length = inputs["input_ids"].shape[1]
+        pe = adapter.rotary(out.hidden_states[0], torch.arange(length)[None])
+        rows = torch.tensor([[length - 1, 150], [length - 1, 100]])
+        for layer in range(adapter.n_layers):
+            assert adapter._cached_keys(out.cache, layer, length) is not None
+            cached = adapter.attention_rows(layer, out.hidden_states[layer], pe, rows, inputs["attention_mask"], cache=out.cache)
+            fresh = adapter.attention_rows(layer, out.hidden_states[layer], pe, rows, inputs["attention_mask"])
+            torch.testing.assert_close(cached, fresh, atol=1e-6, rtol=0)
+            torch.testing.assert_close(adapter.keys(layer, out.hidden_states[layer], pe, cache=out.cache),
+                                       adapter.keys(layer, out.hidden_states[layer], pe), atol=1e-6, rtol=0)

@@ -22,12 +22,21 @@ if not SUPPORTED_TRANSFORMERS[0] <= Version(transformers.__version__) < SUPPORTE
     )
 
 from tpx.models.llava import LlavaAdapter  # noqa: E402
-from tpx.models.tiny import tiny  # noqa: E402
+from tpx.models.llava_next import LlavaNextAdapter  # noqa: E402
+from tpx.models.qwen2_vl import Qwen2VLAdapter  # noqa: E402
+from tpx.models.tiny import tiny, tiny_llava_next, tiny_qwen2_vl  # noqa: E402
 
-__all__ = ["ADAPTERS", "adapter_for", "load", "tiny"]
+__all__ = ["ADAPTERS", "LlavaAdapter", "LlavaNextAdapter", "Qwen2VLAdapter", "adapter_for", "load", "tiny",
+           "tiny_llava_next", "tiny_qwen2_vl"]
 
 # adapter per `config.model_type`; a new model family is one adapter file and one entry here
-ADAPTERS: dict[str, type] = {"llava": LlavaAdapter}
+ADAPTERS: dict[str, type] = {
+    "llava": LlavaAdapter,
+    "llava_next": LlavaNextAdapter,
+    "qwen2_vl": Qwen2VLAdapter,
+    "qwen2_5_vl": Qwen2VLAdapter,
+}
+_TINY = {"tiny": tiny, "tiny-llava-next": tiny_llava_next, "tiny-qwen2-vl": tiny_qwen2_vl}
 
 
 def adapter_for(model: Any) -> Any:
@@ -58,7 +67,8 @@ def load(
     last prompt token).
 
     Args:
-        id_or_path: a hub id (needs the hub), a local folder saved with `save_pretrained`, or `"tiny"`.
+        id_or_path: a hub id (needs the hub), a local folder saved with `save_pretrained`, or a tiny random
+            model built in memory: `"tiny"` (LLaVA), `"tiny-llava-next"` or `"tiny-qwen2-vl"`.
         device: where to put the model ("cpu", "cuda", "cuda:1", ...); default: where it loads.
         dtype: torch dtype of the weights (e.g. `torch.bfloat16` on a GPU); default: the checkpoint's.
         attn_implementation: "sdpa" (default), "eager" or "flash_attention_2".
@@ -70,8 +80,8 @@ def load(
         FileNotFoundError: for a local-looking path that does not exist.
         TypeError: for a model family without an adapter.
     """
-    if str(id_or_path) == "tiny":
-        model, processor = tiny(attn_implementation=attn_implementation)
+    if str(id_or_path) in _TINY:
+        model, processor = _TINY[str(id_or_path)](attn_implementation=attn_implementation)
     else:
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -90,7 +100,14 @@ def load(
         if dtype is not None:
             kwargs["dtype"] = dtype
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-        processor = AutoProcessor.from_pretrained(path)
+        try:
+            processor = AutoProcessor.from_pretrained(path)
+        except ImportError:  # Qwen2-VL's video processor needs torchvision, which cannot load beside CPU torch
+            if config.model_type not in ("qwen2_vl", "qwen2_5_vl"):
+                raise
+            from tpx.models.qwen2_vl import load_processor
+
+            processor = load_processor(path)
     if dtype is not None:
         model = model.to(dtype=dtype)
     if device is not None:

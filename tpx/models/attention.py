@@ -22,6 +22,7 @@ def attention_rows(
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
     rows: torch.Tensor,
     mask2d: torch.Tensor | None = None,
+    keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention probabilities of the query positions `rows` over all keys of one decoder layer (prefill).
 
@@ -31,26 +32,29 @@ def attention_rows(
         position_embeddings: the layer's rotary `(cos, sin)`, each `(B or 1, T, head_dim)`.
         rows: `(B, R)` int64 query positions per batch row.
         mask2d: optional `(B, T)` padding mask (1 = real token, 0 = padding).
+        keys: optional `(B, H_kv, T, head_dim)` post-RoPE keys the layer already computed (its KV cache);
+            then only the query rows are projected.
 
     Returns:
         `(B, H, R, T)` float32 probabilities; key j is visible to query i iff j ≤ i and j is not padding,
         as in the model's causal mask.
     """
     attn = layer.self_attn
-    x = layer.input_layernorm(hidden_in)
-    b, t, _ = x.shape
+    b, t, _ = hidden_in.shape
     r = rows.shape[1]
     hd = attn.head_dim
     cos, sin = (e.expand(b, -1, -1) for e in position_embeddings)
-    x_rows = x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))
+    x = layer.input_layernorm(hidden_in if keys is None else hidden_in.gather(1, rows[..., None].expand(-1, -1, hidden_in.shape[-1])))
+    x_rows = x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1])) if keys is None else x
     q = attn.q_proj(x_rows).view(b, r, -1, hd).transpose(1, 2)
-    k = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)
     gidx = rows[..., None].expand(-1, -1, cos.shape[-1])
     q, _ = apply_rotary_pos_emb(q, q, cos.gather(1, gidx), sin.gather(1, gidx))
-    _, k = apply_rotary_pos_emb(k, k, cos, sin)
-    k = repeat_kv(k, attn.num_key_value_groups)
+    if keys is None:
+        k = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)
+        _, keys = apply_rotary_pos_emb(k, k, cos, sin)
+    k = repeat_kv(keys, attn.num_key_value_groups)
     logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scaling  # (B, H, R, T)
-    allowed = torch.arange(t, device=x.device)[None, None, :] <= rows[..., None]   # (B, R, T) causal
+    allowed = torch.arange(t, device=hidden_in.device)[None, None, :] <= rows[..., None]   # (B, R, T) causal
     if mask2d is not None:
         allowed = allowed & mask2d[:, None, :t].bool()
     return logits.masked_fill(~allowed[:, None], float("-inf")).softmax(dim=-1)

@@ -42,6 +42,7 @@ class LlavaAdapter:
     """
 
     model_type = "llava"
+    supports_renumber = True  # 1-D RoPE positions can be compacted
 
     def __init__(self, model: torch.nn.Module) -> None:
         if not isinstance(model, LlavaForConditionalGeneration):
@@ -122,14 +123,30 @@ class LlavaAdapter:
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         rows: torch.Tensor,
         mask2d: torch.Tensor | None,
+        cache: object = None,
     ) -> torch.Tensor:
-        """`(B, H, R, T)` attention of query `rows` at decoder layer `layer_idx`; see `attention_rows`."""
-        return attention_rows(self.layers[layer_idx], hidden_in, position_embeddings, rows, mask2d)
+        """`(B, H, R, T)` attention of query `rows` at decoder layer `layer_idx`; see `attention_rows`.
+
+        When the layer has just filled `cache` with the keys of these T positions, they are reused and only
+        the query rows are projected.
+        """
+        keys = self._cached_keys(cache, layer_idx, hidden_in.shape[1])
+        return attention_rows(self.layers[layer_idx], hidden_in, position_embeddings, rows, mask2d, keys)
+
+    @staticmethod
+    def _cached_keys(cache: Any, layer_idx: int, length: int) -> torch.Tensor | None:
+        layers = getattr(cache, "layers", None)
+        keys = getattr(layers[layer_idx], "keys", None) if layers is not None and layer_idx < len(layers) else None
+        return keys if keys is not None and keys.ndim == 4 and keys.shape[-2] == length else None
 
     def keys(
-        self, layer_idx: int, hidden_in: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+        self, layer_idx: int, hidden_in: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        cache: object = None,
     ) -> torch.Tensor:
-        """`(B, T, H_kv · head_dim)` post-RoPE keys at decoder layer `layer_idx`."""
+        """`(B, T, H_kv · head_dim)` post-RoPE keys at decoder layer `layer_idx` (from `cache` when it holds them)."""
+        keys = self._cached_keys(cache, layer_idx, hidden_in.shape[1])
+        if keys is not None:
+            return keys.transpose(1, 2).reshape(keys.shape[0], keys.shape[2], -1)
         return attention_keys(self.layers[layer_idx], hidden_in, position_embeddings)
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,297 @@
+"""The LLaVA-NeXT adapter on a tiny random LLaVA-1.6: AnyRes layout, newline tokens, engine oracles.
+
+A 40×64 image fills the 2×2 AnyRes canvas (8×8 patches) and is unpadded to 6×8, so each image gives a 4×4
+base grid, a 6×8 crop grid and 6 `image_newline` tokens: 64 prunable tokens out of 70 image tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import PROMPTS
+from PIL import Image
+from reference import MaskReference
+
+import tpx
+from tpx import select
+from tpx.models import LlavaNextAdapter, adapter_for, tiny_llava_next
+
+N_NEW = 3
+METHODS = [(name, hook) for name in ("random", "pooling", "fastv", "dart") if name in tpx.list_methods()
+           for hook in tpx.get_method(name).hooks if hook != "V"]
+# every method under SDPA with a left-padded batch; the eager kernel and batch 1 on a subset (CPU time)
+EXACT = [("eager", 2, n, h) for n, h in METHODS] + [("sdpa", 1, "random", "E"), ("sdpa", 1, "fastv", "L")]
+MASKED = [("sdpa", n, h) for n, h in METHODS] + [("eager", "pooling", "E"), ("eager", "fastv", "L")]
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {attn: tiny_llava_next(attn_implementation=attn, seed=1) for attn in ("sdpa", "eager")}
+
+
+def _image(seed: int, size: tuple[int, int] = (40, 64)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
+def make_inputs(processor, batch: int, seed: int = 0, sizes=None) -> dict[str, torch.Tensor]:
+    sizes = sizes or [(40, 64)] * batch
+    images = [_image(seed + i, sizes[i]) for i in range(batch)]
+    texts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
+    return dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
+
+
+def _generate(model, inputs):
+    out = model.generate(**inputs, max_new_tokens=N_NEW, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True, pad_token_id=model.config.text_config.pad_token_id)
+    return out.sequences[:, inputs["input_ids"].shape[1]:], out.logits
+
+
+def reference_stages(model, layout, entry, kept, inputs, pool):
+    """`MaskReference` stages of a one-stage run; pooling merges every image segment with its share of the
+    budget from the hidden states entering layer K, as the engine does."""
+    subs = None
+    if pool:
+        with torch.no_grad():
+            hs = model(**inputs, output_hidden_states=True).hidden_states[entry.layer]
+        d, sizes = hs.shape[-1], [r * c for r, c in layout.grids]
+        slots, feats, start = [], [], 0
+        for grid, size, share in zip(layout.grids, sizes, select.split_budget(entry.n_keep, sizes), strict=True):
+            visual = layout.positions[:, start:start + size]
+            merged = select.pool2d(hs.gather(1, visual[..., None].expand(-1, -1, d)), share, grid)
+            slots.append(visual.gather(1, merged.index))
+            feats.append(merged.features)
+            start += size
+        subs = (torch.cat(slots, 1), torch.cat(feats, 1))
+    return [(entry.layer, kept, subs)]
+
+
+def _positions(mask2d):
+    """The position ids generate() uses: cumulative count of real tokens (padding gets 1)."""
+    return (mask2d.long().cumsum(-1) - 1).masked_fill(mask2d == 0, 1)
+
+
+def reference_generate(model, inputs, n_new):
+    """Greedy decoding without a cache (the reference hooks see the whole sequence every step)."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    tokens, logits = [], []
+    for _ in range(n_new):
+        out = model(input_ids=ids, pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
+                    attention_mask=mask, position_ids=_positions(mask), use_cache=False)
+        step = out.logits[:, -1]
+        logits.append(step)
+        tokens.append(step.argmax(-1, keepdim=True))
+        ids, mask = torch.cat([ids, tokens[-1]], 1), torch.cat([mask, torch.ones_like(tokens[-1])], 1)
+    return torch.cat(tokens, 1), logits
+
+
+def _isin_rows(a, b):
+    """Per batch row: which entries of `a` (B, n) occur in the same row of `b` (B, m)."""
+    return (a[..., None] == b[:, None, :]).any(-1)
+
+
+def _call(inputs):
+    return {k: v for k, v in inputs.items() if k != "input_ids"}
+
+
+# ---- layout --------------------------------------------------------------------------------------------
+
+def test_layout_excludes_newlines_and_lists_base_and_crop_grids(models):
+    model, processor = models["sdpa"]
+    adapter = adapter_for(model)
+    assert isinstance(adapter, LlavaNextAdapter)
+    inputs = make_inputs(processor, 2)
+    layout = adapter.layout(inputs["input_ids"], **_call(inputs))
+    assert layout.grids == [(4, 4), (6, 8)] and layout.positions.shape == (2, 64)
+    every = adapter.image_positions(inputs["input_ids"])
+    assert every.shape == (2, 70)
+    newlines = every[:, 16:].view(2, 6, 9)[:, :, -1]           # the last token of every crop row
+    assert not bool(_isin_rows(newlines, layout.positions).any())
+    assert torch.equal(torch.cat([layout.positions, newlines], 1).sort(1).values, every)
+
+
+def test_layout_from_generate_inputs_equals_layout_from_image_sizes(models):
+    """generate() passes packed features (mm_encoder_outputs), not image_sizes, at prefill."""
+    model, processor = models["sdpa"]
+    adapter = adapter_for(model)
+    for size in [(40, 64), (64, 40), (64, 64), (30, 90), (32, 32)]:
+        inputs = make_inputs(processor, 1, sizes=[size])
+        want = adapter.layout(inputs["input_ids"], **_call(inputs))
+        with torch.no_grad():
+            encoded = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
+        got = adapter.layout(inputs["input_ids"], mm_encoder_outputs={"image": encoded})
+        assert got.grids == want.grids and torch.equal(got.positions, want.positions)
+        # the features at the prunable positions are exactly the non-newline features
+        features = encoded.pooler_output[0]
+        offsets = want.positions[0] - adapter.image_positions(inputs["input_ids"])[0, 0]
+        newline = model.model.image_newline
+        assert not bool((features[offsets] == newline).all(-1).any())
+
+
+def test_layout_errors_are_clear(models):
+    model, processor = models["sdpa"]
+    adapter = adapter_for(model)
+    inputs = make_inputs(processor, 2, sizes=[(40, 64), (64, 40)])
+    with pytest.raises(ValueError, match="same number of image tokens|same image layout"):
+        adapter.layout(inputs["input_ids"], **_call(inputs))
+    inputs = make_inputs(processor, 1)
+    with pytest.raises(ValueError, match="needs the call's image_sizes .* or its mm_encoder_outputs"):
+        adapter.layout(inputs["input_ids"])
+    short = inputs["input_ids"].clone()
+    first = int((short[0] == model.config.image_token_id).nonzero()[0])
+    short = torch.cat([short[:, :first], short[:, first + 1:]], 1)
+    with pytest.raises(ValueError, match="69 image tokens per row but its images need 70"):
+        adapter.layout(short, **_call(inputs))
+
+
+@pytest.mark.parametrize("retention", [1.0, 0.25, 0.1, 1 / 64])
+def test_budget_counts_prunable_tokens_and_newlines_survive(models, retention):
+    model, processor = models["sdpa"]
+    inputs = make_inputs(processor, 2, seed=5)
+    adapter = adapter_for(model)
+    every = adapter.image_positions(inputs["input_ids"])
+    newlines = every[:, 16:].view(2, 6, 9)[:, :, -1]
+    with torch.no_grad(), tpx.pruning(model, "fastv", retention=retention) as run:
+        model(**inputs)
+    entry = run.trace[0]
+    assert entry.n_visual == 64 and entry.n_keep == select.budget(retention, 64) == round(retention * 64)
+    assert entry.grids == [(4, 4), (6, 8)]
+    assert bool(_isin_rows(newlines, run.kept_positions).all())
+    assert run.kept_positions.shape[1] == inputs["input_ids"].shape[1] - 64 + entry.n_keep
+    # grid coordinates of the kept tokens are on their own segment's grid
+    seg = entry.segment
+    assert bool((entry.grid_rc[..., 0] < torch.where(seg == 0, 4, 6)).all())
+    assert bool((entry.grid_rc[..., 1] < torch.where(seg == 0, 4, 8)).all())
+
+
+# ---- engine oracles ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("attn", "batch", "name", "hook"), EXACT, ids=["-".join(map(str, c)) for c in EXACT])
+def test_retention_one_is_exact(models, attn, batch, name, hook):
+    model, processor = models[attn]
+    inputs = make_inputs(processor, batch, seed=batch)
+    with torch.no_grad():
+        ref_logits = model(**inputs).logits
+        ref_tokens, ref_steps = _generate(model, inputs)
+        with tpx.pruning(model, name, retention=1.0, hook=hook, seed=3) as run:
+            logits = model(**inputs).logits
+            tokens, steps = _generate(model, inputs)
+    assert [e.n_keep for e in run.trace] == [64, 64]
+    assert torch.equal(logits, ref_logits) and torch.equal(tokens, ref_tokens)
+    assert all(torch.equal(a, b) for a, b in zip(steps, ref_steps, strict=True))
+
+
+@pytest.mark.parametrize(("attn", "name", "hook"), MASKED, ids=["-".join(c) for c in MASKED])
+def test_matches_mask_reference(models, attn, name, hook):
+    model, processor = models[attn]
+    inputs = make_inputs(processor, 2, seed=10)
+    layout = adapter_for(model).layout(inputs["input_ids"], **_call(inputs))
+    with torch.no_grad():
+        with tpx.pruning(model, name, retention=0.25, hook=hook, seed=7) as run:
+            logits = model(**inputs).logits
+        with tpx.pruning(model, name, retention=0.25, hook=hook, seed=7) as again:
+            tokens, steps = _generate(model, inputs)
+        kept, entry = run.kept_positions, run.trace[0]
+        assert torch.equal(again.kept_positions, kept)  # same seed, same prefill: same selection
+        stages = reference_stages(model, layout, entry, kept, inputs, pool=name == "pooling")
+        ref = MaskReference(model, stages, inputs["input_ids"].shape[1])
+        try:
+            full = model(**inputs).logits
+            ref_tokens, ref_steps = reference_generate(model, inputs, N_NEW)
+        finally:
+            ref.remove()
+    assert entry.n_keep == 16 and entry.grids == [(4, 4), (6, 8)]
+    ref_logits = full.gather(1, kept[..., None].expand(-1, -1, full.shape[-1]))
+    real = inputs["attention_mask"].gather(1, kept).bool()
+    torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-5, rtol=0)
+    assert torch.equal(tokens, ref_tokens)
+    for a, b in zip(steps, ref_steps, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_recomputed_rows_equal_eager_attention(models, batch):
+    model, processor = models["eager"]
+    inputs = make_inputs(processor, batch, seed=40)
+    adapter = adapter_for(model)
+    seen = {}
+    hook = adapter.layers[0].register_forward_pre_hook(
+        lambda m, a, k: seen.setdefault("pe", k["position_embeddings"]) and None, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            out = model(**inputs, output_attentions=True, output_hidden_states=True)
+    finally:
+        hook.remove()
+    length = inputs["input_ids"].shape[1]
+    g = torch.Generator().manual_seed(0)
+    rows = torch.stack([torch.randperm(length, generator=g)[:5] for _ in range(batch)])
+    rows[:, 0] = length - 1
+    mask2d = inputs["attention_mask"]
+    real = mask2d.gather(1, rows).bool()
+    for layer in range(adapter.n_layers):
+        got = adapter.attention_rows(layer, out.hidden_states[layer], seen["pe"], rows, mask2d)
+        want = out.attentions[layer].gather(2, rows[:, None, :, None].expand(-1, got.shape[1], -1, length))
+        torch.testing.assert_close(got.permute(0, 2, 1, 3)[real], want.permute(0, 2, 1, 3)[real], atol=1e-6, rtol=0)
+
+
+# ---- vision tower records (hook "V") ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("order", ["forward", "generate"])
+def test_vision_records_follow_the_layout(models, order):
+    """Projected records equal the model's own packed features at the prunable positions, in either call order."""
+    model, processor = models["sdpa"]
+    inputs = make_inputs(processor, 2, seed=50)
+    adapter = adapter_for(model)
+    sink: dict = {}
+    handles = adapter.vision_hooks(sink)
+    try:
+        with torch.no_grad():
+            if order == "forward":  # the engine's top-level hook reads the layout before the tower runs
+                adapter.layout(inputs["input_ids"], **_call(inputs))
+                encoded = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
+            else:                   # generate() encodes the images first, the layout comes with the prefill
+                encoded = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
+                assert not sink
+                adapter.layout(inputs["input_ids"], mm_encoder_outputs={"image": encoded})
+    finally:
+        for h in handles:
+            h.remove()
+    assert sink["cls_attn"].shape == (2, 4, 64) and sink["vision_features"].shape == (2, 64, 32)
+    assert sink["vision_keys"].shape == (2, 64, 32)
+    offsets = adapter.layout(inputs["input_ids"], **_call(inputs)).positions[0]
+    offsets = offsets - adapter.image_positions(inputs["input_ids"])[0, 0]
+    with torch.no_grad():
+        projected = adapter.project(sink["vision_features"])
+    for row in range(2):
+        torch.testing.assert_close(projected[row], encoded.pooler_output[row][offsets], atol=1e-6, rtol=0)
+    # each crop's [CLS] row is a softmax over its own 1 + 16 tokens: the base view's share is below 1
+    assert bool((sink["cls_attn"][..., :16].sum(-1) < 1).all())
+
+
+@pytest.mark.skipif("fastervlm" not in tpx.list_methods(), reason="fastervlm not registered")
+def test_vision_hook_method_runs_and_keeps_newlines(models):
+    model, processor = models["sdpa"]
+    inputs = make_inputs(processor, 2, seed=60)
+    newlines = adapter_for(model).image_positions(inputs["input_ids"])[:, 16:].view(2, 6, 9)[:, :, -1]
+    with torch.no_grad():
+        ref_tokens, _ = _generate(model, inputs)
+        with tpx.pruning(model, "fastervlm", retention=1.0) as run:
+            tokens, _ = _generate(model, inputs)
+        with tpx.pruning(model, "fastervlm", retention=0.25) as run:
+            model(**inputs)
+    assert torch.equal(tokens, ref_tokens)
+    assert run.trace[0].n_keep == 16 and bool(_isin_rows(newlines, run.kept_positions).all())
+
+
+def test_load_round_trip_offline(tmp_path, models):
+    model, processor = models["sdpa"]
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, proc = tpx.load(str(tmp_path))
+    assert type(adapter_for(loaded)) is LlavaNextAdapter and proc.tokenizer.padding_side == "left"
+    inputs, again = make_inputs(processor, 2), make_inputs(proc, 2)
+    assert all(torch.equal(inputs[k], again[k]) for k in inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, loaded(**again).logits, atol=1e-5, rtol=0)
+    assert tpx.load("tiny-llava-next")[0].config.model_type == "llava_next"

@@ -1,0 +1,253 @@
+"""Adapter for Qwen2-VL and Qwen2.5-VL (`Qwen2VLForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration`).
+
+The visual span of an image is its run of `<|image_pad|>` tokens, one per 2×2 group of vision patches after
+the patch merger: an image with `image_grid_thw = (t, h, w)` lays out as a `t·h/2 × w/2` grid. The LLM
+uses 3-D M-RoPE positions (t, h, w), but its rotary module folds them into one per-token `(cos, sin)` of
+shape `(B, L, head_dim)` before the decoder layers, so the engine keeps the kept tokens' original 3-D
+positions by gathering `cos`/`sin` alone. The decoder layers are Qwen2 (Llama-style: RMSNorm, q/k/v
+projections with bias, Llama's `apply_rotary_pos_emb` on the folded cos/sin), so attention rows, keys and
+masks are computed as for LLaVA.
+
+The vision tower has no [CLS] token: the vision-side score of a merged token is the attention its patches
+*receive* at the last vision block (mean over the query patches of the same image, or of the same window in
+Qwen2.5-VL's windowed blocks), averaged over the 2×2 merge group.
+
+Reference: Wang et al., "Qwen2-VL", arXiv 2409.12191 (M-RoPE, 2×2 merger); Bai et al., "Qwen2.5-VL Technical
+Report", arXiv 2502.13923 (window attention).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
+from transformers.vision_utils import get_vision_window_index
+
+from tpx.models.llava import Layout, LlavaAdapter
+
+__all__ = ["OfflineQwen2VLProcessor", "Qwen2VLAdapter", "load_processor"]
+
+_QUERY_CHUNK = 1024  # query patches per step of the received-attention recompute (bounds memory)
+
+
+class Qwen2VLAdapter(LlavaAdapter):
+    """Engine-facing view of a Hugging Face Qwen2-VL or Qwen2.5-VL model.
+
+    Args:
+        model: a `Qwen2VLForConditionalGeneration` or `Qwen2_5_VLForConditionalGeneration`.
+
+    Raises:
+        TypeError: for any other model class.
+    """
+
+    model_type = "qwen2_vl"
+    supports_renumber = False  # 3-D M-RoPE positions cannot be compacted into 1-D ones
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        if not isinstance(model, (Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)):
+            raise TypeError(
+                "Qwen2VLAdapter needs a Qwen2VLForConditionalGeneration or Qwen2_5_VLForConditionalGeneration, "
+                f"got {type(model).__name__}"
+            )
+        self.model = model
+        self.text_model = model.model.language_model
+        self.layers = self.text_model.layers
+        self.n_layers = len(self.layers)
+        self.image_token_id = int(model.config.image_token_id)
+        self.merge = int(model.config.vision_config.spatial_merge_size)
+
+    # ---- layout -------------------------------------------------------------------------------------
+    def grid(self, n_visual: int) -> tuple[int, int]:
+        """Not defined: a Qwen2-VL grid depends on each image's size.
+
+        Raises:
+            ValueError: always; use `layout(input_ids, image_grid_thw=...)`.
+        """
+        raise ValueError("Qwen2-VL grids depend on each image's size (image_grid_thw); use layout(input_ids, **call)")
+
+    def layout(self, input_ids: torch.Tensor, **call: Any) -> Layout:
+        """Positions of the `<|image_pad|>` tokens and one `t·h/2 × w/2` grid per image.
+
+        The grids come from `image_grid_thw` in a forward; `generate()` encodes the images before prefill and
+        passes no `image_grid_thw`, so there they are read from the M-RoPE rows of its `(4, B, L)` position ids
+        (an image's tokens span h and w positions start … start + rows − 1 and … + cols − 1).
+
+        Raises:
+            ValueError: for no image tokens, rows with different layouts, or a call carrying neither source.
+        """
+        positions = self.visual_positions(input_ids)
+        runs = _runs(positions[0])
+        if any(not torch.equal(_runs(p), runs) for p in positions[1:]):
+            raise ValueError(
+                "every batch row must hold the same image layout (images of the same sizes, in the same order)")
+        thw = call.get("image_grid_thw")
+        if thw is not None:
+            per_row = len(thw) // input_ids.shape[0]
+            if per_row * input_ids.shape[0] != len(thw) or per_row != len(runs):
+                raise ValueError(f"{len(thw)} images in image_grid_thw for {input_ids.shape[0]} rows of "
+                                 f"{len(runs)} image spans each")
+            grids = [(int(t * h) // self.merge, int(w) // self.merge) for t, h, w in thw.tolist()]
+            if len(set(map(tuple, _chunks(grids, per_row)))) != 1:
+                raise ValueError(f"every batch row must hold the same image layout; grids per image {grids}")
+            grids = grids[:per_row]
+        else:
+            grids = self._grids_from_positions(call.get("position_ids"), positions[0], runs)
+        if [r * c for r, c in grids] != runs.tolist():
+            raise ValueError(f"image spans of {runs.tolist()} tokens do not match the grids {grids}")
+        return Layout(positions, grids)
+
+    def _grids_from_positions(self, position_ids: torch.Tensor | None, positions: torch.Tensor,
+                              runs: torch.Tensor) -> list[tuple[int, int]]:
+        if position_ids is None or position_ids.ndim != 3 or position_ids.shape[0] not in (3, 4):
+            raise ValueError(
+                "the Qwen2-VL layout needs the call's image_grid_thw (forward) or its M-RoPE position_ids of shape "
+                "(3 or 4, B, L) (generate); got neither"
+            )
+        hw = position_ids[-2:, 0].index_select(1, positions.to(position_ids.device))  # (2, n) h and w of row 0
+        grids, start = [], 0
+        for n in runs.tolist():
+            span = hw[:, start:start + n]
+            rows, cols = (span.amax(1) - span.amin(1) + 1).tolist()
+            grids.append((n // cols, cols) if n % cols == 0 else (rows, cols))
+            start += n
+        return grids
+
+    def rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Not available: compacted 1-D positions cannot stand for Qwen's 3-D M-RoPE positions.
+
+        Raises:
+            ValueError: always.
+        """
+        raise ValueError("positions='renumber' is not supported on Qwen2-VL / Qwen2.5-VL: their M-RoPE positions "
+                         "are 3-D (t, h, w); use positions='keep'")
+
+    def causal_mask(
+        self, hidden: torch.Tensor, mask2d: torch.Tensor | None, cache: object, layer_idx: int
+    ) -> torch.Tensor | None:
+        """The mask decoder layer `layer_idx` needs, sized from its own cache (sliding-window layers too)."""
+        cfg = self.text_model.config
+        make = create_causal_mask
+        if getattr(cfg, "layer_types", None) and cfg.layer_types[layer_idx] == "sliding_attention":
+            make = create_sliding_window_causal_mask
+        return make(config=cfg, inputs_embeds=hidden, attention_mask=mask2d, cache=cache, position_ids=None,
+                    layer_idx=layer_idx)
+
+    def project(self, vision_features: torch.Tensor) -> torch.Tensor:
+        """The patch merger on `(B, N, 4·Dv)` vision features (each merge group's four patches, concatenated)."""
+        merger = self.model.model.visual.merger
+        x = merger.ln_q(vision_features.unflatten(-1, (self.merge * self.merge, -1))).flatten(-2)
+        return merger.mlp(x)
+
+    # ---- vision tower (hook "V") ----------------------------------------------------------------------
+    def vision_hooks(self, sink: dict[str, torch.Tensor]) -> list[Any]:
+        """Hooks on the last vision block that record, per image, into `sink`: `cls_attn` (n_img, H, N), the
+        attention each merged token's patches receive (no [CLS] here: mean over the query patches it shares
+        its attention span with, then over the 2×2 group); `vision_keys` (n_img, N, Dv), the group's mean
+        post-RoPE key; `vision_features` (n_img, N, 4·Dv), the group's four patch outputs concatenated, which
+        `project` maps to the LLM exactly as the merger does.
+
+        Raises:
+            ValueError: at record time, if the images of a call have different token counts.
+        """
+        visual = self.model.model.visual
+        state: dict[str, Any] = {}
+
+        def on_tower(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            state["grid_thw"] = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+
+        def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            state["received"], state["keys"] = _received_attention(
+                module, hidden, kwargs["cu_seqlens"], kwargs["position_embeddings"])
+
+        def after(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            out = output[0] if isinstance(output, tuple) else output
+            sink.update(self._per_image(state.pop("received"), state.pop("keys"), out, state["grid_thw"]))
+
+        return [
+            visual.register_forward_pre_hook(on_tower, with_kwargs=True),
+            visual.blocks[-1].register_forward_pre_hook(before, with_kwargs=True),
+            visual.blocks[-1].register_forward_hook(after, with_kwargs=True),
+        ]
+
+    def _per_image(self, received: torch.Tensor, keys: torch.Tensor, features: torch.Tensor,
+                   grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pool patch records `(S, …)` over merge groups, undo Qwen2.5-VL's window order, split per image."""
+        unit = self.merge * self.merge
+        groups = {
+            "cls_attn": received.unflatten(0, (-1, unit)).mean(1),       # (S/4, H)
+            "vision_keys": keys.unflatten(0, (-1, unit)).mean(1),        # (S/4, Dk)
+            "vision_features": features.reshape(-1, unit * features.shape[-1]),
+        }
+        visual = self.model.model.visual
+        if hasattr(visual, "window_size"):  # Qwen2.5-VL blocks see the groups in window order
+            window_index, _ = get_vision_window_index(grid_thw, spatial_merge_size=self.merge,
+                                                      window_size=visual.window_size, patch_size=visual.patch_size)
+            order = torch.argsort(window_index.to(received.device))
+            groups = {k: v[order] for k, v in groups.items()}
+        sizes = (grid_thw.prod(-1) // unit).tolist()
+        if len(set(sizes)) != 1:
+            raise ValueError(f"hook 'V' needs images of one size per call; token counts per image: {sizes}")
+        out = {k: torch.stack(v.split(sizes)) for k, v in groups.items()}
+        out["cls_attn"] = out["cls_attn"].transpose(1, 2)              # (n_img, H, N)
+        return out
+
+
+class OfflineQwen2VLProcessor(Qwen2VLProcessor):
+    """`Qwen2VLProcessor` for images only: its video processor needs torchvision, which does not load beside the
+    CPU build of torch, so it may be None. Saves the tokenizer and image processor only."""
+
+    def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
+        return None if argument is None else super().check_argument_for_proper_class(argument_name, argument)
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> list[str]:
+        """Save the tokenizer and the image processor (`load_processor` reads them back)."""
+        files = list(self.tokenizer.save_pretrained(save_directory))
+        files += list(self.image_processor.save_pretrained(save_directory) or [])
+        return files
+
+
+def load_processor(path: str) -> OfflineQwen2VLProcessor:
+    """An image-only Qwen2-VL / Qwen2.5-VL processor from a checkpoint folder or hub id (no torchvision needed)."""
+    from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return OfflineQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil.from_pretrained(path), tokenizer=tokenizer,
+                                   video_processor=None, chat_template=getattr(tokenizer, "chat_template", None))
+
+
+def _received_attention(block: torch.nn.Module, hidden: torch.Tensor, cu_seqlens: torch.Tensor,
+                        position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(S, H)` mean attention each patch receives within its attention span, and `(S, H·hd)` its keys.
+
+    Recomputes the block's own softmax(q·kᵀ·scale) span by span (an image, or a window), in query chunks.
+    """
+    attn = block.attn
+    s = hidden.shape[0]
+    q, k, _ = attn.qkv(block.norm1(hidden)).reshape(s, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = position_embeddings
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    q, k = q.float().transpose(0, 1), k.float().transpose(0, 1)                # (H, S, hd)
+    received = torch.empty(attn.num_heads, s, device=hidden.device)
+    bounds = cu_seqlens.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        total = torch.zeros(attn.num_heads, b - a, device=hidden.device)
+        for c in range(a, b, _QUERY_CHUNK):
+            probs = (q[:, c:min(b, c + _QUERY_CHUNK)] @ k[:, a:b].transpose(1, 2) * attn.scaling).softmax(-1)
+            total += probs.sum(1)
+        received[:, a:b] = total / (b - a)
+    return received.T, k.transpose(0, 1).reshape(s, -1)
+
+
+def _runs(positions: torch.Tensor) -> torch.Tensor:
+    """Lengths of the runs of consecutive positions (one run per image)."""
+    breaks = torch.nonzero(positions[1:] - positions[:-1] != 1)[:, 0] + 1
+    edges = torch.cat([breaks.new_zeros(1), breaks, breaks.new_full((1,), positions.numel())])
+    return edges[1:] - edges[:-1]
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), max(size, 1))]
