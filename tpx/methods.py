@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from tpx import scores, select
+from tpx import dedup, merge, schedules, scores, select
 
 __all__ = ["METHODS", "Method", "get_method", "list_methods", "register", "variant"]
 
@@ -131,7 +131,7 @@ METHODS: dict[str, Method] = {
     ),
     # alpha = 0.2: the best mean relative score over the four benchmarks of the study's Table 6 (93.9%)
     "alpha": Method(
-        name="alpha", hooks=("L",), layers=(2,), scorer=scores.last_token_attention, selector=select.alpha_mix,
+        name="alpha", hooks=("L",), layers=(2,), scorer=scores.last_token_attention, selector=dedup.alpha_mix,
         defaults={"alpha": 0.2, "uniqueness": "dup", "n_visual_pivots": 4, "n_text_pivots": 4},
         paper=_STUDY + " (importance vs. uniqueness, Q4, Eq. 6)",
     ),
@@ -139,26 +139,26 @@ METHODS: dict[str, Method] = {
     # the pruned sequence and the scores come from K − 1, tpx's convention
     "sparsevlm": Method(
         name="sparsevlm", hooks=("L",), layers=(3, 7, 16), scorer=scores.text_rater_attention,
-        selector=select.topk_recycle, defaults={"recycle": False}, paper=_SPARSEVLM,
-        schedule=select.sparsevlm_schedule, scale_layers=True,
+        selector=merge.topk_recycle, defaults={"recycle": False}, paper=_SPARSEVLM,
+        schedule=schedules.sparsevlm_schedule, scale_layers=True,
     ),
     "pdrop": Method(
         name="pdrop", hooks=("L",), layers=(8, 16, 24), scorer=scores.last_token_attention, selector=select.topk,
-        defaults={"ratios": (0.5, 0.25, 0.125)}, paper=_PDROP, schedule=select.pyramid_schedule, scale_layers=True,
+        defaults={"ratios": (0.5, 0.25, 0.125)}, paper=_PDROP, schedule=schedules.pyramid_schedule, scale_layers=True,
     ),
     "dart": Method(
-        name="dart", hooks=("L",), layers=(2,), scorer=scores.key_norm, selector=select.pivot_duplication,
+        name="dart", hooks=("L",), layers=(2,), scorer=scores.key_norm, selector=dedup.pivot_duplication,
         defaults={"n_visual_pivots": 4, "n_text_pivots": 4, "exact_budget": True}, paper=_DART,
     ),
     "divprune": Method(
-        name="divprune", hooks=("E",), layers=(), scorer=None, selector=select.max_min_diversity, paper=_DIVPRUNE,
+        name="divprune", hooks=("E",), layers=(), scorer=None, selector=dedup.max_min_diversity, paper=_DIVPRUNE,
     ),
     "fastervlm": Method(
         name="fastervlm", hooks=("V",), layers=(), scorer=scores.cls_attention, selector=select.topk, paper=_FASTERVLM,
         per_segment=True,
     ),
     "visionzip": Method(
-        name="visionzip", hooks=("V",), layers=(), scorer=scores.cls_attention, selector=select.dominant_contextual,
+        name="visionzip", hooks=("V",), layers=(), scorer=scores.cls_attention, selector=merge.dominant_contextual,
         defaults={"dominant_share": 54 / 64}, paper=_VISIONZIP, per_segment=True,
     ),
 }
