@@ -51,3 +51,26 @@ def attn(request) -> str:
 @pytest.fixture(params=[1, 2], ids=["batch1", "padded2"])
 def batch(request) -> int:
     return request.param
+
+
+# ---- hand-made selector inputs shared by test_select / test_dedup / test_merge -------------------------
+
+def selection_inputs(seed, b=2, n=40, t=6, d=8, dk=12, h=3):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[-1, t - 2:] = False                                                   # a padded instruction
+    return dict(
+        features=torch.randn(b, n, d, generator=g), normed_features=torch.randn(b, n, d, generator=g),
+        normed_text=torch.randn(b, t, d, generator=g), text_mask=mask,
+        visual_keys=torch.randn(b, n, dk, generator=g), text_keys=torch.randn(b, t, dk, generator=g),
+        last_feature=torch.randn(b, d, generator=g), attn_last=torch.rand(b, h, n, generator=g),
+    )
+
+
+def assert_sorted_unique(index, n_keep):
+    assert index.dtype == torch.int64 and index.shape[1] == n_keep
+    assert bool((index[:, 1:] > index[:, :-1]).all())
+
+
+def cosine(a, b):
+    return float(torch.dot(a, b) / (a.norm() * b.norm()))

@@ -1,0 +1,151 @@
+"""Duplication-aware selectors (alpha, DART, DivPrune): known answers and plain slow references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_sorted_unique, cosine, selection_inputs
+
+from tpx import dedup, scores, select
+
+
+@pytest.mark.parametrize("uniqueness", ["dup", "last"])
+def test_alpha_one_selects_exactly_what_fastv_selects(uniqueness):
+    for seed in range(3):
+        x = selection_inputs(seed)
+        importance = scores.last_token_attention(x.pop("attn_last"))
+        kept = dedup.alpha_mix(importance, 12, **x, alpha=1.0, uniqueness=uniqueness)
+        assert torch.equal(kept, select.topk(importance, 12))
+
+
+def test_alpha_zero_on_exact_duplicates_keeps_one_of_each():
+    g = torch.Generator().manual_seed(3)
+    distinct = torch.randn(2, 10, 8, generator=g)
+    perm = torch.randperm(30, generator=g)
+    feats = distinct.repeat(1, 3, 1)[:, perm]                                  # every token 3 times, shuffled
+    x = selection_inputs(3, n=30)
+    x.update(normed_features=feats, features=feats)
+    importance = torch.rand(2, 30, generator=g)
+    kept = dedup.alpha_mix(importance, 10, **{k: v for k, v in x.items() if k != "attn_last"}, alpha=0.0, uniqueness="dup")
+    assert_sorted_unique(kept, 10)
+    groups = (perm % 10).expand(2, -1).gather(1, kept)
+    assert torch.equal(groups.sort(1).values, torch.arange(10).expand(2, -1))
+
+
+def test_alpha_dup_drops_a_duplicate_before_a_unique_token():
+    # tokens 0 and 1 identical and most important; token 2 unique and least important; alpha = 0.5
+    feats = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.0, 0.8]]])
+    importance = torch.tensor([[1.0, 0.99, 0.0, 0.5]])
+    kw = dict(features=feats, last_feature=feats[:, 0], normed_features=feats, normed_text=torch.zeros(1, 0, 3),
+              text_mask=torch.zeros(1, 0, dtype=torch.bool), visual_keys=torch.ones(1, 4, 2), text_keys=torch.zeros(1, 0, 2))
+    assert dedup.alpha_mix(importance, 3, **kw, alpha=0.5, uniqueness="dup", n_visual_pivots=0).tolist() == [[0, 2, 3]]
+    assert select.topk(importance, 3).tolist() == [[0, 1, 3]]                  # FastV keeps both copies
+
+
+def test_alpha_last_mixes_normalised_scores():
+    feats = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]])
+    last = torch.tensor([[1.0, 0.0]])                                          # uniqueness 0, 1, 2 -> 0, .5, 1
+    importance = torch.tensor([[3.0, 2.0, 1.0]])                               # -> 1, .5, 0
+    kw = dict(features=feats, last_feature=last, normed_features=feats, normed_text=torch.zeros(1, 0, 2),
+              text_mask=torch.zeros(1, 0, dtype=torch.bool), visual_keys=torch.ones(1, 3, 2), text_keys=torch.zeros(1, 0, 2))
+    assert dedup.alpha_mix(importance, 1, **kw, alpha=0.8, uniqueness="last").tolist() == [[0]]
+    assert dedup.alpha_mix(importance, 1, **kw, alpha=0.2, uniqueness="last").tolist() == [[2]]
+
+
+@pytest.mark.parametrize(("param", "value"), [("alpha", 1.5), ("alpha", -0.1), ("alpha", "0.5"), ("uniqueness", "first")])
+def test_alpha_rejects_bad_parameters(param, value):
+    x = selection_inputs(0)
+    importance = scores.last_token_attention(x.pop("attn_last"))
+    with pytest.raises(ValueError, match=param):
+        dedup.alpha_mix(importance, 4, **x, **{param: value})
+
+
+def _dart_reference(vkeys, feats, text, tmask, tkeys, n_keep, n_vp=4, n_tp=4):
+    """DART from the paper's description, one row and one token at a time."""
+    out = []
+    for b in range(feats.shape[0]):
+        n = feats.shape[1]
+        vnorm = [float(vkeys[b, i].abs().sum()) for i in range(n)]
+        vpiv = sorted(range(n), key=lambda i: -vnorm[i])[: min(n_vp, n_keep)]
+        valid = [t for t in range(text.shape[1]) if tmask[b, t]]
+        tpiv = sorted(valid, key=lambda t: -float(tkeys[b, t].abs().sum()))[:n_tp]
+        pivots = [feats[b, i] for i in vpiv] + [text[b, t] for t in tpiv]
+        rest = n_keep - len(vpiv)
+        quota = [rest // len(pivots) + (j < rest % len(pivots)) for j in range(len(pivots))]
+        kept = set(vpiv)
+        for pivot, q in zip(pivots, quota):
+            free = sorted((i for i in range(n) if i not in kept), key=lambda i: cosine(feats[b, i], pivot))
+            kept |= set(free[:q])
+        out.append(sorted(kept))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("n_keep", [3, 9, 16, 27])
+def test_dart_matches_a_plain_reference(seed, n_keep):
+    x = selection_inputs(seed)
+    kept = dedup.pivot_duplication(scores.key_norm(x["visual_keys"]), n_keep, x["normed_features"], x["normed_text"],
+                                    x["text_mask"], x["text_keys"])
+    assert_sorted_unique(kept, n_keep)
+    assert kept.tolist() == _dart_reference(x["visual_keys"], x["normed_features"], x["normed_text"], x["text_mask"],
+                                            x["text_keys"], n_keep)
+
+
+def test_dart_official_count_puts_visual_pivots_on_top():
+    x = selection_inputs(0, n=200)
+    x["text_mask"][:] = True
+    kept = dedup.pivot_duplication(scores.key_norm(x["visual_keys"]), 128, x["normed_features"], x["normed_text"],
+                                    x["text_mask"], x["text_keys"], exact_budget=False)
+    assert_sorted_unique(kept, 132)
+    with pytest.raises(ValueError, match="n_text_pivots"):
+        x["text_mask"][0, :3] = False                                          # 3 text tokens < 4 pivots
+        dedup.pivot_duplication(scores.key_norm(x["visual_keys"]), 128, x["normed_features"], x["normed_text"],
+                                 x["text_mask"], x["text_keys"], exact_budget=False)
+
+
+def test_dart_drops_a_duplicate_of_a_pivot_first():
+    # token 0 has the largest key (the only visual pivot); token 1 duplicates it; tokens 2, 3 differ
+    feats = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.2]]])
+    keys = torch.tensor([[[9.0], [1.0], [1.0], [1.0]]])
+    kept = dedup.pivot_duplication(scores.key_norm(keys), 3, feats, torch.zeros(1, 0, 2),
+                                    torch.zeros(1, 0, dtype=torch.bool), torch.zeros(1, 0, 1), n_visual_pivots=1)
+    assert kept.tolist() == [[0, 2, 3]]
+
+
+@pytest.mark.parametrize(("param", "value"), [("n_visual_pivots", 0), ("n_visual_pivots", 2.5), ("n_text_pivots", -1)])
+def test_dart_rejects_bad_parameters(param, value):
+    x = selection_inputs(0)
+    with pytest.raises(ValueError, match=param):
+        dedup.pivot_duplication(scores.key_norm(x["visual_keys"]), 8, x["normed_features"], x["normed_text"],
+                                 x["text_mask"], x["text_keys"], **{param: value})
+
+
+def _divprune_reference(feats, n_keep):
+    """Greedy max–min diversity from the paper's description, one token at a time."""
+    out = []
+    for f in feats:
+        n = f.shape[0]
+        d = [[1 - cosine(f[i], f[j]) for j in range(n)] for i in range(n)]
+        first = max(range(n), key=lambda i: min(d[i][j] for j in range(n) if j != i))
+        kept = [first]
+        while len(kept) < n_keep:
+            kept.append(max((i for i in range(n) if i not in kept), key=lambda i: min(d[i][s] for s in kept)))
+        out.append(sorted(kept))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("n_keep", [1, 7, 20])
+def test_divprune_matches_a_plain_reference(seed, n_keep):
+    feats = selection_inputs(seed, n=30)["features"]
+    kept = dedup.max_min_diversity(feats, n_keep)
+    assert_sorted_unique(kept, n_keep)
+    assert kept.tolist() == _divprune_reference(feats, n_keep)
+
+
+def test_divprune_never_repicks_and_keeps_one_of_each_duplicate():
+    distinct = torch.randn(1, 6, 5, generator=torch.Generator().manual_seed(4))
+    feats = distinct.repeat(1, 4, 1)                                           # every token 4 times
+    kept = dedup.max_min_diversity(feats, 6)
+    assert torch.equal((kept % 6).sort(1).values, torch.arange(6)[None])
+    assert_sorted_unique(dedup.max_min_diversity(feats, 24), 24)                   # all duplicates left: still unique
