@@ -7,7 +7,7 @@ eager attention maps as the original code does. Columns: prefill, decode per tok
 (median ± IQR), the scorer + selector alone, peak memory, analytic vs counted FLOPs and KV-cache size, each
 with its ratio to the unpruned run.
 
-Usage: python benchmarks/latency.py [--hidden 512] [--layers 8] [--methods fastv,random,pooling] [--eager]
+Usage: python benchmarks/latency.py [--hidden 512] [--layers 8] [--methods fastv,random,pooling] [--eager] [--threads 1]
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ def main() -> None:
     ap.add_argument("--min-run-time", type=float, default=1.0)
     ap.add_argument("--eager", action="store_true", help="also measure eager attention (FastV from eager maps)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # on a shared machine, 1 avoids waiting on a descheduled thread
 
     model, processor = proxy(args.hidden, args.layers, args.device)
     q = "What is shown in the image? Answer briefly."

@@ -5,7 +5,7 @@ default, or the trained organism with `--model data/organism/model` — unpruned
 `--max-new-tokens`. Batch sizes alternate for `--rounds` rounds in one process, so the ratio holds on a noisy
 machine; the table shows the median samples/s and the speed-up of every batch size over batch 1.
 
-Usage: python benchmarks/throughput.py [--model tiny] [--n 4] [--batch-sizes 1,8] [--rounds 3]
+Usage: python benchmarks/throughput.py [--model tiny] [--n 4] [--batch-sizes 1,8] [--rounds 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # on a shared machine, 1 avoids waiting on a descheduled thread
 
     model, processor = tpx.load(args.model, device=args.device)
     samples = load_samples("organism", n=args.n)

@@ -1,7 +1,5 @@
 """The organism model: a real LLaVA that saves and reloads offline through the Auto classes."""
 
-import os
-
 import numpy as np
 import torch
 

@@ -30,7 +30,7 @@ def test_resume_continues_exactly(tmp_path):
     assert a.state["step"] == b.state["step"] == 10
     for (n, p), q in zip(a.vision.named_parameters(), b.vision.parameters()):
         assert torch.equal(p, q), n
-    assert (tmp_path / "a" / "log.jsonl").read_text().count("\n") == 2
+    assert (tmp_path / "a" / "log.jsonl").read_text().count("\n") == 4  # a start row and a measurement per call
 
 
 def test_lm_stage_from_vision_and_cli_resume(tmp_path):
@@ -44,3 +44,31 @@ def test_lm_stage_from_vision_and_cli_resume(tmp_path):
     assert main(["train", "--resume", "--run", "lm", "--root", str(tmp_path), "--max-steps", "42"]) == 0
     again = T.Trainer(_cfg(tmp_path, run="lm", stage="lm"), resume=True)
     assert again.state["step"] == 42
+
+
+def test_bf16_autocast_steps(tmp_path):
+    tr = T.Trainer(_cfg(tmp_path, run="v", stage="vision", bf16=True, max_steps=3))
+    assert all(torch.isfinite(torch.tensor(tr.step()["aux"])) for _ in range(3))
+    tr.save()
+    lm = T.Trainer(_cfg(tmp_path, run="l", stage="lm", bf16=True, init_from=str(tmp_path / "v"), n_questions=3))
+    assert all(torch.isfinite(torch.tensor(lm.step()["lm"])) for _ in range(3))
+
+
+def test_packed_turns_equal_single_turn_prompts():
+    from tpx.organism import batch as B, model as M, tasks
+
+    tok = M.build_tokenizer()
+    vocab = tok.get_vocab()
+    m = M.build_model(tok, M.OrganismConfig(**MICRO)).eval()
+    b = B.train_batch(vocab, 0, 3, 2, 4, {t: 1.0 for t in tasks.TASKS})
+    with torch.no_grad():
+        packed = m(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
+                   pixel_values=b.pixel_values).logits
+        n_prefix = 3 + B.N_VISUAL
+        for r in range(2):
+            ids = b.input_ids[r].tolist()
+            for t in (b.weights[r] == 1).nonzero()[:, 0].tolist():
+                start = t - (int(b.position_ids[r, t]) - n_prefix)
+                single = m(input_ids=torch.tensor([ids[:n_prefix] + ids[start:t + 1]]),
+                           pixel_values=b.pixel_values[r:r + 1]).logits[0, -1]
+                assert torch.allclose(single, packed[r, t], atol=1e-5)

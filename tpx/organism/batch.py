@@ -40,18 +40,37 @@ def prompt_ids(vocab: dict[str, int], question: str) -> list[int]:
 
 
 def packed_ids(vocab: dict[str, int], turns: list[tuple[str, str]], eos_weight: float):
-    """Ids and per-token loss weights of a multi-turn row; weights sit on the tokens to predict."""
-    ids = prompt_ids(vocab, turns[0][0])
-    weights = [0.0] * len(ids)
-    for k, (q, a) in enumerate(turns):
-        if k:
-            turn = _words(vocab, f"USER: {q} ASSISTANT:")
-            ids += turn
-            weights += [0.0] * len(turn)
-        ans = _words(vocab, a) + [vocab["</s>"]]
-        ids += ans
-        weights += [1.0] * (len(ans) - 1) + [eos_weight]
-    return ids, weights
+    """One image prefix followed by isolated question turns.
+
+    Layout: `<s> USER : <image>*N` then, per turn, `{question} ASSISTANT : {answer} </s>`. Each turn sees
+    only the prefix and itself (see `turn_mask`) and its positions restart right after the prefix, so every
+    turn is exactly the single-turn prompt the model is evaluated on, and no turn can copy an answer from
+    another. Returns ids, per-token loss weights (on the tokens to predict), position ids and turn ids
+    (0 for the prefix).
+    """
+    ids = [vocab["<s>"]] + _words(vocab, "USER:") + [vocab["<image>"]] * N_VISUAL
+    n_prefix = len(ids)
+    weights, positions, turn = [0.0] * n_prefix, list(range(n_prefix)), [0] * n_prefix
+    for k, (q, a) in enumerate(turns, start=1):
+        question, answer = _words(vocab, f"{q} ASSISTANT:"), _words(vocab, a) + [vocab["</s>"]]
+        ids += question + answer
+        weights += [0.0] * len(question) + [1.0] * (len(answer) - 1) + [eos_weight]
+        positions += list(range(n_prefix, n_prefix + len(question) + len(answer)))
+        turn += [k] * (len(question) + len(answer))
+    return ids, weights, positions, turn
+
+
+def turn_mask(turn: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) boolean attention mask: causal, within the own turn or the shared prefix, no padding keys.
+
+    Args:
+        turn: (B, T) int64 turn ids, 0 for the prefix.
+        valid: (B, T) bool, False on padding.
+    """
+    T = turn.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    same = (turn[:, :, None] == turn[:, None, :]) | (turn[:, None, :] == 0)
+    return (causal & same & valid[:, None, :])[:, None]
 
 
 @dataclass
@@ -59,7 +78,8 @@ class Batch:
     """Right-padded training batch; `targets[b, t]` is the token to predict at position t (-100: none)."""
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor  # (B, 1, T, T) bool, from `turn_mask`
+    position_ids: torch.Tensor
     pixel_values: torch.Tensor
     targets: torch.Tensor
     weights: torch.Tensor
@@ -67,10 +87,10 @@ class Batch:
     tasks: list[list[str]]
 
 
-def draw_packed(rng: np.random.Generator, n_questions: int, task_p: dict[str, float]):
+def draw_packed(rng: np.random.Generator, n_questions: int, task_p: dict[str, float], max_objects: int = 5):
     """One training image with `n_questions` questions; tasks drawn with probabilities `task_p`."""
     panel = rng.random() < PANEL_P and task_p.get("anchor", 0) > 0
-    scene = draw.make_panel_scene(rng) if panel else draw.make_scene(rng)
+    scene = draw.make_panel_scene(rng) if panel else draw.make_scene(rng, max_objects=max_objects)
     names = ["anchor", "blind"] if panel else [t for t in tasks.FREE_TASKS if task_p.get(t, 0) > 0]
     p = np.array([task_p.get(t, 0.0) for t in names])
     if panel:
@@ -90,29 +110,35 @@ def draw_packed(rng: np.random.Generator, n_questions: int, task_p: dict[str, fl
 
 def collate(vocab: dict[str, int], rows: list[tuple[Scene, list, list]], eos_weight: float = 0.1) -> Batch:
     encoded = [packed_ids(vocab, turns, eos_weight) for _, turns, _ in rows]
-    length = max(len(ids) for ids, _ in encoded)
+    length = max(len(e[0]) for e in encoded)
     B = len(rows)
     input_ids = torch.full((B, length), vocab["<pad>"], dtype=torch.long)
-    mask = torch.zeros((B, length), dtype=torch.long)
+    positions = torch.zeros((B, length), dtype=torch.long)
+    turn = torch.full((B, length), -1, dtype=torch.long)
     targets = torch.full((B, length), -100, dtype=torch.long)
     weights = torch.zeros((B, length))
-    for b, (ids, w) in enumerate(encoded):
+    for b, (ids, w, pos, seg) in enumerate(encoded):
         n = len(ids)
         input_ids[b, :n] = torch.tensor(ids)
-        mask[b, :n] = 1
+        positions[b, :n] = torch.tensor(pos)
+        turn[b, :n] = torch.tensor(seg)
         targets[b, : n - 1] = torch.tensor(ids[1:])
         weights[b, : n - 1] = torch.tensor(w[1:])
     targets[weights == 0] = -100
     scenes = [r[0] for r in rows]
-    return Batch(input_ids, mask, pixels([s.image for s in scenes]), targets, weights,
-                 patch_labels(scenes), [r[2] for r in rows])
+    return Batch(input_ids, turn_mask(turn, turn >= 0), positions, pixels([s.image for s in scenes]), targets,
+                 weights, patch_labels(scenes), [r[2] for r in rows])
 
 
 def train_batch(vocab, seed: int, step: int, batch_size: int, n_questions: int,
-                task_p: dict[str, float], eos_weight: float = 0.1) -> Batch:
-    """The training batch of `step`: a pure function of (seed, step), so resumption needs no data state."""
+                task_p: dict[str, float], eos_weight: float = 0.1, max_objects: int = 5) -> Batch:
+    """The training batch of `step`: a pure function of (seed, step), so resumption needs no data state.
+
+    `max_objects` < 5 is a curriculum: fewer distractors make routing to the evidence easier to find.
+    """
     rng = np.random.default_rng([suite.SPLITS["train"], suite.PACKED_STREAM, seed, step])
-    return collate(vocab, [draw_packed(rng, n_questions, task_p) for _ in range(batch_size)], eos_weight)
+    rows = [draw_packed(rng, n_questions, task_p, max_objects) for _ in range(batch_size)]
+    return collate(vocab, rows, eos_weight)
 
 
 def vision_batch(seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

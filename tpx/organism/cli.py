@@ -25,11 +25,20 @@ def _parser() -> argparse.ArgumentParser:
             if f.name == "decay_start":
                 kind = int
             t.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None)
+    r = sub.add_parser("report", help="print a run's log as a markdown table")
+    r.add_argument("--run", required=True)
+    r.add_argument("--root", default="data/organism/checkpoints")
+    r.add_argument("--every", type=int, default=1)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "report":
+        from tpx.organism.evaluate import log_table
+
+        print(log_table(T.Path(args.root) / args.run / "log.jsonl", args.every))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "resume")}
     if args.resume:

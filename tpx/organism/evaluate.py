@@ -86,3 +86,25 @@ def task_accuracy(model, vocab, samples: list[Sample]) -> dict[str, float]:
     for s, a in zip(samples, answers):
         hits[s.task].append(suite.score(s, a))
     return {t: round(float(np.mean(v)), 4) for t, v in hits.items()}
+
+
+def log_table(path, every: int = 1) -> str:
+    """Markdown table of a run's `log.jsonl`: per-task held-out accuracy (lm) or vision gate numbers."""
+    import json
+
+    rows = [r for r in (json.loads(line) for line in open(path) if line.strip()) if "event" not in r]
+    rows = rows[::every] + ([rows[-1]] if rows and (len(rows) - 1) % every else [])
+    if not rows:
+        return ""
+    if rows[-1]["stage"] == "vision":
+        cols = ["colour_fg", "shape_fg", "digit_fg", "char_fg", "centre_fg", "gate"]
+        head = "| step | train min | aux | " + " | ".join(cols) + " |"
+        body = [f"| {r['step']} | {r['train_min']} | {r.get('aux')} | "
+                + " | ".join(str(r["vision"].get(c, "")) for c in cols) + " |" for r in rows]
+    else:
+        names = list(rows[-1]["acc"])
+        head = "| step | train min | lm loss | " + " | ".join(names) + " |"
+        body = [f"| {r['step']} | {r['train_min']} | {r.get('lm')} | "
+                + " | ".join(str(r["acc"][t]) for t in names) + " |" for r in rows]
+        body.append("| prior | | | " + " | ".join(str(rows[-1]["prior"].get(t, "")) for t in names) + " |")
+    return "\n".join([head, "|" + "---|" * (head.count("|") - 1)] + body)

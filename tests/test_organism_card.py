@@ -1,0 +1,27 @@
+"""Exporting a checkpoint: weights + processor reload offline, and the card reports accuracy beside the prior."""
+
+import json
+
+from tpx.organism import card, train as T
+from tpx.organism.cli import main
+
+MICRO = dict(vision_hidden=32, vision_mlp=64, vision_layers=2, vision_heads=4,
+             text_hidden=32, text_mlp=64, text_layers=4, text_heads=4)
+
+
+def test_export_writes_card_and_reloads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = dict(root=str(tmp_path), batch_size=4, warmup=1, eval_minutes=1e9, n_eval=3, model=MICRO,
+                threads=1, prior_draws=30)
+    T.train(T.TrainConfig(run="v", stage="vision", max_steps=2, **base), progress=False)
+    T.train(T.TrainConfig(run="l", stage="lm", init_from=str(tmp_path / "v"), max_steps=2, **base), progress=False)
+    report = card.export([str(tmp_path / "v"), str(tmp_path / "l")], str(tmp_path / "out"), 3, prior_draws=30)
+    assert set(report["acc"]) == set(report["prior"]) == set(card.TARGETS)
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "question-only prior" in text and "Targets met" in text
+    assert json.loads((tmp_path / "out" / "training.json").read_text())["stages"][1]["steps"] == 2
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    AutoModelForImageTextToText.from_pretrained(tmp_path / "out")
+    AutoProcessor.from_pretrained(tmp_path / "out")
+    assert main(["report", "--run", "l", "--root", str(tmp_path)]) == 0
+    assert "prior" in capsys.readouterr().out

@@ -1,0 +1,398 @@
+"""Evaluation: samples × methods × retentions × seeds → one pandas DataFrame, batched, cached, multi-process.
+
+`evaluate(model, processor, samples, methods=["fastv"], retentions=[0.25])` answers every sample greedily in
+left-padded batches, once unpruned and once per (method, retention, seed) inside `tpx.pruning`, scores each
+answer with the benchmark's metric (`tpx.metrics`; the organism's own `suite.score`) and summarises what was
+kept. Results of each (method, retention, seed) are cached on disk, keyed by a hash of the model, the data
+selection, the method and its parameters. Under `accelerate launch` the samples are split between processes
+and the rows gathered, so every process returns the same table. `python -m tpx evaluate ...` is `main`:
+
+    accelerate launch --num_processes 4 -m tpx evaluate --model llava-hf/llava-1.5-7b-hf --benchmark pope ...
+    accelerate launch --multi_gpu --num_processes 2 -m tpx evaluate --model tiny ...   # 2 CPU processes, no GPU
+
+(`accelerate launch --cpu` starts a single process; on a CPU-only machine `--multi_gpu` starts the gloo group.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from tpx import metrics
+from tpx.data import BENCHMARKS, Sample, load_samples, organism_record
+
+__all__ = ["BLIND", "evaluate", "main", "model_inputs", "score", "summarize"]
+
+log = logging.getLogger(__name__)
+BLIND = (None, "no_image", "blank")
+UNPRUNED = "unpruned"
+COVERAGE_BLOCKS = 4  # coverage: share of the cells of a 4×4 partition of each image grid holding a kept token
+
+
+# ---- scoring ----------------------------------------------------------------------------------------------
+
+def _grounding(sample: Sample, prediction: str) -> float:
+    box = metrics.parse_box(prediction)
+    if box is None:
+        return 0.0
+    try:
+        pixels = metrics.box_to_pixels(box, sample.metadata["width"], sample.metadata["height"])
+    except ValueError:  # a malformed box (x2 < x1) is a miss, as in grounding_accuracy
+        return 0.0
+    return float(metrics.box_iou(pixels, sample.metadata["box"]) >= 0.5)
+
+
+def _organism(sample: Sample, prediction: str) -> float:
+    from tpx.organism import suite
+
+    return float(suite.score(organism_record(sample), prediction))
+
+
+def _vqa(sample: Sample, prediction: str) -> float:
+    return metrics.vqa_accuracy(prediction, sample.answers, leave_one_out=len(sample.answers) > 1)
+
+
+def _choice(sample: Sample, prediction: str) -> float:
+    return float(metrics.parse_choice(prediction, len(sample.metadata["options"])) == sample.answer)
+
+
+SCORERS = {
+    "organism": _organism,
+    "pope": lambda s, p: float(metrics.parse_yes_no(p) == s.answer),
+    "mme": lambda s, p: float(metrics._mme_answer(p) == s.answer),  # MME's own prefix rule
+    "gqa": lambda s, p: metrics.exact_match(p, s.answer),
+    "textvqa": _vqa, "vizwiz": _vqa, "scienceqa_img": _choice, "mmbench": _choice,
+    "refcoco": _grounding, "refcoco+": _grounding, "refcocog": _grounding,
+}
+
+
+def score(sample: Sample, prediction: str) -> float:
+    """Score of one answer in [0, 1]: organism exact match (`locate`: cell hit), POPE / MME yes-no correct,
+    GQA exact match, TextVQA / VizWiz VQA accuracy (leave-one-out), ScienceQA / MMBench option letter,
+    RefCOCO IoU ≥ 0.5 of the parsed box (LLaVA-1.5's [0, 1] coordinates of the unpadded image)."""
+    family = "pope" if sample.benchmark.startswith("pope") else sample.benchmark
+    if family not in SCORERS:
+        raise ValueError(f"no scorer for benchmark {sample.benchmark!r}; known: {', '.join(SCORERS)}")
+    return SCORERS[family](sample, prediction)
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Benchmark-level scores (×100) per benchmark, task (organism only), method, retention and seed.
+
+    POPE: F1 averaged over its negative types (LLaVA-1.5's number); MME: perception score (acc + acc+ over
+    the images whose two questions are both present); organism: accuracy per task; others: mean score.
+    """
+    out = []
+    keys = ["benchmark", "method", "retention", "seed"]
+    for key, group in df.groupby(keys, dropna=False, sort=False):
+        if key[0] == "organism":
+            parts = [(task, 100 * g["score"].mean(), len(g)) for task, g in group.groupby("task", sort=False)]
+        elif str(key[0]).startswith("pope"):
+            f1 = [metrics.pope_scores(list(g["answer"]), list(g["reference"]))["f1"] for _, g in group.groupby("task")]
+            parts = [("", 100 * sum(f1) / len(f1), len(group))]
+        elif key[0] == "mme":
+            frame = group.rename(columns={"task": "subtask", "answer": "prediction"})
+            frame = frame.assign(answer=frame["reference"])
+            frame = frame[frame.groupby(["subtask", "image_id"])["id"].transform("size") == 2]
+            value = metrics.mme_scores(frame, require_all_subtasks=False)["perception"] if len(frame) else math.nan
+            parts = [("", value, len(frame))]
+        else:
+            parts = [("", 100 * group["score"].mean(), len(group))]
+        out += [dict(zip(keys, key), task=t, score=v, n=n) for t, v, n in parts]
+    return pd.DataFrame(out, columns=["benchmark", "task", "method", "retention", "seed", "score", "n"])
+
+
+# ---- one batch --------------------------------------------------------------------------------------------
+
+def _images(sample: Sample) -> list[Any]:
+    if sample.image is None:
+        return []
+    return list(sample.image) if isinstance(sample.image, list | tuple) else [sample.image]
+
+
+def _prompt(processor: Any, text: str, n_images: int) -> str:
+    if n_images == 1:
+        from tpx.ask import prompt
+
+        return prompt(processor, text)
+    if getattr(processor, "chat_template", None):
+        content = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
+        return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    return f"USER: {''.join(processor.image_token + chr(10) for _ in range(n_images))}{text} ASSISTANT:"
+
+
+def _blank(image: Any, processor: Any) -> Any:
+    from PIL import Image
+
+    mean = getattr(getattr(processor, "image_processor", None), "image_mean", None) or [0.5, 0.5, 0.5]
+    return Image.new("RGB", image.size, tuple(int(round(255 * m)) for m in mean))
+
+
+def model_inputs(processor: Any, batch: Sequence[Sample], model: Any,
+                 blind: str | None = None) -> dict[str, torch.Tensor]:
+    """Left-padded processor outputs for `batch` on the model's device, in the model's chat format.
+
+    Args:
+        processor, model: from `tpx.load`.
+        batch: samples; each sample's images take one placeholder each.
+        blind: None, "no_image" (text only) or "blank" (uniform images of the processor's mean colour).
+    """
+    images = [[] if blind == "no_image" else _images(s) for s in batch]
+    if blind == "blank":
+        images = [[_blank(im, processor) for im in ims] for ims in images]
+    texts = [_prompt(processor, s.prompt, len(ims)) for s, ims in zip(batch, images)]
+    flat = [im for ims in images for im in ims]
+    processor.tokenizer.padding_side = "left"
+    enc = processor(images=flat or None, text=texts, return_tensors="pt", padding=True).to(model.device)
+    if "pixel_values" in enc:
+        enc["pixel_values"] = enc["pixel_values"].to(model.dtype)
+    return dict(enc)
+
+
+def _kept(entry: Any, b: int) -> dict[str, Any]:
+    rc = entry.grid_rc[b].float()
+    rows = torch.tensor([entry.grids[s][0] for s in entry.segment[b].tolist()], dtype=torch.float)
+    cols = torch.tensor([entry.grids[s][1] for s in entry.segment[b].tolist()], dtype=torch.float)
+    block = (rc[:, 0] * COVERAGE_BLOCKS // rows) * COVERAGE_BLOCKS + rc[:, 1] * COVERAGE_BLOCKS // cols
+    cells = {(int(s), int(c)) for s, c in zip(entry.segment[b].tolist(), block.tolist())}
+    return {"n_keep": int(entry.n_keep), "kept_row": float(((rc[:, 0] + 0.5) / rows).mean()),
+            "kept_col": float(((rc[:, 1] + 0.5) / cols).mean()),
+            "coverage": len(cells) / (len(entry.grids) * COVERAGE_BLOCKS ** 2), "kept": entry.kept[b].tolist()}
+
+
+def _answer_batch(model: Any, processor: Any, batch: list[Sample], method: str, retention: float, seed: int,
+                  blind: str | None, max_new_tokens: int, pruning_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    from tpx.engine import pruning
+
+    inputs = model_inputs(processor, batch, model, blind)
+    tok = processor.tokenizer
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    n_visual = (inputs["input_ids"] == model.config.image_token_id).sum(1).tolist()
+    entry = None
+    with torch.inference_mode():
+        if method == UNPRUNED:
+            out = model.generate(**inputs, **kwargs)
+        else:
+            with pruning(model, method, retention=retention, seed=seed, **pruning_kwargs) as run:
+                out = model.generate(**inputs, **kwargs)
+            entry = run.trace[-1]  # the last stage of the one prefill of this generate call
+    texts = tok.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    rows = []
+    for b, (sample, text) in enumerate(zip(batch, texts)):
+        text = text.strip()
+        if entry is not None:
+            kept = _kept(entry, b)
+        elif n_visual[b]:
+            kept = {"n_keep": n_visual[b], "kept_row": 0.5, "kept_col": 0.5, "coverage": 1.0, "kept": None}
+        else:
+            kept = {"n_keep": 0, "kept_row": math.nan, "kept_col": math.nan, "coverage": math.nan, "kept": None}
+        rows.append({"id": sample.id, "benchmark": sample.benchmark, "task": sample.task, "method": method,
+                     "retention": retention, "seed": seed, "blind": blind or "", "question": sample.question,
+                     "answer": text, "reference": sample.answer, "score": score(sample, text),
+                     "image_id": sample.metadata.get("image_id"), "n_visual": n_visual[b], **kept})
+    return rows
+
+
+# ---- cache ------------------------------------------------------------------------------------------------
+
+def _fingerprint(model: Any) -> str:
+    """Name, config, dtype and the first values of every weight: tells apart models with equal configs."""
+    h = hashlib.sha256()
+    h.update(str(getattr(model.config, "_name_or_path", "")).encode())
+    h.update(model.config.to_json_string(use_diff=False).encode())
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _selection(samples: Sequence[Sample]) -> str:
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(json.dumps([s.benchmark, s.id, s.task, s.prompt, s.answers]).encode())
+    return h.hexdigest()
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+# ---- the loop ---------------------------------------------------------------------------------------------
+
+def _state() -> Any:
+    """accelerate's process state. Without CUDA (or with ACCELERATE_USE_CPU) it asks for CPU processes: only then
+    does accelerate join the gloo group that a launcher started on a CPU-only machine."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
+def _configs(model: Any, methods: Sequence[str | None], retentions: Sequence[float], seeds: Sequence[int],
+             blind: str | None, pruning_kwargs: dict[str, Any]) -> list[tuple[str, float, int]]:
+    from tpx import select
+    from tpx.engine import pruning
+
+    if not methods or not retentions or not seeds:
+        raise ValueError(f"methods, retentions and seeds must be non-empty, got {methods}, {retentions}, {seeds}")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seeds must be ints, got {seed!r}")
+    retentions = [select.check_retention(r) for r in retentions]
+    configs = []
+    for method in methods:
+        if method in (None, UNPRUNED):
+            configs.append((UNPRUNED, 1.0, int(seeds[0])))  # deterministic: once
+            continue
+        if blind == "no_image":
+            raise ValueError(f"blind='no_image' has no visual tokens to prune; evaluate it with methods=[None], "
+                             f"got {method!r}")
+        for r in retentions:
+            with pruning(model, method, retention=r, seed=seeds[0], **pruning_kwargs):
+                pass  # validates method, parameters and layers before any work
+            configs += [(method, r, int(s)) for s in seeds]
+    return list(dict.fromkeys(configs))
+
+
+def evaluate(model: Any, processor: Any, samples: Sequence[Sample], methods: Sequence[str | None] = (None, "fastv"),
+             retentions: Sequence[float] = (0.25,), seeds: Sequence[int] = (0,), *, batch_size: int = 8,
+             max_new_tokens: int = 16, progress: bool = True, cache_dir: str | Path | None = None,
+             force: bool = False, blind: str | None = None, **pruning_kwargs: Any) -> pd.DataFrame:
+    """Answer every sample unpruned and under every (method, retention, seed); one row per answer.
+
+    Args:
+        model, processor: from `tpx.load` (the processor must pad on the left; it is set to).
+        samples: from `tpx.data.load_samples`.
+        methods: registry names; None or "unpruned" is the baseline (run once, retention 1.0, first seed).
+        retentions: kept shares of visual tokens, each in (0, 1].
+        seeds: seeds of the pruning runs (random methods draw from them). Random selection draws one
+            `(B, N)` tensor per batch, so its picks depend on the batch size; deterministic methods do not.
+        batch_size: samples per `generate` call (left-padded), ≥ 1.
+        max_new_tokens: answer length limit (greedy decoding).
+        progress: show a `tqdm.auto` bar over batches.
+        cache_dir: folder for cached results (one parquet file per configuration); None: no cache.
+        force: recompute even when a cached result exists (and overwrite it).
+        blind: None, "no_image" (the prompt without the image) or "blank" (a uniform image of the
+            processor's mean colour), the vision-need control.
+        **pruning_kwargs: passed to `tpx.pruning` (layer, hook, positions, attention, method parameters).
+
+    Returns:
+        DataFrame with columns id, benchmark, task, method, retention, seed, blind, question, answer,
+        reference, score, image_id, n_visual, n_keep, kept_row / kept_col (mean kept position, (row + 0.5) /
+        rows, so a uniform choice gives 0.5), coverage (see `COVERAGE_BLOCKS`) and kept (indices into the
+        visual span after the last stage; None when unpruned).
+
+    Raises:
+        ValueError: for an empty grid, a retention outside (0, 1], an unknown method or parameter, a bad
+            `blind` or `batch_size`.
+    """
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    if blind not in BLIND:
+        raise ValueError(f"blind must be one of {BLIND}, got {blind!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int ≥ 1, got {batch_size!r}")
+    samples = list(samples)
+    if not samples:
+        raise ValueError("samples must not be empty")
+    configs = _configs(model, methods, retentions, seeds, blind, pruning_kwargs)
+    state = _state()
+    cache = None if cache_dir is None else Path(cache_dir)
+    base = [_fingerprint(model), _selection(samples), blind, max_new_tokens, pruning_kwargs]
+    frames: dict[tuple, pd.DataFrame] = {}
+    todo = []
+    for config in configs:
+        path = None if cache is None else cache / f"{_key(*base, *config)}.parquet"
+        if path is not None and path.exists() and not force:
+            frames[config] = pd.read_parquet(path)
+        else:
+            todo.append((config, path))
+    with state.split_between_processes(samples) as mine:
+        batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+        bar = tqdm(total=len(batches) * len(todo), desc="evaluate batches", unit="batch",
+                   disable=not progress or not state.is_main_process)
+        for config, path in todo:
+            bar.set_postfix(method=config[0], retention=config[1], seed=config[2])
+            rows = []
+            for batch in batches:
+                rows += _answer_batch(model, processor, batch, *config, blind, max_new_tokens, pruning_kwargs)
+                bar.update()
+            if state.num_processes > 1:
+                rows = gather_object(rows)
+            frames[config] = pd.DataFrame(rows)
+            if path is not None and state.is_main_process:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                frames[config].to_parquet(path)
+        bar.close()
+    return pd.concat([frames[c] for c in configs], ignore_index=True)
+
+
+# ---- command line -----------------------------------------------------------------------------------------
+
+def _list(kind: type) -> Any:
+    return lambda text: [None if v == "none" else kind(v) for v in text.split(",")]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tpx evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="hub id, local folder, or 'tiny'")
+    p.add_argument("--benchmark", required=True, help=f"organism, {', '.join(BENCHMARKS)}")
+    p.add_argument("--method", type=_list(str), default=[UNPRUNED, "fastv"],
+                   help="comma-separated registry names; 'unpruned' is the baseline (default: unpruned,fastv)")
+    p.add_argument("--retention", type=_list(float), default=[0.25], help="comma-separated, each in (0, 1]")
+    p.add_argument("--seed", type=_list(int), default=[0], help="comma-separated pruning seeds (default 0)")
+    p.add_argument("--n", type=int, default=None, help="samples (organism: per task; default 50) or dataset rows")
+    p.add_argument("--split", default=None, help="dataset split (default: the benchmark's evaluation split)")
+    p.add_argument("--task", default=None, help="organism tasks, comma-separated (default: all)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the sample subset")
+    p.add_argument("--data-path", default=None, help="local copy of the benchmark (folder or parquet file)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--device", default=None, help="default: this process's accelerate device")
+    p.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, eager, flash_attention_2)")
+    p.add_argument("--layer", type=int, default=None, help="decoder layer K of in-LLM pruning")
+    p.add_argument("--blind", choices=["no_image", "blank"], default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--out", default=None, help="write all rows to this CSV file")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tpx evaluate ...` (also under `accelerate launch -m tpx evaluate ...`); returns the status."""
+    from tpx.models import load
+
+    args = _parser().parse_args(argv)
+    state = _state()
+    model, processor = load(args.model, device=args.device or str(state.device), attn_implementation=args.attn)
+    tasks = None if args.task is None else args.task.split(",")
+    samples = load_samples(args.benchmark, split=args.split, n=args.n, seed=args.data_seed, path=args.data_path,
+                           tasks=tasks)
+    extra = {} if args.layer is None else {"layer": args.layer}
+    df = evaluate(model, processor, samples, methods=args.method, retentions=args.retention, seeds=args.seed,
+                  batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
+                  cache_dir=args.cache_dir, force=args.force, blind=args.blind, **extra)
+    if state.is_main_process:
+        print(f"tpx evaluate: {len(df)} rows from {len(samples)} samples on {state.num_processes} process(es)",
+              file=sys.stderr)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            df.to_csv(args.out, index=False)
+        print(summarize(df).to_string(index=False), file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

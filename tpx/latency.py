@@ -1,0 +1,364 @@
+"""Latency, memory, FLOPs and KV-cache size of pruned runs, measured beside the unpruned baseline.
+
+`measure(model, processor, samples, methods=["fastv"], retentions=[0.25])` times prefill (time to first
+token, vision encoder included) and end-to-end generation of a fixed number of tokens with
+`torch.utils.benchmark` (warm-up, repeats, median and IQR; it synchronises CUDA itself), decode per token
+from a streamer's stamps inside single generations, and the method's scorer + selector alone. The unpruned
+baseline and every pruned configuration alternate for `rounds` rounds in the same process, so their ratios
+hold on a noisy machine. Next to each time: peak memory, the analytic FLOPs of the study's model (Wen et al.
+2025, arXiv 2502.11501, Q5a), the FLOPs that `torch.utils.flop_counter.FlopCounterMode` counts in the decoder
+layers, and the KV-cache bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import re
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+__all__ = ["kv_bytes", "layer_lengths", "layer_macs", "llm_flops", "measure"]
+
+log = logging.getLogger(__name__)
+UNPRUNED = "unpruned"
+
+
+# ---- analytic model -----------------------------------------------------------------------------------------
+
+def layer_macs(n: int, d: int, m: int, d_kv: int | None = None) -> int:
+    """Multiply-accumulates of one Llama decoder layer over `n` tokens: 4nd² + 2n²d + 3ndm.
+
+    With grouped-query attention (`d_kv` = kv heads × head dim < d) the k and v projections cost 2nd·d_kv
+    instead of 2nd². Norms, rotary and softmax are left out, as in the study.
+
+    Reference: Wen et al., Findings of ACL 2025, arXiv 2502.11501, Q5 (3ndm for a SwiGLU MLP).
+
+    Args:
+        n: tokens in the layer; d: hidden size; m: MLP width; d_kv: key/value width (default d).
+    """
+    d_kv = d if d_kv is None else d_kv
+    return 2 * n * d * d + 2 * n * d * d_kv + 2 * n * n * d + 3 * n * d * m
+
+
+def layer_lengths(n_layers: int, n: int, n_visual: int, stages: Sequence[tuple[int, int]]) -> list[int]:
+    """Tokens seen by each decoder layer: `n` before the first stage, then `n − n_visual + n_keep` of the
+    latest stage whose layer K is ≤ the layer (hooks "E" / "V" are stages at layer 0).
+
+    Args:
+        n_layers: decoder layers; n: prompt length; n_visual: visual tokens N.
+        stages: `(layer, n_keep)` per pruning stage, e.g. from a run's trace; empty when unpruned.
+    """
+    out, current = [], n
+    todo = sorted(stages)
+    for i in range(n_layers):
+        while todo and todo[0][0] <= i:
+            current = n - n_visual + todo.pop(0)[1]
+        out.append(current)
+    return out
+
+
+def _text_config(model: Any) -> Any:
+    config = model.config
+    return getattr(config, "text_config", config)
+
+
+def _dims(model: Any) -> tuple[int, int, int, int, int]:
+    c = _text_config(model)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return c.hidden_size, c.intermediate_size, kv_heads * head_dim, kv_heads, head_dim
+
+
+def llm_flops(model: Any, lengths: Sequence[int], batch: int = 1) -> int:
+    """Analytic FLOPs (2 × MACs) of the decoder layers of `model` for the given per-layer lengths."""
+    d, m, d_kv, _, _ = _dims(model)
+    return 2 * batch * sum(layer_macs(n, d, m, d_kv) for n in lengths)
+
+
+def kv_bytes(model: Any, lengths: Sequence[int], batch: int = 1, dtype: torch.dtype | None = None) -> int:
+    """Bytes of keys and values cached after a prefill with the given per-layer lengths."""
+    _, _, _, kv_heads, head_dim = _dims(model)
+    size = torch.empty((), dtype=dtype or next(model.parameters()).dtype).element_size()
+    return 2 * batch * kv_heads * head_dim * size * sum(lengths)
+
+
+def _cache_bytes(cache: Any) -> int:
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+
+
+def _counted_flops(model: Any, fn: Callable[[], Any]) -> int:
+    """FLOPs that FlopCounterMode attributes to the decoder layers during `fn()`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tpx.models import adapter_for
+
+    layers = {id(layer) for layer in adapter_for(model).layers}
+    names = {f"{type(model).__name__}.{name}" for name, mod in model.named_modules() if id(mod) in layers}
+    from torch.utils import flop_counter
+
+    # Under inference mode on CPU, SDPA reaches the dispatcher as ops FlopCounterMode has no formula for;
+    # they cost what its registered SDPA kernels cost (both products, causal mask ignored)
+    def sdpa_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    aten = torch.ops.aten
+    ops = (aten.scaled_dot_product_attention, aten._scaled_dot_product_flash_attention_for_cpu)
+    sdpa = {op: sdpa_flops for op in ops}
+    with FlopCounterMode(display=False, custom_mapping=sdpa) as counter:
+        fn()
+    return int(sum(sum(v.values()) for k, v in counter.get_flop_counts().items() if k in names))
+
+
+# ---- memory -------------------------------------------------------------------------------------------------
+
+def _peak_memory(fn: Callable[[], Any], device: torch.device) -> tuple[float, str]:
+    """Peak memory of `fn()` in bytes and what was read: CUDA allocator peak, or the process's resident-set
+    high-water mark (reset through /proc/self/clear_refs where Linux allows; else the lifetime peak)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        fn()
+        status = Path("/proc/self/status").read_text()
+        return float(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024, "rss_peak"
+    except (OSError, AttributeError):
+        fn()
+        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "rss_lifetime_peak"
+
+
+# ---- timing -------------------------------------------------------------------------------------------------
+
+def _timed_method(name: str, sink: list[float], device: torch.device) -> Any:
+    """The registry entry with its scorer and selector wrapped to add their wall time to `sink` (seconds)."""
+    from tpx.methods import get_method
+
+    def wrap(fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
+        if fn is None:
+            return None
+
+        @functools.wraps(fn)  # keeps the signature the engine reads ingredient names from
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            sink.append(time.perf_counter() - start)
+            return out
+        return timed
+
+    method = get_method(name)
+    return dataclasses.replace(method, scorer=wrap(method.scorer), selector=wrap(method.selector))
+
+
+class _Clock:
+    """A `generate` streamer that records when the prompt and each new token arrive (generate moves every
+    token to the CPU before handing it over, so on a GPU each stamp follows a synchronisation)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def put(self, value: Any) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def _times(fn: Callable[[], Any], min_run_time: float) -> list[float]:
+    from torch.utils import benchmark
+
+    fn()  # warm-up beyond the Timer's own block-size estimation
+    return list(benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).times)
+
+
+def _median_iqr(values: Sequence[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return float(values[0]), 0.0
+    q = statistics.quantiles(values, n=4)
+    return statistics.median(values), q[2] - q[0]
+
+
+# ---- one configuration --------------------------------------------------------------------------------------
+
+class _Config:
+    """Callables for one (method, retention) on fixed inputs: prefill, generate 1 and generate T tokens."""
+
+    def __init__(self, model: Any, inputs: dict, method: str, retention: float, max_new_tokens: int,
+                 pruning_kwargs: dict[str, Any]) -> None:
+        self.model, self.inputs, self.name, self.retention = model, inputs, method, retention
+        self.max_new_tokens, self.kwargs = max_new_tokens, pruning_kwargs
+        self.select_times: list[float] = []
+        device = next(model.parameters()).device
+        # timed runs use the registry entry; the wrapped copy (with syncs) only runs in `select_ms`
+        self.method = None if method == UNPRUNED else method
+        self.timed = None if method == UNPRUNED else _timed_method(method, self.select_times, device)
+        self.stages: list[tuple[int, int]] = []
+        self.times: dict[str, list[float]] = {"prefill": [], "decode": [], "genT": []}
+
+    def _run(self, fn: Callable[[], Any], method: Any = None) -> Any:
+        from tpx.engine import pruning
+
+        with torch.inference_mode():
+            if self.method is None:
+                return fn()
+            with pruning(self.model, method or self.method, retention=self.retention, **self.kwargs) as run:
+                out = fn()
+            self.stages = [(e.layer, e.n_keep) for e in run.trace[-len(run.layers):]]
+            return out
+
+    def prefill(self, method: Any = None) -> Any:
+        return self._run(lambda: self.model(**self.inputs, use_cache=True, logits_to_keep=1), method)
+
+    def select_ms(self, calls: int = 5) -> float:
+        """Median over `calls` prefills of the time spent inside the scorer and selector (ms)."""
+        if self.timed is None:
+            return 0.0
+        per_call = []
+        for _ in range(calls):
+            self.select_times.clear()
+            self.prefill(self.timed)
+            per_call.append(sum(self.select_times))
+        return 1e3 * statistics.median(per_call)
+
+    def generate(self, tokens: int, streamer: Any = None) -> Any:
+        pad = getattr(self.model.generation_config, "pad_token_id", None)
+        return self._run(lambda: self.model.generate(**self.inputs, max_new_tokens=tokens, min_new_tokens=tokens,
+                                                     do_sample=False, pad_token_id=pad, streamer=streamer))
+
+    def decode_time(self) -> float:
+        """Seconds per decode step within one generation: from the first new token to the last, / (T − 1)."""
+        clock = _Clock()
+        self.generate(self.max_new_tokens, clock)
+        return (clock.stamps[-1] - clock.stamps[1]) / (self.max_new_tokens - 1)
+
+    def time_round(self, min_run_time: float, decode_runs: int = 3) -> None:
+        self.times["prefill"] += _times(self.prefill, min_run_time)
+        self.times["genT"] += _times(lambda: self.generate(self.max_new_tokens), min_run_time)
+        self.times["decode"] += [self.decode_time() for _ in range(decode_runs)]
+
+
+def _row(config: _Config, model: Any, inputs: dict, flops: bool) -> dict[str, Any]:
+    ids = inputs["input_ids"]
+    batch, n = ids.shape
+    n_visual = int((ids[0] == model.config.image_token_id).sum())
+    lengths = layer_lengths(len(_layers(model)), n, n_visual, config.stages)
+    out = config.prefill()
+    device = ids.device
+    peak, kind = _peak_memory(lambda: config.generate(config.max_new_tokens), device)
+    prefill, prefill_iqr = _median_iqr(config.times["prefill"])
+    decode, decode_iqr = _median_iqr(config.times["decode"])
+    gen_t, gen_t_iqr = _median_iqr(config.times["genT"])
+    row = {
+        "method": config.name, "retention": config.retention, "batch_size": batch, "n_tokens": n,
+        "n_visual": n_visual, "n_keep": config.stages[-1][1] if config.stages else n_visual,
+        "stages": list(config.stages), "prefill_ms": 1e3 * prefill, "prefill_iqr_ms": 1e3 * prefill_iqr,
+        "decode_ms_per_token": 1e3 * decode, "decode_iqr_ms": 1e3 * decode_iqr,
+        "e2e_ms": 1e3 * gen_t, "e2e_iqr_ms": 1e3 * gen_t_iqr, "max_new_tokens": config.max_new_tokens,
+        "select_ms": config.select_ms(),
+        "peak_mem_mb": peak / 2 ** 20, "peak_mem_kind": kind,
+        "flops": llm_flops(model, lengths, batch), "kv_bytes": kv_bytes(model, lengths, batch),
+        "kv_bytes_measured": _cache_bytes(out.cache),
+    }
+    row["flops_counted"] = _counted_flops(model, config.prefill) if flops else None
+    return row
+
+
+def _layers(model: Any) -> Any:
+    from tpx.models import adapter_for
+
+    return adapter_for(model).layers
+
+
+# ---- public entry point -------------------------------------------------------------------------------------
+
+def measure(model: Any, processor: Any, samples: Sequence[Any] | None = None,
+            methods: Sequence[str] = ("fastv",), retentions: Sequence[float] = (0.25,), *, batch_size: int = 1,
+            max_new_tokens: int = 16, rounds: int = 3, min_run_time: float = 0.5,
+            attn_implementation: str | None = None, flops: bool = True, progress: bool = True,
+            **pruning_kwargs: Any) -> pd.DataFrame:
+    """Time the unpruned model and each (method, retention) on the same batch, interleaved.
+
+    Args:
+        model, processor: from `tpx.load`.
+        samples: `tpx.data.Sample`s; the first `batch_size` form the batch (default: the Grace Hopper
+            photo with "What is shown in the image?").
+        methods, retentions: the pruned configurations; the unpruned baseline is always measured.
+        batch_size: rows per call, ≥ 1.
+        max_new_tokens: tokens T of the end-to-end generation (forced with `min_new_tokens`), ≥ 2; decode per
+            token is the time from the first new token to the last within one generation, / (T − 1),
+            stamped by a streamer (3 generations per round), so it needs no difference of two noisy runs.
+        rounds: rounds over all configurations; each round runs `blocked_autorange` once for prefill and
+            once for end-to-end generation.
+        min_run_time: seconds per `blocked_autorange`.
+        attn_implementation: "sdpa", "eager", "flash_attention_2" (where installed), or None to keep the
+            model's; it is restored afterwards.
+        flops: also count FLOPs with FlopCounterMode (one extra prefill per configuration).
+        progress: a `tqdm.auto` bar over rounds × configurations.
+        **pruning_kwargs: passed to `tpx.pruning` (layer, hook, attention="maps", method parameters).
+
+    Returns:
+        One row per configuration, baseline first: method, retention, batch_size, n_tokens, n_visual,
+        n_keep, stages [(layer, n_keep)], prefill_ms / prefill_iqr_ms, decode_ms_per_token / decode_iqr_ms,
+        e2e_ms / e2e_iqr_ms, max_new_tokens, select_ms (the method's scorer and selector functions alone;
+        the attention rows or features they are handed are not included), peak_mem_mb and peak_mem_kind,
+        flops (analytic, decoder layers, 2 × MACs), flops_counted (FlopCounterMode, decoder layers; it also
+        counts the matrix products of the method's scoring and selection that run in those layers' hooks,
+        e.g. a recomputed attention row or DivPrune's N × N similarities, which the formula leaves out), kv_bytes
+        (analytic) and kv_bytes_measured (the cache's tensors), attn_implementation, device, and the ratios
+        prefill_speedup, e2e_speedup, flops_rel and kv_rel against the baseline.
+
+    Raises:
+        ValueError: for `max_new_tokens` < 2, `rounds` < 1 or `batch_size` < 1 (method and retention
+            errors come from `tpx.pruning`).
+    """
+    from tqdm.auto import tqdm
+
+    from tpx.data import Sample, sample_picture
+    from tpx.evaluate import model_inputs
+
+    for name, value, low in (("max_new_tokens", max_new_tokens, 2), ("rounds", rounds, 1),
+                             ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int ≥ {low}, got {value!r}")
+    if samples is None:
+        q = "What is shown in the image?"
+        samples = [Sample("picture", sample_picture(), q, q, [""], "picture", "picture")]
+    batch = [samples[i % len(samples)] for i in range(batch_size)]
+    previous = _text_config(model)._attn_implementation
+    if attn_implementation is not None:
+        model.set_attn_implementation(attn_implementation)
+    try:
+        inputs = model_inputs(processor, batch, model)
+        configs = [_Config(model, inputs, UNPRUNED, 1.0, max_new_tokens, pruning_kwargs)]
+        configs += [_Config(model, inputs, m, r, max_new_tokens, pruning_kwargs) for m in methods for r in retentions]
+        for c in configs:
+            c.prefill()  # validates each configuration and records its stages before any timing
+        with tqdm(total=rounds * len(configs), desc="latency rounds x configs", disable=not progress) as bar:
+            for _ in range(rounds):
+                for c in configs:
+                    c.time_round(min_run_time)
+                    bar.update()
+        rows = [_row(c, model, inputs, flops) for c in configs]
+        implementation = _text_config(model)._attn_implementation
+    finally:
+        if attn_implementation is not None:
+            model.set_attn_implementation(previous)
+    df = pd.DataFrame(rows).assign(attn_implementation=implementation, device=str(inputs["input_ids"].device))
+    base = df.iloc[0]
+    return df.assign(prefill_speedup=base["prefill_ms"] / df["prefill_ms"], e2e_speedup=base["e2e_ms"] / df["e2e_ms"],
+                     flops_rel=df["flops"] / base["flops"], kv_rel=df["kv_bytes"] / base["kv_bytes"])
