@@ -72,3 +72,16 @@ def test_packed_turns_equal_single_turn_prompts():
                 single = m(input_ids=torch.tensor([ids[:n_prefix] + ids[start:t + 1]]),
                            pixel_values=b.pixel_values[r:r + 1]).logits[0, -1]
                 assert torch.allclose(single, packed[r, t], atol=1e-5)
+
+
+def test_resume_unfreezing_the_tower_keeps_lm_optimizer_state(tmp_path):
+    T.train(_cfg(tmp_path, run="v", stage="vision", max_steps=2), progress=False)
+    T.train(_cfg(tmp_path, run="l", stage="lm", init_from=str(tmp_path / "v"), max_steps=3, n_questions=2),
+            progress=False)
+    tr = T.Trainer(_cfg(tmp_path, run="l", stage="lm", init_from=str(tmp_path / "v"), n_questions=2,
+                        vision_lr_mult=0.1), resume=True)
+    assert len(tr.opt.param_groups) == 2 and tr.opt.param_groups[1]["lr_mult"] == 0.1
+    assert int(tr.opt.state[tr.opt.param_groups[0]["params"][0]]["step"]) == 3
+    before = [p.clone() for p in tr.vision.parameters()]
+    out = tr.step()
+    assert "aux" in out and any(not torch.equal(a, b) for a, b in zip(before, tr.vision.parameters()))

@@ -55,6 +55,17 @@ def load_state(d: Path) -> dict:
 
 
 def load_optimizer(d: Path, optimizer) -> None:
+    """Restore optimizer and RNG state; groups added since the save (e.g. an unfrozen tower) start fresh."""
     blob = torch.load(d / "optim.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
+    saved, cur = blob["optimizer"], optimizer.state_dict()
+    if len(saved["param_groups"]) != len(cur["param_groups"]):
+        state = {}
+        for gs, gc in zip(saved["param_groups"], cur["param_groups"]):
+            if len(gs["params"]) != len(gc["params"]):
+                raise ValueError("checkpoint optimizer groups do not match the model's trainable parameters")
+            pairs = zip(gs["params"], gc["params"])
+            state.update({pc: saved["state"][ps] for ps, pc in pairs if ps in saved["state"]})
+            gc.update({k: v for k, v in gs.items() if k != "params"})
+        saved = {"state": state, "param_groups": cur["param_groups"]}
+    optimizer.load_state_dict(saved)
     torch.set_rng_state(blob["torch_rng"])
