@@ -42,13 +42,13 @@ class LlavaAdapter:
     """
 
     model_type = "llava"
+    model_classes: tuple[type, ...] = (LlavaForConditionalGeneration,)
     supports_renumber = True  # 1-D RoPE positions can be compacted
 
     def __init__(self, model: torch.nn.Module) -> None:
-        if not isinstance(model, LlavaForConditionalGeneration):
-            raise TypeError(
-                f"LlavaAdapter needs a LlavaForConditionalGeneration, got {type(model).__name__}"
-            )
+        if not isinstance(model, self.model_classes):
+            needed = " or ".join(c.__name__ for c in self.model_classes)
+            raise TypeError(f"{type(self).__name__} needs a {needed}, got {type(model).__name__}")
         self.model = model
         self.text_model = model.model.language_model
         self.layers = self.text_model.layers

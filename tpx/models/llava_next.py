@@ -40,17 +40,10 @@ class LlavaNextAdapter(LlavaAdapter):
     """
 
     model_type = "llava_next"
+    model_classes = (LlavaNextForConditionalGeneration,)
 
     def __init__(self, model: torch.nn.Module) -> None:
-        if not isinstance(model, LlavaNextForConditionalGeneration):
-            raise TypeError(
-                f"LlavaNextAdapter needs a LlavaNextForConditionalGeneration, got {type(model).__name__}"
-            )
-        self.model = model
-        self.text_model = model.model.language_model
-        self.layers = self.text_model.layers
-        self.n_layers = len(self.layers)
-        self.image_token_id = int(model.config.image_token_id)
+        super().__init__(model)
         vc = model.config.vision_config
         self.side = int(vc.image_size) // int(vc.patch_size)
         self._pending: dict[str, Any] = {}

@@ -44,19 +44,11 @@ class Qwen2VLAdapter(LlavaAdapter):
     """
 
     model_type = "qwen2_vl"
+    model_classes = (Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)
     supports_renumber = False  # 3-D M-RoPE positions cannot be compacted into 1-D ones
 
     def __init__(self, model: torch.nn.Module) -> None:
-        if not isinstance(model, (Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)):
-            raise TypeError(
-                "Qwen2VLAdapter needs a Qwen2VLForConditionalGeneration or Qwen2_5_VLForConditionalGeneration, "
-                f"got {type(model).__name__}"
-            )
-        self.model = model
-        self.text_model = model.model.language_model
-        self.layers = self.text_model.layers
-        self.n_layers = len(self.layers)
-        self.image_token_id = int(model.config.image_token_id)
+        super().__init__(model)
         self.merge = int(model.config.vision_config.spatial_merge_size)
 
     # ---- layout -------------------------------------------------------------------------------------
