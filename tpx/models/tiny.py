@@ -90,25 +90,14 @@ def tiny(
     """
     from transformers import (
         CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
     )
 
     tok = tiny_tokenizer()
-    vision = CLIPVisionConfig(
-        image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 2, num_hidden_layers=vision_layers, num_attention_heads=4,
-        projection_dim=vision_hidden,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
-        num_hidden_layers=text_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=2048, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    vision, text = _clip_llama(tok, image_size, patch_size, vision_hidden, vision_layers, text_hidden,
+                               text_layers, heads, kv_heads)
     config = LlavaConfig(
         vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
@@ -160,8 +149,6 @@ def tiny_llava_next(
         `(model, processor)`, model in eval mode; the processor pads on the left.
     """
     from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
         LlavaNextImageProcessorPil,
@@ -170,17 +157,8 @@ def tiny_llava_next(
 
     tok = tiny_tokenizer()
     pinpoints = [list(p) for p in grid_pinpoints]
-    vision = CLIPVisionConfig(
-        image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 2, num_hidden_layers=vision_layers, num_attention_heads=4,
-        projection_dim=vision_hidden,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
-        num_hidden_layers=text_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=2048, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    vision, text = _clip_llama(tok, image_size, patch_size, vision_hidden, vision_layers, text_hidden,
+                               text_layers, heads, kv_heads)
     config = LlavaNextConfig(
         vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-2, vision_feature_select_strategy="default", image_grid_pinpoints=pinpoints,
@@ -287,3 +265,22 @@ def _mrope_section(head_dim: int) -> list[int]:
     t = max(1, round(half * 16 / 64))
     h = (half - t) // 2
     return [t, h, half - t - h]
+
+
+def _clip_llama(tok: Any, image_size: int, patch_size: int, vision_hidden: int, vision_layers: int,
+                text_hidden: int, text_layers: int, heads: int, kv_heads: int) -> tuple[Any, Any]:
+    """The CLIP vision and Llama text configs the tiny LLaVA-family models share."""
+    from transformers import CLIPVisionConfig, LlamaConfig
+
+    vision = CLIPVisionConfig(
+        image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 2, num_hidden_layers=vision_layers, num_attention_heads=4,
+        projection_dim=vision_hidden,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
+        num_hidden_layers=text_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=2048, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    return vision, text
