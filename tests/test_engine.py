@@ -304,3 +304,68 @@ def test_pooling_budget_that_no_grid_can_hold_is_an_error(tiny_models):
     with pytest.raises(ValueError, match="pooling cannot keep exactly n_keep=37"):
         with torch.no_grad(), tpx.pruning(model, "pooling", retention=0.26):
             model(**inputs)
+
+
+def test_nested_contexts_match_mask_reference(tiny_models, attn, batch):
+    """pooling at hook E, then fastv at layer 2 on what pooling left (FastV on a training-aware model)."""
+    model, processor = tiny_models[attn]
+    inputs = make_inputs(processor, batch, seed=30)
+    pooling = tpx.get_method("pooling")
+    outputs: list = []
+    spied = dataclasses.replace(pooling, selector=spy(pooling.selector, outputs))
+    positions = generate_positions(inputs["attention_mask"])
+    with torch.no_grad():
+        with tpx.pruning(model, spied, retention=0.25, hook="E") as outer:
+            with tpx.pruning(model, "fastv", retention=0.125, layer=2) as inner:
+                logits = model(**inputs, position_ids=positions).logits
+        with tpx.pruning(model, spied, retention=0.25, hook="E"):
+            with tpx.pruning(model, "fastv", retention=0.125, layer=2) as again:
+                tokens, steps = _generate(model, inputs)
+        assert torch.equal(again.kept_positions, inner.kept_positions)
+        n_visual = outer.trace[0].n_visual
+        assert inner.trace[0].n_keep == select.budget(0.125, n_visual)
+        # fastv chose only among the tokens pooling kept (merged tokens sit at their window's first position)
+        assert torch.isin(inner.trace[0].kept, outer.trace[0].kept).all()
+        visual = (inputs["input_ids"] == model.config.image_token_id).nonzero()[:, 1].view(batch, -1)
+        merged = outputs[0]
+        stages = [(0, outer.stage_positions[0], (visual.gather(1, merged.index), merged.features)),
+                  (2, inner.stage_positions[2], None)]
+        ref = MaskReference(model, stages, inputs["input_ids"].shape[1])
+        try:
+            ref_full = model(**inputs, position_ids=positions).logits
+            ref_tokens, ref_steps = reference_generate(model, inputs, ref, N_NEW)
+        finally:
+            ref.remove()
+    kept = inner.kept_positions
+    ref_logits = ref_full.gather(1, kept[..., None].expand(-1, -1, ref_full.shape[-1]))
+    real = inputs["attention_mask"].gather(1, kept).bool()
+    torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-5, rtol=0)
+    assert torch.equal(tokens, ref_tokens)
+    for a, b in zip(steps, ref_steps, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_nested_contexts_errors_and_cleanup(tiny_models):
+    model, processor = tiny_models["sdpa"]
+    inputs = make_inputs(processor, 1, seed=31)
+    with tpx.pruning(model, "fastv", retention=0.5, layer=2):
+        with pytest.raises(ValueError, match="must act after the enclosing one"):
+            with tpx.pruning(model, "fastv", retention=0.25, layer=2):
+                pass
+        with pytest.raises(ValueError, match="must act after the enclosing one"):
+            with tpx.pruning(model, "random", retention=0.25, hook="E"):
+                pass
+    with tpx.pruning(model, "pooling", retention=0.25, hook="E"):
+        with pytest.raises(ValueError, match="renumber"):
+            with tpx.pruning(model, "fastv", retention=0.1, layer=2, positions="renumber"):
+                pass
+        with tpx.pruning(model, "fastv", retention=0.5, layer=2):
+            with pytest.raises(ValueError, match=r"only \d+ reach layer 2"):
+                model(**inputs)
+    from tpx import engine
+
+    assert id(model) not in engine._ACTIVE
+    with torch.no_grad():  # nothing left behind: a fresh run is not nested
+        with tpx.pruning(model, "fastv", retention=0.25, layer=2) as run:
+            model(**inputs)
+    assert run.outer is None and run.trace[0].n_keep == select.budget(0.25, run.trace[0].n_visual)

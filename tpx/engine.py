@@ -8,6 +8,8 @@ rebuilds only the masks of pruned layers (their caches are shorter). Hooks "E" a
 before layer 0, so every layer sees the short sequence; "V" scores with what the vision tower recorded and
 projects merged vision features. Multi-stage methods repeat the surgery at each of their layers. The engine
 knows no method by name: it hands the method's scorer and selector the tensors their argument names ask for.
+Contexts nest: an inner `tpx.pruning` acting at later layers continues from what the enclosing one kept
+(e.g. `pooling` at hook E, then `fastv` at layer 2 — a model trained with pooling, pruned further).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ POSITIONS = ("keep", "renumber")
 _PER_TOKEN = ("scores", "features", "normed_features", "visual_keys", "vision_keys", "vision_features")
 _PER_KEY = ("attn_last", "attn_last_visual", "attn_text", "cls_attn")
 ATTENTION = ("rows", "maps")
+_ACTIVE: dict[int, list[Run]] = {}  # open runs per model (id), outermost first
 
 
 @dataclass
@@ -96,6 +99,8 @@ class Run:
         self._stash: dict[Any, Any] = {}
         self._vision: dict[str, torch.Tensor] = {}
         self._cur: dict[str, Any] = {}
+        self.outer: Run | None = None  # the enclosing run on the same model, if this context is nested
+        self._adopted = False
 
     @property
     def stage_positions(self) -> dict[int, torch.Tensor]:
@@ -105,8 +110,12 @@ class Run:
     # ---- installation -------------------------------------------------------------------------------
     def _install(self) -> None:
         layers = self.adapter.layers
-        self._handles.append(self.model.register_forward_pre_hook(self._on_call, with_kwargs=True))
         score = {k - 1 for k in self.layers} if ing.needs_layer_before(self._wanted) else set()
+        stack = _ACTIVE.setdefault(id(self.model), [])
+        if stack:
+            self._nest(stack[-1], min(score | set(self.layers)))
+        stack.append(self)
+        self._handles.append(self.model.register_forward_pre_hook(self._on_call, with_kwargs=True))
         for i in sorted(score | set(range(self.layers[0], self.adapter.n_layers))):
             hook = _LayerHook(self, i, stash=i in score)
             self._handles.append(layers[i].register_forward_pre_hook(hook, with_kwargs=True))
@@ -116,7 +125,30 @@ class Run:
         if ing.needs_vision(self._wanted):
             self._handles.extend(self.adapter.vision_hooks(self._vision))
 
+    def _nest(self, outer: Run, first_hooked: int) -> None:
+        """Continue from an enclosing run: it must finish pruning before this run's first stage."""
+        if self.positions == "renumber" or outer.positions == "renumber":
+            raise ValueError("nested tpx.pruning contexts need positions='keep' in both; positions='renumber' cannot nest")
+        if self.layers[0] <= outer.layers[-1] or first_hooked < outer.layers[-1]:
+            raise ValueError(
+                f"a nested tpx.pruning must act after the enclosing one: {outer.method.name!r} prunes before "
+                f"layer {outer.layers[-1]}, so {self.method.name!r} needs layer > {outer.layers[-1]}"
+                f"{' (and reads layer K−1)' if first_hooked < self.layers[0] else ''}; got layers {self.layers}")
+        self.outer = outer
+
+    def _adopt(self) -> None:
+        """In prefill, take over the sequence the enclosing run left (its kept tokens, mask and positions)."""
+        o = self.outer
+        self._seq, self._n_cur, self._seq_mask2d, self._pos0 = o._seq, o._n_cur, o._seq_mask2d, o._pos0
+        self._cur = dict(o._cur)
+        self._adopted = True
+
     def _remove(self) -> None:
+        stack = _ACTIVE.get(id(self.model), [])
+        if self in stack:
+            stack.remove(self)
+        if not stack:
+            _ACTIVE.pop(id(self.model), None)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -160,9 +192,12 @@ class Run:
         self._pos0 = None
         self._stages, self._cur = {}, {}
         self._stash = {}
+        self._adopted = False
 
     def _layer(self, idx: int, args: tuple, kwargs: dict, stash: bool) -> tuple[tuple, dict]:
         hidden = args[0] if args else kwargs["hidden_states"]
+        if self.outer is not None and self._prefill and not self._adopted:
+            self._adopt()
         if idx in self.layers:
             if self._prefill:
                 if idx > self.layers[0]:  # a later stage starts from the current (pruned) positions and rotary
@@ -187,6 +222,10 @@ class Run:
         seq = self._seq
         vis_mask = self._is_visual.gather(1, seq)                                 # (B, L) visual in current seq
         n_cur = self._n_cur
+        if n_keep > n_cur:
+            raise ValueError(f"{self.method.name!r} at retention={self.retention} keeps {n_keep} of the "
+                             f"{self._n_visual} visual tokens, but only {n_cur} reach layer {idx} (an enclosing "
+                             f"tpx.pruning kept them); use retention ≤ {n_cur / self._n_visual:.4g}")
         vis_cur = _true_positions(vis_mask, n_cur)                                 # (B, n_cur)
         vis_orig = self._vis_index.gather(1, seq.gather(1, vis_cur))              # (B, n_cur) into visual span
         with torch.no_grad():
@@ -386,7 +425,8 @@ def pruning(
         model: a supported Hugging Face MLLM (see `tpx.models.ADAPTERS`).
         method: a registry name (`tpx.list_methods()`) or a `Method`.
         retention: kept share of visual tokens, in (0, 1]; `n_keep = select.budget(retention, N)` (multi-stage
-            methods: see their schedule).
+            methods: see their schedule). Inside an enclosing `tpx.pruning` it still counts against the N
+            visual tokens of the input, and must keep no more than the enclosing run left.
         layer: decoder layer K for hook "L" (the first layer that sees the pruned sequence); default: the
             method's. Not allowed for hooks "E" / "V", which act before layer 0.
         layers: stage layers of a multi-stage method (default: the method's, scaled to the model's depth).

@@ -37,6 +37,9 @@ ADAPTERS: dict[str, type] = {
     "qwen2_5_vl": Qwen2VLAdapter,
 }
 _TINY = {"tiny": tiny, "tiny-llava-next": tiny_llava_next, "tiny-qwen2-vl": tiny_qwen2_vl}
+# the trained model organisms shipped in the repository's data/organism/ (see their README.md cards)
+ORGANISM_DIR = Path(__file__).resolve().parents[2] / "data" / "organism"
+ORGANISMS = {"organism": "llava-organism", "organism-pool2": "llava-organism-pool2"}
 
 
 def adapter_for(model: Any) -> Any:
@@ -68,7 +71,9 @@ def load(
 
     Args:
         id_or_path: a hub id (needs the hub), a local folder saved with `save_pretrained`, or a tiny random
-            model built in memory: `"tiny"` (LLaVA), `"tiny-llava-next"` or `"tiny-qwen2-vl"`.
+            model built in memory: `"tiny"` (LLaVA), `"tiny-llava-next"` or `"tiny-qwen2-vl"`; or a trained
+            model organism shipped in `data/organism/`: `"organism"` (trained on all 144 visual tokens) or
+            `"organism-pool2"` (fine-tuned with 2x2 pooling at the LLM input).
         device: where to put the model ("cpu", "cuda", "cuda:1", ...); default: where it loads.
         dtype: torch dtype of the weights (e.g. `torch.bfloat16` on a GPU); default: the checkpoint's.
         attn_implementation: "sdpa" (default), "eager" or "flash_attention_2".
@@ -80,6 +85,11 @@ def load(
         FileNotFoundError: for a local-looking path that does not exist.
         TypeError: for a model family without an adapter.
     """
+    if str(id_or_path) in ORGANISMS:
+        id_or_path = ORGANISM_DIR / ORGANISMS[str(id_or_path)]
+        if not id_or_path.exists():
+            raise FileNotFoundError(f"the model organism is not at {id_or_path}: tpx.load('organism') needs a "
+                                    "checkout of the repository with its data/ folder")
     if str(id_or_path) in _TINY:
         model, processor = _TINY[str(id_or_path)](attn_implementation=attn_implementation)
     else:

@@ -33,29 +33,59 @@ def _words(vocab: dict[str, int], text: str) -> list[int]:
     return [vocab[w] for w in text.replace(":", " : ").split()]
 
 
-def prompt_ids(vocab: dict[str, int], question: str) -> list[int]:
-    """`<s> USER : <image>*N {question} ASSISTANT :` as ids (the model's single-turn prompt)."""
-    return [vocab["<s>"]] + _words(vocab, "USER:") + [vocab["<image>"]] * N_VISUAL + _words(
-        vocab, f"{question} ASSISTANT:")
+def pooled_index(pool: int) -> list[int]:
+    """Raster indices of the visual tokens left by `pool`×`pool` average pooling: each window's first token.
+
+    The same places `tpx.select.pool2d` gives merged tokens, so a model trained on pooled tokens sees the
+    positions that `tpx.pruning(model, "pooling", retention=1/pool², hook="E")` gives it at inference.
+    """
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or draw.GRID % pool:
+        raise ValueError(f"pool must be a positive int dividing the {draw.GRID}x{draw.GRID} grid, got {pool!r}")
+    side = draw.GRID // pool
+    return [r * pool * draw.GRID + c * pool for r in range(side) for c in range(side)]
 
 
-def packed_ids(vocab: dict[str, int], turns: list[tuple[str, str]], eos_weight: float):
+def _prefix(vocab: dict[str, int], pool: int) -> tuple[list[int], list[int], int]:
+    """Ids and position ids of `<s> USER : <image>*n` with n = N / pool², and the position of what follows."""
+    text = [vocab["<s>"]] + _words(vocab, "USER:")
+    visual = pooled_index(pool)
+    ids = text + [vocab["<image>"]] * len(visual)
+    return ids, list(range(len(text))) + [len(text) + i for i in visual], len(text) + N_VISUAL
+
+
+def prompt_ids(vocab: dict[str, int], question: str, pool: int = 1) -> list[int]:
+    """`<s> USER : <image>*N {question} ASSISTANT :` as ids (the model's single-turn prompt).
+
+    With `pool` > 1 the prompt holds N / pool² image tokens; their position ids come from `prompt_positions`.
+    """
+    return _prefix(vocab, pool)[0] + _words(vocab, f"{question} ASSISTANT:")
+
+
+def prompt_positions(vocab: dict[str, int], question: str, pool: int = 1) -> list[int]:
+    """Position ids of `prompt_ids`: 0, 1, ... unpooled; original positions of the kept tokens when pooled."""
+    _, positions, start = _prefix(vocab, pool)
+    n_text = len(_words(vocab, f"{question} ASSISTANT:"))
+    return positions + list(range(start, start + n_text))
+
+
+def packed_ids(vocab: dict[str, int], turns: list[tuple[str, str]], eos_weight: float, pool: int = 1):
     """One image prefix followed by isolated question turns.
 
     Layout: `<s> USER : <image>*N` then, per turn, `{question} ASSISTANT : {answer} </s>`. Each turn sees
     only the prefix and itself (see `turn_mask`) and its positions restart right after the prefix, so every
     turn is exactly the single-turn prompt the model is evaluated on, and no turn can copy an answer from
     another. Returns ids, per-token loss weights (on the tokens to predict), position ids and turn ids
-    (0 for the prefix).
+    (0 for the prefix). With `pool` > 1 the prefix holds the N / pool² pooled image tokens at their
+    original positions (see `pooled_index`) and the turns keep the positions they have unpooled.
     """
-    ids = [vocab["<s>"]] + _words(vocab, "USER:") + [vocab["<image>"]] * N_VISUAL
+    ids, positions, start = _prefix(vocab, pool)
     n_prefix = len(ids)
-    weights, positions, turn = [0.0] * n_prefix, list(range(n_prefix)), [0] * n_prefix
+    weights, turn = [0.0] * n_prefix, [0] * n_prefix
     for k, (q, a) in enumerate(turns, start=1):
         question, answer = _words(vocab, f"{q} ASSISTANT:"), _words(vocab, a) + [vocab["</s>"]]
         ids += question + answer
         weights += [0.0] * len(question) + [1.0] * (len(answer) - 1) + [eos_weight]
-        positions += list(range(n_prefix, n_prefix + len(question) + len(answer)))
+        positions += list(range(start, start + len(question) + len(answer)))
         turn += [k] * (len(question) + len(answer))
     return ids, weights, positions, turn
 
@@ -108,8 +138,9 @@ def draw_packed(rng: np.random.Generator, n_questions: int, task_p: dict[str, fl
     return scene, turns, kinds
 
 
-def collate(vocab: dict[str, int], rows: list[tuple[Scene, list, list]], eos_weight: float = 0.1) -> Batch:
-    encoded = [packed_ids(vocab, turns, eos_weight) for _, turns, _ in rows]
+def collate(vocab: dict[str, int], rows: list[tuple[Scene, list, list]], eos_weight: float = 0.1,
+            pool: int = 1) -> Batch:
+    encoded = [packed_ids(vocab, turns, eos_weight, pool) for _, turns, _ in rows]
     length = max(len(e[0]) for e in encoded)
     B = len(rows)
     input_ids = torch.full((B, length), vocab["<pad>"], dtype=torch.long)
@@ -131,14 +162,15 @@ def collate(vocab: dict[str, int], rows: list[tuple[Scene, list, list]], eos_wei
 
 
 def train_batch(vocab, seed: int, step: int, batch_size: int, n_questions: int,
-                task_p: dict[str, float], eos_weight: float = 0.1, max_objects: int = 5) -> Batch:
+                task_p: dict[str, float], eos_weight: float = 0.1, max_objects: int = 5, pool: int = 1) -> Batch:
     """The training batch of `step`: a pure function of (seed, step), so resumption needs no data state.
 
     `max_objects` < 5 is a curriculum: fewer distractors make routing to the evidence easier to find.
+    `pool` > 1 lays the rows out for a model whose projected image tokens are average-pooled (see `pooled`).
     """
     rng = np.random.default_rng([suite.SPLITS["train"], suite.PACKED_STREAM, seed, step])
     rows = [draw_packed(rng, n_questions, task_p, max_objects) for _ in range(batch_size)]
-    return collate(vocab, rows, eos_weight)
+    return collate(vocab, rows, eos_weight, pool)
 
 
 def vision_batch(seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

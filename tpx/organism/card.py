@@ -9,23 +9,45 @@ from pathlib import Path
 
 import torch
 
-from tpx.organism import checkpoint, evaluate, model as M, suite, tasks
+from tpx.organism import checkpoint, draw, evaluate, model as M, suite, tasks
 
 TARGETS = {"exist": 0.9, "attribute": 0.9, "relation": 0.9, "read": 0.9, "locate": 0.9, "anchor": 0.9,
            "count": 0.8, "blind": 1.0}
+SLICE = 25  # test samples per task that the card also scores through tpx.load + tpx.evaluate
 
 
-def test_report(model, n_per_task: int = 200, prior_draws: int = 20000) -> dict:
-    """Per-task test accuracy of greedy answers beside the question-only prior."""
+def test_report(model, n_per_task: int = 200, prior_draws: int = 20000, pool: int = 1) -> dict:
+    """Per-task test accuracy of greedy answers beside the question-only prior (`pool`: pooled tokens)."""
     samples = suite.build("test", n_per_task)
-    acc = evaluate.task_accuracy(model, M.build_tokenizer().get_vocab(), samples)
+    acc = evaluate.task_accuracy(model, M.build_tokenizer().get_vocab(), samples, pool=pool)
     majority = {t: suite.question_only_answers(t, prior_draws) for t in tasks.TASKS}
     prior = suite.prior_accuracy(samples, majority)
     return {"n_per_task": n_per_task, "acc": acc, "prior": {k: round(v, 4) for k, v in prior.items()}}
 
 
-def export(run_dirs: list[str], out_dir: str, n_per_task: int = 200, prior_draws: int = 20000) -> dict:
-    """Copy the last run's weights + processor to `out_dir`, evaluate on test, write README.md and logs."""
+def slice_accuracy(path: str | Path, pool: int = 1, n_per_task: int = SLICE) -> dict[str, float]:
+    """Per-task accuracy of the exported folder loaded as a user would (`tpx.load`, `tpx.evaluate`).
+
+    The first `n_per_task` test samples per task; a pooled checkpoint is scored with tpx's `pooling` at
+    hook E (retention 1/pool²), the operating point it was trained for.
+    """
+    import tpx
+    from tpx.data import load_samples
+    from tpx.evaluate import evaluate as run
+
+    model, processor = tpx.load(str(path))
+    samples = load_samples("organism", split="test", n=n_per_task)
+    kwargs = {"methods": ["pooling"], "retentions": [1 / pool**2], "hook": "E"} if pool > 1 else {"methods": [None]}
+    df = run(model, processor, samples, batch_size=50, max_new_tokens=3, progress=False, **kwargs)
+    return {t: round(float(g["score"].mean()), 4) for t, g in df.groupby("task", sort=False)}
+
+
+def export(run_dirs: list[str], out_dir: str, n_per_task: int = 200, prior_draws: int = 20000,
+           pool: int = 1) -> dict:
+    """Copy the last run's weights + processor to `out_dir`, evaluate on test, write README.md and logs.
+
+    `pool` > 1 marks a checkpoint trained on `pool`×`pool` average-pooled visual tokens: it is scored that way.
+    """
     out = Path(out_dir)
     last = checkpoint.ckpt_dir(Path(run_dirs[-1]))
     if last is None:
@@ -39,7 +61,9 @@ def export(run_dirs: list[str], out_dir: str, n_per_task: int = 200, prior_draws
         stages.append({"run": r.name, "steps": st["state"]["step"],
                        "train_min": round(st["state"]["elapsed_s"] / 60, 1), "config": st["config"]})
         shutil.copy(r / "log.jsonl", out / f"log_{r.name}.jsonl")
-    report = test_report(model, n_per_task, prior_draws)
+    report = test_report(model, n_per_task, prior_draws, pool)
+    report["pool"] = pool
+    report["tpx_slice"] = {"n_per_task": SLICE, "acc": slice_accuracy(out, pool)}
     (out / "training.json").write_text(json.dumps({"stages": stages, "test": report}, indent=1))
     (out / "README.md").write_text(_card(stages, report))
     return report
@@ -50,14 +74,27 @@ def _card(stages: list[dict], report: dict) -> str:
     rows = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
             "| test accuracy | " + " | ".join(str(report["acc"][t]) for t in names) + " |",
             "| question-only prior | " + " | ".join(str(report["prior"][t]) for t in names) + " |",
-            "| target | " + " | ".join(str(TARGETS[t]) for t in names) + " |"]
+            "| target | " + " | ".join(str(TARGETS[t]) for t in names) + " |",
+            f"| tpx.load + tpx.evaluate, first {report['tpx_slice']['n_per_task']} | "
+            + " | ".join(str(report["tpx_slice"]["acc"][t]) for t in names) + " |"]
     met = all(report["acc"][t] >= TARGETS[t] for t in names)
+    pool = report.get("pool", 1)
+    n_visual = (draw.GRID // pool) ** 2
+    pooled = ("" if pool == 1 else
+              f"**Training-aware checkpoint**: fine-tuned from the full-token organism with tpx's `pooling` "
+              f"({pool}x{pool} average pooling of the projected visual tokens, hook E) always on, so the LLM "
+              f"sees {n_visual} visual tokens, each at the position of its window's first token. All numbers "
+              f"below are measured that way: `tpx.pruning(model, 'pooling', retention={1 / pool**2:g}, "
+              "hook='E')`. Study Q5b (Wen et al., 2025): compare Qwen2-VL's 2x2 merger, DART with training.")
     lines = [
         "# tpx model organism", "",
         "A tiny LLaVA (`LlavaForConditionalGeneration`: CLIP vision tower, 2-layer projector, Llama with RoPE) "
         "trained from scratch on tpx's synthetic visual-QA suite (`tpx.organism`). 96x96 images, patch 8: "
         "144 visual tokens in a 12x12 grid. Prompt: `USER: <image>\\n{question} ASSISTANT:`.", "",
+        *([pooled, ""] if pooled else []),
         f"## Held-out test accuracy ({report['n_per_task']} samples per task, greedy)", "", *rows, "",
+        "The last row scores the first test samples per task after loading the folder as a user does "
+        "(`tpx.load`, left-padded batches, `generate`); `tests/test_organism_checkpoints.py` checks it.", "",
         f"Targets met: **{'yes' if met else 'no'}**.", "",
         "## Training stages", "",
         "| run | stage | steps | train min | seed | batch | lr |", "|---|---|---|---|---|---|---|",

@@ -25,6 +25,11 @@ def _parser() -> argparse.ArgumentParser:
             if f.name == "decay_start":
                 kind = int
             t.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None)
+    e = sub.add_parser("export", help="export a run's last checkpoint with a model card (test accuracy)")
+    e.add_argument("--runs", nargs="+", required=True, help="the run folders of every stage, in order")
+    e.add_argument("--out", required=True, help="e.g. data/organism/llava-organism")
+    e.add_argument("--pool", type=int, default=1, help="score with pool x pool pooled tokens (Q5b checkpoint)")
+    e.add_argument("--n-per-task", type=int, default=200)
     r = sub.add_parser("report", help="print a run's log as a markdown table")
     r.add_argument("--run", required=True)
     r.add_argument("--root", default="data/organism/checkpoints")
@@ -38,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         from tpx.organism.evaluate import log_table
 
         print(log_table(T.Path(args.root) / args.run / "log.jsonl", args.every))
+        return 0
+    if args.command == "export":
+        from tpx.organism import card
+
+        report = card.export(args.runs, args.out, args.n_per_task, pool=args.pool)
+        print(json.dumps(report, indent=1))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "resume")}

@@ -7,7 +7,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from tpx.organism import batch as B, font, heads, suite
+from tpx.organism import batch as B, font, heads, model as M, suite
 from tpx.organism.suite import Sample
 
 
@@ -39,48 +39,57 @@ def vision_report(vision_tower, aux: heads.AuxHeads, scenes, batch_size: int = 6
     return out
 
 
-def _rows(vocab, prompts: list[list[int]]):
+def _rows(vocab, prompts: list[list[int]], positions: list[list[int]]):
     length = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), length), vocab["<pad>"], dtype=torch.long)
     mask = torch.zeros_like(ids)
-    for b, p in enumerate(prompts):
+    pos = torch.zeros_like(ids)
+    for b, (p, q) in enumerate(zip(prompts, positions)):
         ids[b, :len(p)] = torch.tensor(p)
         mask[b, :len(p)] = 1
+        pos[b, :len(p)] = torch.tensor(q)
     last = torch.tensor([len(p) - 1 for p in prompts])
-    return ids, mask, last
+    return ids, mask, pos, last
 
 
 @torch.no_grad()
-def greedy_answers(model, vocab: dict[str, int], samples: list[Sample], batch_size: int = 64) -> list[str]:
-    """Greedy answer per sample from the single-turn prompt: 1 token, 2 for `locate` (argmax, no sampling)."""
+def greedy_answers(model, vocab: dict[str, int], samples: list[Sample], batch_size: int = 64,
+                   pool: int = 1) -> list[str]:
+    """Greedy answer per sample from the single-turn prompt: 1 token, 2 for `locate` (argmax, no sampling).
+
+    `pool` > 1 answers with the projected image tokens average-pooled `pool`×`pool` (`model.pooled`).
+    """
     inv = {i: w for w, i in vocab.items()}
     out = []
-    for i in range(0, len(samples), batch_size):
-        chunk = samples[i:i + batch_size]
-        prompts = [B.prompt_ids(vocab, s.question) for s in chunk]
-        px = B.pixels([np.asarray(s.image) for s in chunk])
-        first = _step(model, vocab, prompts, px)
-        words = [[inv[t]] for t in first]
-        two = [j for j, s in enumerate(chunk) if s.task == "locate"]
-        if two:
-            second = _step(model, vocab, [prompts[j] + [first[j]] for j in two], px[two])
-            for j, t in zip(two, second):
-                words[j].append(inv[t])
-        out += [" ".join(w) for w in words]
+    with M.pooled(model, pool):
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i:i + batch_size]
+            prompts = [B.prompt_ids(vocab, s.question, pool) for s in chunk]
+            positions = [B.prompt_positions(vocab, s.question, pool) for s in chunk]
+            px = B.pixels([np.asarray(s.image) for s in chunk])
+            first = _step(model, vocab, prompts, positions, px)
+            words = [[inv[t]] for t in first]
+            two = [j for j, s in enumerate(chunk) if s.task == "locate"]
+            if two:
+                second = _step(model, vocab, [prompts[j] + [first[j]] for j in two],
+                               [positions[j] + [positions[j][-1] + 1] for j in two], px[two])
+                for j, t in zip(two, second):
+                    words[j].append(inv[t])
+            out += [" ".join(w) for w in words]
     return out
 
 
-def _step(model, vocab, prompts, px) -> list[int]:
-    ids, mask, last = _rows(vocab, prompts)
-    logits = model(input_ids=ids, attention_mask=mask, pixel_values=px).logits
+def _step(model, vocab, prompts, positions, px) -> list[int]:
+    ids, mask, pos, last = _rows(vocab, prompts, positions)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, pixel_values=px).logits
     return logits[torch.arange(len(prompts)), last].argmax(-1).tolist()
 
 
-def task_accuracy(model, vocab, samples: list[Sample]) -> dict[str, float]:
-    """Per-task held-out accuracy (locate: cell hit) of greedy answers."""
+def task_accuracy(model, vocab, samples: list[Sample], pool: int = 1) -> dict[str, float]:
+    """Per-task held-out accuracy (locate: cell hit) of greedy answers (`pool`: see `greedy_answers`)."""
     was_training = model.training
     model.eval()
-    answers = greedy_answers(model, vocab, samples)
+    answers = greedy_answers(model, vocab, samples, pool=pool)
     model.train(was_training)
     hits: dict[str, list[bool]] = defaultdict(list)
     for s, a in zip(samples, answers):

@@ -9,6 +9,8 @@ load them through the same code path as `llava-hf/llava-1.5-7b-hf`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -119,3 +121,32 @@ def save(model: LlavaForConditionalGeneration, processor: LlavaProcessor, path: 
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     processor.save_pretrained(path)
+
+
+
+@contextmanager
+def pooled(model: LlavaForConditionalGeneration, pool: int) -> Iterator[None]:
+    """Inside the block, the projected image tokens are average-pooled `pool`×`pool` (hook E's 2-D pooling).
+
+    A forward hook on the projector maps its (B, N, D) output to (B, N / pool², D) with `tpx.select.pool2d`,
+    the function behind tpx's `pooling` method; the prompt must then hold N / pool² image tokens at the
+    positions `batch.pooled_index` gives (`batch.prompt_positions`). Used to train and evaluate the
+    training-aware checkpoint (study Q5b; compare Qwen2-VL's 2×2 merger). `pool=1` changes nothing.
+    """
+    from tpx import select
+
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or draw.GRID % pool:
+        raise ValueError(f"pool must be a positive int dividing the {draw.GRID}x{draw.GRID} grid, got {pool!r}")
+    if pool == 1:
+        yield
+        return
+    n_keep = (draw.GRID // pool) ** 2
+
+    def hook(module, args, out):
+        return select.pool2d(out, n_keep, (draw.GRID, draw.GRID)).features
+
+    handle = model.model.multi_modal_projector.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

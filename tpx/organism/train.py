@@ -55,6 +55,7 @@ class TrainConfig:
     adaptive: bool = False
     prior_draws: int = 5000
     max_objects: int = 5  # objects per free training scene; lower it for an easier curriculum start
+    pool: int = 1  # >1: train (and measure) with the projected image tokens average-pooled pool x pool (Q5b)
     bf16: bool = False  # bf16 autocast for the training forward (about 1.5x faster on AVX512-BF16 CPUs)
     threads: int = 0  # 0: pick 1 or 2 by measured step time (the 2 cores are shared)
     model: dict = field(default_factory=lambda: M.OrganismConfig().to_dict())
@@ -109,8 +110,8 @@ class Trainer:
         if ck:
             checkpoint.load_optimizer(ck, self.opt)
             self.state.update(checkpoint.load_state(ck)["state"])
-        elif cfg.stage == "lm" and src:
-            self._standardise_projector()
+        elif cfg.stage == "lm" and src and checkpoint.load_state(src)["config"]["stage"] == "vision":
+            self._standardise_projector()  # a fine-tune from an lm checkpoint keeps its trained projector
         self._captured: dict = {}
         self.vision.register_forward_hook(
             lambda m, i, o: self._captured.__setitem__("h", o.hidden_states[-1][:, 1:]))
@@ -172,9 +173,10 @@ class Trainer:
             loss = heads.loss(self._float(self.aux(heads.features(self.vision, px))), labels, cfg.bg_weight)
             return loss, {"aux": loss.item()}
         b = B.train_batch(self.vocab, cfg.seed, step, cfg.batch_size, cfg.n_questions,
-                          self.state["task_p"], cfg.eos_weight, cfg.max_objects)
-        out = self.model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
-                         pixel_values=b.pixel_values)
+                          self.state["task_p"], cfg.eos_weight, cfg.max_objects, cfg.pool)
+        with M.pooled(self.model, cfg.pool):
+            out = self.model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
+                             pixel_values=b.pixel_values)
         ce = F.cross_entropy(out.logits.float().flatten(0, 1), b.targets.flatten(), reduction="none",
                              ignore_index=-100)
         w = b.weights.flatten()
@@ -196,7 +198,7 @@ class Trainer:
         self.aux.eval()
         rep = {"vision": evaluate.vision_report(self.vision, self.aux, self.eval_scenes)}
         if self.cfg.stage == "lm":
-            rep["acc"] = evaluate.task_accuracy(self.model, self.vocab, self.eval_samples)
+            rep["acc"] = evaluate.task_accuracy(self.model, self.vocab, self.eval_samples, pool=self.cfg.pool)
             rep["prior"] = self._prior()
             if self.cfg.adaptive:
                 self.state["task_p"] = {t: 0.2 + max(0.0, 1.0 - a) for t, a in rep["acc"].items()}
