@@ -25,3 +25,37 @@ def test_export_writes_card_and_reloads(tmp_path, monkeypatch, capsys):
     AutoProcessor.from_pretrained(tmp_path / "out")
     assert main(["report", "--run", "l", "--root", str(tmp_path)]) == 0
     assert "prior" in capsys.readouterr().out
+
+
+def test_pooled_export_loads_with_its_compression(tmp_path, monkeypatch):
+    """The training-aware checkpoint pools at inference exactly as in training, and pruning nests inside."""
+    import torch
+
+    import tpx
+    from tpx.organism import batch as B, model as M, suite
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = dict(root=str(tmp_path), batch_size=4, warmup=1, eval_minutes=1e9, n_eval=3, model=MICRO,
+                threads=1, prior_draws=30)
+    T.train(T.TrainConfig(run="v", stage="vision", max_steps=2, **base), progress=False)
+    T.train(T.TrainConfig(run="l", stage="lm", init_from=str(tmp_path / "v"), max_steps=2, **base), progress=False)
+    T.train(T.TrainConfig(run="p", stage="lm", init_from=str(tmp_path / "l"), max_steps=2, pool=2, **base),
+            progress=False)
+    report = card.export([str(tmp_path / d) for d in "vlp"], str(tmp_path / "out"), 3, prior_draws=30, pool=2)
+    assert report["pool"] == 2 and set(report["tpx_slice"]["acc"]) == set(card.TARGETS)
+    assert "Training-aware checkpoint" in (tmp_path / "out" / "README.md").read_text()
+    model, _ = tpx.load(str(tmp_path / "out"))
+    trained = T.checkpoint.load_model(T.checkpoint.ckpt_dir(tmp_path / "p")).eval()
+    vocab = M.build_tokenizer().get_vocab()
+    s = suite.build("val", 1)[0]
+    px = B.pixels([s.image])
+    with torch.no_grad():
+        with M.pooled(trained, 2):
+            want = trained(input_ids=torch.tensor([B.prompt_ids(vocab, s.question, 2)]),
+                           position_ids=torch.tensor([B.prompt_positions(vocab, s.question, 2)]), pixel_values=px)
+        full = torch.tensor([B.prompt_ids(vocab, s.question)])
+        got = model(input_ids=full, pixel_values=px)
+        torch.testing.assert_close(got.logits[0, -1], want.logits[0, -1], atol=1e-5, rtol=0)
+        with tpx.pruning(model, "fastv", retention=16 / 144, layer=2) as run:
+            model(input_ids=full, pixel_values=px)
+    assert run.outer is model._tpx_native_run and run.trace[0].n_keep == 16

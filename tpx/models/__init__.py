@@ -26,7 +26,8 @@ from tpx.models.llava_next import LlavaNextAdapter  # noqa: E402
 from tpx.models.qwen2_vl import Qwen2VLAdapter  # noqa: E402
 from tpx.models.tiny import tiny, tiny_llava_next, tiny_qwen2_vl  # noqa: E402
 
-__all__ = ["ADAPTERS", "LlavaAdapter", "LlavaNextAdapter", "Qwen2VLAdapter", "adapter_for", "load", "tiny",
+__all__ = ["ADAPTERS", "LlavaAdapter", "LlavaNextAdapter", "Qwen2VLAdapter", "adapter_for", "load",
+           "native_compression", "tiny",
            "tiny_llava_next", "tiny_qwen2_vl"]
 
 # adapter per `config.model_type`; a new model family is one adapter file and one entry here
@@ -123,4 +124,29 @@ def load(
     if device is not None:
         model = model.to(device)
     processor.tokenizer.padding_side = "left"
+    if getattr(model.config, "tpx_compression", None):
+        native_compression(model)
     return model.eval(), processor
+
+
+def native_compression(model: Any) -> Any:
+    """Make the token compression a checkpoint was trained with part of the model, as Qwen2-VL's merger is.
+
+    A checkpoint fine-tuned with a tpx method always on (`config.tpx_compression`, e.g. `{"method":
+    "pooling", "retention": 0.25, "hook": "E"}` for the training-aware organism) must see the same
+    compression at inference. `tpx.load` calls this: it opens a `tpx.pruning` context that stays open for
+    the model's lifetime, so every forward and `generate` compresses, and any further `tpx.pruning` nests
+    inside it (counting its retention against the input's visual tokens). Returns that `Run`; calling it
+    again returns the same one.
+    """
+    from tpx.engine import pruning
+
+    run = getattr(model, "_tpx_native_run", None)
+    if run is None:
+        spec = dict(model.config.tpx_compression)
+        context = pruning(model, spec.pop("method"), **spec)
+        run = context.__enter__()
+        # the context (a generator) must live as long as the model: collecting it would run its cleanup
+        model._tpx_native_context, model._tpx_native_run = context, run
+    return run
+

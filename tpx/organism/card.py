@@ -28,8 +28,8 @@ def test_report(model, n_per_task: int = 200, prior_draws: int = 20000, pool: in
 def slice_accuracy(path: str | Path, pool: int = 1, n_per_task: int = SLICE) -> dict[str, float]:
     """Per-task accuracy of the exported folder loaded as a user would (`tpx.load`, `tpx.evaluate`).
 
-    The first `n_per_task` test samples per task; a pooled checkpoint is scored with tpx's `pooling` at
-    hook E (retention 1/pool²), the operating point it was trained for.
+    The first `n_per_task` test samples per task; a pooled checkpoint pools as it was trained to, because
+    `tpx.load` applies its `config.tpx_compression`.
     """
     import tpx
     from tpx.data import load_samples
@@ -37,8 +37,7 @@ def slice_accuracy(path: str | Path, pool: int = 1, n_per_task: int = SLICE) -> 
 
     model, processor = tpx.load(str(path))
     samples = load_samples("organism", split="test", n=n_per_task)
-    kwargs = {"methods": ["pooling"], "retentions": [1 / pool**2], "hook": "E"} if pool > 1 else {"methods": [None]}
-    df = run(model, processor, samples, batch_size=50, max_new_tokens=3, progress=False, **kwargs)
+    df = run(model, processor, samples, methods=[None], batch_size=50, max_new_tokens=3, progress=False)
     return {t: round(float(g["score"].mean()), 4) for t, g in df.groupby("task", sort=False)}
 
 
@@ -53,6 +52,8 @@ def export(run_dirs: list[str], out_dir: str, n_per_task: int = 200, prior_draws
     if last is None:
         raise FileNotFoundError(f"no checkpoint under {run_dirs[-1]}")
     model = checkpoint.load_model(last).eval()
+    if pool > 1:  # tpx.load re-applies it: the checkpoint only works with the compression it was trained with
+        model.config.tpx_compression = {"method": "pooling", "retention": 1 / pool**2, "hook": "E"}
     M.save(model, M.build_processor(), out)
     stages = []
     for r in run_dirs:
@@ -84,8 +85,10 @@ def _card(stages: list[dict], report: dict) -> str:
               f"**Training-aware checkpoint**: fine-tuned from the full-token organism with tpx's `pooling` "
               f"({pool}x{pool} average pooling of the projected visual tokens, hook E) always on, so the LLM "
               f"sees {n_visual} visual tokens, each at the position of its window's first token. All numbers "
-              f"below are measured that way: `tpx.pruning(model, 'pooling', retention={1 / pool**2:g}, "
-              "hook='E')`. Study Q5b (Wen et al., 2025): compare Qwen2-VL's 2x2 merger, DART with training.")
+              "below are measured that way. `config.json` records it as `tpx_compression`, and `tpx.load` "
+              f"applies it for the model's lifetime (as if `tpx.pruning(model, 'pooling', retention="
+              f"{1 / pool**2:g}, hook='E')` stayed open); further `tpx.pruning` contexts nest inside it. "
+              "Study Q5b (Wen et al., 2025): compare Qwen2-VL's 2x2 merger and DART trained with pruning.")
     lines = [
         "# tpx model organism", "",
         "A tiny LLaVA (`LlavaForConditionalGeneration`: CLIP vision tower, 2-layer projector, Llama with RoPE) "
