@@ -180,8 +180,12 @@ def _answer_batch(model: Any, processor: Any, batch: list[Sample], method: str, 
     n_visual = (inputs["input_ids"] == model.config.image_token_id).sum(1).tolist()
     entry = None
     with torch.inference_mode():
+        native = getattr(model, "_tpx_native_run", None)  # a checkpoint trained with compression keeps it
+        seen = len(native.trace) if native is not None else 0
         if method == UNPRUNED:
             out = model.generate(**inputs, **kwargs)
+            if native is not None and len(native.trace) > seen:
+                entry = native.trace[-1]
         else:
             with pruning(model, method, retention=retention, seed=seed, **pruning_kwargs) as run:
                 out = model.generate(**inputs, **kwargs)
