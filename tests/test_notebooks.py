@@ -67,6 +67,15 @@ def test_first_code_cell_is_literal_parameters(nb):
     assert "figures_dir" in literal_assignments(cell.source)
 
 
+def test_fast_mode_for_make_test(nb):
+    """nbmake (make test) runs every notebook in its fast mode, writing figures outside figures/."""
+    cell = _parameters_cell(nb)
+    assert literal_assignments(cell.source).get("fast") is False, "declare `fast = False` (the full run)"
+    mock = cell.metadata.get("nbmake", {}).get("mock", {})
+    assert mock.get("fast") is True, 'set the parameters cell metadata nbmake.mock = {"fast": true, ...}'
+    assert mock.get("figures_dir") not in (None, "../figures"), "nbmake.mock.figures_dir must not be ../figures"
+
+
 def test_execution_timeout_and_kernel(nb):
     timeout = nb.metadata.get("execution", {}).get("timeout")
     assert isinstance(timeout, int) and timeout > 0, "set metadata.execution.timeout (seconds per cell)"

@@ -23,7 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--fast", action="store_true", help="pass fast=True to notebooks that declare `fast`")
     rep.add_argument("--notebooks-dir", default="notebooks", help="source notebooks (default: %(default)s)")
     rep.add_argument("--build-dir", default="build/notebooks", help="executed copies (default: %(default)s)")
-    rep.add_argument("--figures-dir", default="figures", help="figures folder (default: %(default)s)")
+    rep.add_argument("--figures-dir", default=None,
+                     help="figures folder (default: figures, or build/figures-fast with --fast, so that a quick "
+                          "run never overwrites the committed figures)")
     rep.add_argument("--only", metavar="PATTERN", help="only notebooks whose name matches, e.g. '00_*'")
     for name, (_, help_text) in PASS_THROUGH.items():
         commands.add_parser(name, help=help_text, add_help=False)
@@ -46,7 +48,8 @@ def _pass_through(command: str, argv: list[str]) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from tpx.reproduce import reproduce  # papermill and pandas only for this command
 
-    table = reproduce(args.notebooks_dir, args.build_dir, args.figures_dir, fast=args.fast, only=args.only)
+    figures_dir = args.figures_dir or ("build/figures-fast" if args.fast else "figures")
+    table = reproduce(args.notebooks_dir, args.build_dir, figures_dir, fast=args.fast, only=args.only)
     if table.empty:
         where = f"{args.notebooks_dir!r}" + (f" matching --only {args.only!r}" if args.only else "")
         print(f"no notebooks NN_*.ipynb in {where}", file=sys.stderr)
