@@ -36,3 +36,21 @@ def test_token_table_accounts_each_model():
     assert avg.score == pytest.approx(75) and avg.TRR == 1  # mean of task means (50, 100), not of samples
     with pytest.raises(ValueError, match="natives"):
         token_table({"x": full}, 144, {})
+
+
+def test_tacr_and_pruning_retention_per_model_family():
+    from types import SimpleNamespace as NS
+
+    from tpx.accounting import pruning_retention, tacr
+
+    llava = NS(config=NS(model_type="llava", vision_config=NS()))
+    pooled = NS(config=NS(model_type="llava", tpx_compression={"method": "pooling", "retention": 0.25, "hook": "E"}))
+    qwen = NS(config=NS(model_type="qwen2_vl", vision_config=NS(spatial_merge_size=2)))
+    assert (tacr(llava), tacr(pooled), tacr(qwen)) == (1, 4, 4)
+    assert pruning_retention(llava, 1 / 9) == pytest.approx(1 / 9)
+    assert pruning_retention(pooled, 1 / 9) == pytest.approx(1 / 9)  # nested inside tpx: counts raw tokens
+    assert pruning_retention(qwen, 1 / 9) == pytest.approx(4 / 9)    # the merger acts before tpx
+    with pytest.raises(ValueError, match="TACR 4"):
+        pruning_retention(qwen, 1 / 3)
+    with pytest.raises(ValueError, match="total retention"):
+        pruning_retention(llava, 0)

@@ -199,3 +199,20 @@ def test_import_downloads_and_imports_nothing_heavy():
 
 def test_sample_picture_still_there():
     assert data.sample_picture().size == (512, 600)
+
+
+def test_organism_anchor_haystack():
+    four = load_samples("organism", n=3, tasks=["anchor"], haystack=4)
+    default = load_samples("organism", n=3, tasks=["anchor"])
+    assert [s.id for s in four] == [f"anchor/test/{i}/haystack4" for i in range(3)]
+    assert [(s.question, s.answer) for s in four] == [(s.question, s.answer) for s in default]
+    assert all("haystack" not in s.metadata for s in default)
+    two = load_samples("organism", n=4, tasks="anchor", haystack=2)
+    assert all(s.metadata["haystack"] == 2 and len(s.metadata["filled"]) == 2 for s in two)
+    assert all({o["panel"] for o in s.metadata["objects"]} <= set(s.metadata["filled"]) for s in two)
+    with pytest.raises(ValueError, match="panel tasks"):
+        load_samples("organism", n=2, tasks=["anchor", "exist"], haystack=2)
+    with pytest.raises(ValueError, match="haystack must be"):
+        load_samples("organism", n=2, tasks=["anchor"], haystack=7)
+    with pytest.raises(ValueError, match="haystack= applies to the organism"):
+        load_samples("pope", haystack=2)

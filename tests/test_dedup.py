@@ -60,15 +60,17 @@ def test_alpha_rejects_bad_parameters(param, value):
         dedup.alpha_mix(importance, 4, **x, **{param: value})
 
 
-def _dart_reference(vkeys, feats, text, tmask, tkeys, n_keep, n_vp=4, n_tp=4):
-    """DART from the paper's description, one row and one token at a time."""
+def _dart_reference(vkeys, feats, text, tmask, tkeys, n_keep, n_vp=4, n_tp=4, vrank=None, trank=None):
+    """DART from the paper's description, one row and one token at a time; pivots have the largest key norm,
+    or the largest `vrank` / `trank` when given (another pivot rule)."""
     out = []
     for b in range(feats.shape[0]):
         n = feats.shape[1]
-        vnorm = [float(vkeys[b, i].abs().sum()) for i in range(n)]
+        vnorm = [float(vkeys[b, i].abs().sum() if vrank is None else vrank[b, i]) for i in range(n)]
         vpiv = sorted(range(n), key=lambda i: -vnorm[i])[: min(n_vp, n_keep)]
         valid = [t for t in range(text.shape[1]) if tmask[b, t]]
-        tpiv = sorted(valid, key=lambda t: -float(tkeys[b, t].abs().sum()))[:n_tp]
+        tnorm = [float(tkeys[b, t].abs().sum() if trank is None else trank[b, t]) for t in range(text.shape[1])]
+        tpiv = sorted(valid, key=lambda t: -tnorm[t])[:n_tp]
         pivots = [feats[b, i] for i in vpiv] + [text[b, t] for t in tpiv]
         rest = n_keep - len(vpiv)
         quota = [rest // len(pivots) + (j < rest % len(pivots)) for j in range(len(pivots))]
@@ -110,6 +112,50 @@ def test_dart_drops_a_duplicate_of_a_pivot_first():
     kept = dedup.pivot_duplication(scores.key_norm(keys), 3, feats, torch.zeros(1, 0, 2),
                                     torch.zeros(1, 0, dtype=torch.bool), torch.zeros(1, 0, 1), n_visual_pivots=1)
     assert kept.tolist() == [[0, 2, 3]]
+
+
+def _dart(x, n_keep, **kw):
+    return dedup.pivot_duplication(scores.key_norm(x["visual_keys"]), n_keep, x["normed_features"], x["normed_text"],
+                                    x["text_mask"], x["text_keys"], **kw)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dart_pivot_rules_match_the_reference_with_their_ranking(seed):
+    x = selection_inputs(seed)
+    ref = dict(vkeys=x["visual_keys"], feats=x["normed_features"], text=x["normed_text"], tmask=x["text_mask"],
+               tkeys=x["text_keys"], n_keep=13)
+    assert torch.equal(_dart(x, 13, pivot="max"), _dart(x, 13))                # the default is DART's rule
+    vnorm, tnorm = x["visual_keys"].abs().sum(-1), x["text_keys"].abs().sum(-1)
+    assert _dart(x, 13, pivot="min").tolist() == _dart_reference(**ref, vrank=-vnorm, trank=-tnorm)
+    g = torch.Generator().manual_seed(seed)
+    vrank, trank = torch.rand(vnorm.shape, generator=g), torch.rand(tnorm.shape, generator=g)  # the selector's draws
+    kept = _dart(x, 13, pivot="random", generator=torch.Generator().manual_seed(seed))
+    assert_sorted_unique(kept, 13)
+    assert kept.tolist() == _dart_reference(**ref, vrank=vrank, trank=trank)
+
+
+def test_dart_min_pivot_takes_the_smallest_key_and_random_pivots_follow_the_seed():
+    # token 0 has the largest key, token 3 the smallest; one visual pivot, no text: the pivot is always kept
+    feats = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.2]]])
+    keys = torch.tensor([[[9.0], [3.0], [2.0], [1.0]]])
+    kw = dict(normed_features=feats, normed_text=torch.zeros(1, 0, 2), text_mask=torch.zeros(1, 0, dtype=torch.bool),
+              text_keys=torch.zeros(1, 0, 1), n_visual_pivots=1)
+    assert dedup.pivot_duplication(scores.key_norm(keys), 1, **kw).tolist() == [[0]]
+    assert dedup.pivot_duplication(scores.key_norm(keys), 1, **kw, pivot="min").tolist() == [[3]]
+    x = selection_inputs(0, n=200)
+    draws = {tuple(_dart(x, 4, n_text_pivots=0, pivot="random", generator=torch.Generator().manual_seed(s))[0].tolist())
+             for s in range(5)}
+    assert len(draws) > 1                                                      # seeds choose different pivots
+    again = _dart(x, 4, n_text_pivots=0, pivot="random", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, _dart(x, 4, n_text_pivots=0, pivot="random", generator=torch.Generator().manual_seed(0)))
+
+
+def test_dart_rejects_an_unknown_pivot_rule_and_random_without_generator():
+    x = selection_inputs(0)
+    with pytest.raises(ValueError, match="pivot must be one of"):
+        _dart(x, 8, pivot="median")
+    with pytest.raises(ValueError, match="needs a generator"):
+        _dart(x, 8, pivot="random")
 
 
 @pytest.mark.parametrize(("param", "value"), [("n_visual_pivots", 0), ("n_visual_pivots", 2.5), ("n_text_pivots", -1)])

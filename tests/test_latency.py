@@ -89,3 +89,19 @@ def test_validation(tiny):
         measure(model, processor, max_new_tokens=1)
     with pytest.raises(ValueError, match="retention must be in"):
         measure(model, processor, retentions=[0.0], **FAST)
+
+
+def test_proxy_has_llava_15_geometry():
+    from tpx.latency import proxy
+
+    model, processor = proxy(hidden=64, layers=2)
+    text = model.config.text_config
+    assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.vocab_size) == (64, 172, 2, 32000)
+    assert model.config.text_config._attn_implementation == "sdpa" and not model.training
+    df = measure(model, processor, methods=["fastv"], retentions=[0.25], flops=False, layer=1, clock="process", **FAST)
+    assert df.n_visual.tolist() == [576, 576] and df.n_keep.tolist() == [576, 144]
+    assert set(df.clock) == {"process"} and (df.prefill_ms > 0).all() and (df.decode_ms_per_token > 0).all()
+    with pytest.raises(ValueError, match="clock must be one of"):
+        measure(model, processor, clock="cpu", **FAST)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        proxy(hidden=100)

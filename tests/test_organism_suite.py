@@ -127,3 +127,71 @@ def test_priors_computed():
     assert set(prior) == set(tasks.TASKS)
     assert all(0.0 <= v <= 1.0 for v in prior.values())
     assert prior["read"] <= 0.5 and prior["locate"] <= 0.5
+
+
+# ---- the haystack option of the panel task (Q3's Visual Haystack analogue) ---------------------------------
+
+# sha1 over suite.build("val", 3), anchor test 0..19 and five bare panel scenes + anchor questions, taken from
+# the code the organism was trained on: the optional haystack must leave the default draws bit for bit alone
+DEFAULT_DIGEST = "a143c72d18bccf1d2ef3e430f78426731b08bcdc"
+
+
+def test_defaults_are_bit_identical_to_the_training_distribution():
+    import json
+
+    h = hashlib.sha1()
+    for s in suite.build("val", 3) + [suite.make_sample("anchor", "test", i) for i in range(20)]:
+        h.update(np.asarray(s.image).tobytes())
+        h.update(json.dumps([s.question, s.answer, s.meta], sort_keys=True).encode())
+    for k in range(5):
+        rng = np.random.default_rng([7, k])
+        sc = draw.make_panel_scene(rng)
+        h.update(sc.image.tobytes())
+        h.update(repr((sc.objects, sc.glyphs, sc.panels)).encode())
+        for v in sc.labels.values():
+            h.update(v.tobytes())
+        h.update(repr(tasks.anchor(sc, rng)).encode())
+        h.update(repr(rng.random()).encode())
+    assert h.hexdigest() == DEFAULT_DIGEST
+
+
+def test_haystack_four_is_the_default_sample():
+    for i in range(6):
+        a, b = suite.make_sample("anchor", "test", i), suite.make_sample("anchor", "test", i, haystack=4)
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+        assert (a.question, a.answer) == (b.question, b.answer)
+        assert b.meta == {**a.meta, "haystack": 4, "filled": list(draw.PANEL_LETTERS)}
+
+
+@pytest.mark.parametrize("haystack", [1, 2, 3])
+def test_haystack_fills_that_many_panels_and_names_one(haystack):
+    for i in range(15):
+        s = suite.make_sample("anchor", "val", i, haystack=haystack)
+        assert s.meta["haystack"] == haystack and len(s.meta["filled"]) == haystack
+        holding = {o["panel"] for o in s.meta["objects"]}
+        assert holding <= set(s.meta["filled"]) and s.meta["panel"] in holding
+        assert [g["char"] for g in s.meta["glyphs"]] == list(draw.PANEL_LETTERS)  # every letter still drawn
+        words = s.question.split()
+        assert words[2] == s.meta["panel"]
+        inside = [o for o in s.meta["objects"] if o["panel"] == words[2]]
+        if words[4] == "is":
+            assert ((words[7], words[8]) in {(o["colour"], o["shape"]) for o in inside}) == (s.answer == "yes")
+        else:
+            assert [o["colour"] for o in inside if o["shape"] == words[8]] == [s.answer]
+
+
+def test_haystack_empty_panels_are_background():
+    for i in range(8):
+        s = suite.make_sample("anchor", "val", i, haystack=1 + i % 3)
+        img = np.asarray(s.image).astype(int)
+        saturated = (img.max(-1) - img.min(-1)) > 60  # objects are saturated colours; background and clutter grey
+        for letter, (x0, y0, x1, y1) in s.meta["panels"].items():
+            assert saturated[y0 + 12:y1 - 2, x0 + 2:x1 - 2].any() == (letter in s.meta["filled"])
+
+
+def test_haystack_is_validated():
+    for bad in (0, 5, 2.0, True):
+        with pytest.raises(ValueError, match="haystack"):
+            draw.make_panel_scene(np.random.default_rng(0), haystack=bad)
+    with pytest.raises(ValueError, match="panel tasks"):
+        suite.make_sample("exist", "test", 0, haystack=2)

@@ -55,3 +55,48 @@ def test_bad_inputs():
         spatial.keep_frequency(torch.tensor([[4]]), (2, 2))
     with pytest.raises(ValueError, match="same shape"):
         spatial.attention_by_distance(torch.ones(1, 3), torch.ones(1, 4))
+
+
+def test_largest_distance_falls_in_the_last_bin():
+    # float32 edges: max + 1e-6 rounds back to max at this magnitude; the last bin must still hold it
+    scores = torch.ones(1, 4)
+    centres, mean = spatial.attention_by_distance(scores, torch.tensor([[151, 100, 50, 10]]), n_bins=3)
+    assert mean.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_kept_matrix_and_frequency_maps():
+    import pandas as pd
+
+    df = pd.DataFrame({"method": ["fastv", "fastv", "random", "unpruned"], "retention": [0.5, 0.5, 0.5, 1.0],
+                       "kept": [[2, 3], [1, 3], [0, 1], None]})
+    maps = spatial.frequency_maps(df, 0.5, (2, 2))
+    assert list(maps) == ["fastv", "random"]
+    assert maps["fastv"].tolist() == [[0.0, 0.5], [0.5, 1.0]]
+    assert list(spatial.frequency_maps(df, 0.5, (2, 2), methods=["random"])) == ["random"]
+    with pytest.raises(ValueError, match="no rows for"):
+        spatial.frequency_maps(df, 0.25, (2, 2), methods=["fastv"])
+    with pytest.raises(ValueError, match="same number"):
+        spatial.kept_matrix([[0, 1], [2]])
+    with pytest.raises(ValueError, match="unpruned rows"):
+        spatial.kept_matrix([[0, 1], None])
+
+
+def test_visual_distances_left_padded():
+    ids = torch.tensor([[0, 0, 5, 9, 9, 7, 8], [0, 5, 9, 9, 7, 7, 8]])  # 9 = image token, 0 = padding
+    assert spatial.visual_distances(ids, 9).tolist() == [[3, 2], [4, 3]]
+    with pytest.raises(ValueError, match="same, non-zero number"):
+        spatial.visual_distances(torch.tensor([[9, 1], [1, 1]]), 9)
+
+
+def test_last_token_attention_on_a_tiny_model():
+    from tpx.data import load_samples
+    from tpx.models import load
+
+    model, processor = load("tiny")
+    samples = load_samples("organism", n=1, tasks=["exist", "count", "read"])
+    scores, dist = spatial.last_token_attention(model, processor, samples, layer=1, batch_size=2, progress=False)
+    assert scores.shape == dist.shape == (3, 144)
+    assert bool((scores >= 0).all()) and bool((scores.sum(1) <= 1 + 1e-5).all())
+    assert bool((dist[:, :-1] - dist[:, 1:] == 1).all())  # consecutive visual tokens, one position apart
+    inv_freq = spatial.rope_frequencies(model)
+    assert inv_freq.ndim == 1 and inv_freq[0] == pytest.approx(1.0)

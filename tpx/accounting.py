@@ -16,9 +16,45 @@ So FastV† ↓88.9% on a 2×2-merged model keeps raw / 9 tokens: TACR 4 × TFRR
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
-__all__ = ["reduction", "token_table"]
+__all__ = ["pruning_retention", "reduction", "tacr", "token_table"]
+
+
+def tacr(model: Any) -> float:
+    """Training-aware compression ratio of a loaded model: raw patches per token its LLM sees unpruned.
+
+    4 for Qwen2-VL / Qwen2.5-VL (2×2 merger, `vision_config.spatial_merge_size`), 1 / retention for a checkpoint
+    trained with a tpx compression always on (`config.tpx_compression`, e.g. the organism-pool2: 4), else 1.
+    """
+    config = model.config
+    spec = getattr(config, "tpx_compression", None)
+    if spec:
+        return 1 / float(spec["retention"])
+    merge = getattr(getattr(config, "vision_config", None), "spatial_merge_size", None)
+    if getattr(config, "model_type", None) in ("qwen2_vl", "qwen2_5_vl") and merge:
+        return float(merge) ** 2
+    return 1.0
+
+
+def pruning_retention(model: Any, total: float) -> float:
+    """The `retention` to give `tpx.pruning` so the LLM keeps `total` × raw patches (FastV†'s reading).
+
+    A tpx compression (organism-pool2) acts inside tpx on the raw tokens, so nested pruning counts against
+    them: `total`. Qwen2-VL's merger acts before tpx sees the tokens: `total × TACR`.
+
+    Raises:
+        ValueError: `total` outside (0, 1], or not below what training-time compression already keeps.
+    """
+    if isinstance(total, bool) or not isinstance(total, (int, float)) or not 0 < total <= 1:
+        raise ValueError(f"total retention must be in (0, 1], got {total!r}")
+    ratio = tacr(model)
+    if total > 1 / ratio:
+        raise ValueError(f"total retention {total:g} keeps more than the {1 / ratio:g} of raw tokens this model's "
+                         f"training-time compression (TACR {ratio:g}) leaves; use total ≤ {1 / ratio:g}")
+    return float(total) if getattr(model.config, "tpx_compression", None) else float(total * ratio)
 
 
 def reduction(raw: int, native: int, kept: int) -> dict[str, float]:

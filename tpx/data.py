@@ -71,7 +71,8 @@ def sample_picture() -> Any:
 
 # ---- the organism suite ---------------------------------------------------------------------------------
 
-def organism(tasks: str | Sequence[str] | None = None, split: str = "test", n: int = 50, seed: int = 0) -> list[Sample]:
+def organism(tasks: str | Sequence[str] | None = None, split: str = "test", n: int = 50, seed: int = 0,
+             haystack: int | None = None) -> list[Sample]:
     """Samples of the organism's synthetic suite (`tpx.organism.suite`), task-major.
 
     The organism answers bare questions (it was trained without format suffixes), so `prompt == question`.
@@ -82,11 +83,16 @@ def organism(tasks: str | Sequence[str] | None = None, split: str = "test", n: i
         n: samples per task, ≥ 1.
         seed: which block of suite indices: `seed * n .. seed * n + n - 1` (seed 0 gives the suite's
             canonical first `n`, as `suite.build` does); blocks of different seeds are disjoint.
+        haystack: for the panel task `anchor` only: how many of its four panels hold objects (1-4), the
+            haystack of the Visual Haystack analogue (Wen et al. 2025, arXiv 2502.11501, Q3); the named panel
+            always holds some. None: the suite's own samples (4 gives the same ones, with
+            `metadata["haystack"]` set and `/haystack4` in the id).
 
     Raises:
-        ValueError: for an unknown task or split, or `n` < 1.
+        ValueError: for an unknown task or split, `n` < 1, or a haystack outside 1..4 or with a task that has
+            no panels.
     """
-    from tpx.organism import suite
+    from tpx.organism import draw, suite
     from tpx.organism import tasks as task_table
 
     names = list(task_table.TASKS) if tasks is None else [tasks] if isinstance(tasks, str) else list(tasks)
@@ -97,11 +103,18 @@ def organism(tasks: str | Sequence[str] | None = None, split: str = "test", n: i
         raise ValueError(f"split must be one of {list(suite.SPLITS)}, got {split!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int ≥ 1, got {n!r}")
+    if haystack is not None:
+        draw.check_haystack(haystack)
+        flat = [t for t in names if t not in task_table.PANEL_TASKS]
+        if flat:
+            raise ValueError(f"haystack applies to the panel tasks {list(task_table.PANEL_TASKS)} only, "
+                             f"got tasks {flat}")
+    suffix = "" if haystack is None else f"/haystack{haystack}"
     out = []
     for task in names:
         for index in range(seed * n, seed * n + n):
-            s = suite.make_sample(task, split, index)
-            out.append(Sample(id=f"{task}/{split}/{index}", image=s.image, question=s.question, prompt=s.question,
+            s = suite.make_sample(task, split, index, haystack)
+            out.append(Sample(id=f"{task}/{split}/{index}{suffix}", image=s.image, question=s.question, prompt=s.question,
                               answers=[s.answer], task=task, benchmark="organism",
                               metadata={**s.meta, "split": split}))
     return out
@@ -322,14 +335,18 @@ def load_benchmark(name: str, *, split: str | None = None, n: int | None = None,
 
 
 def load_samples(benchmark: str, *, split: str | None = None, n: int | None = None, seed: int = 0,
-                 path: str | Path | None = None, tasks: str | Sequence[str] | None = None) -> list[Sample]:
+                 path: str | Path | None = None, tasks: str | Sequence[str] | None = None,
+                 haystack: int | None = None) -> list[Sample]:
     """Samples of the organism suite (`benchmark="organism"`) or of a real benchmark (see `load_benchmark`).
 
-    For the organism, `n` counts samples per task (default 50) and `tasks` picks the tasks; for real
-    benchmarks `tasks` must be None.
+    For the organism, `n` counts samples per task (default 50), `tasks` picks the tasks and `haystack` sizes
+    the anchor task's haystack (see `organism`); for real benchmarks `tasks` and `haystack` must be None.
     """
     if benchmark == "organism":
-        return organism(tasks, split or "test", 50 if n is None else n, seed)
+        return organism(tasks, split or "test", 50 if n is None else n, seed, haystack)
     if tasks is not None:
         raise ValueError(f"tasks= applies to the organism only, got tasks={tasks!r} for {benchmark!r}")
+    if haystack is not None:
+        raise ValueError(f"haystack= applies to the organism's anchor task only, got haystack={haystack!r} "
+                         f"for {benchmark!r}")
     return load_benchmark(benchmark, split=split, n=n, seed=seed, path=path)

@@ -17,7 +17,9 @@ import torch
 from tpx import scores as _scores
 from tpx.select import _check_count, _check_n_keep, _check_unit, _mask_to_index, _take, topk
 
-__all__ = ["alpha_mix", "max_min_diversity", "pivot_duplication"]
+__all__ = ["PIVOTS", "alpha_mix", "max_min_diversity", "pivot_duplication"]
+
+PIVOTS = ("max", "min", "random")  # DART pivot rules: largest / smallest key L1 norm, or a uniform draw
 
 
 # ---- importance × uniqueness (the study's α) -----------------------------------------------------------
@@ -123,6 +125,8 @@ def pivot_duplication(
     n_visual_pivots: int = 4,
     n_text_pivots: int = 4,
     exact_budget: bool = True,
+    pivot: str = "max",
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """DART: keep the pivots, then for each pivot in turn the remaining tokens least similar to it.
 
@@ -131,6 +135,10 @@ def pivot_duplication(
     cosine of hidden states after the final norm. Pivots are visited in order (visual by decreasing key
     norm, then text likewise); each takes its quota of the still-available visual tokens least similar to
     it, so no token is chosen twice.
+
+    Pivot rule (`pivot`, for DART's pivot study): `"max"` (DART's rule, the default) takes the largest key
+    norms as above, `"min"` the smallest, `"random"` a uniform draw from `generator`; the rule picks both
+    the visual and the text pivots and their visiting order.
 
     Budget: with `exact_budget=True` (tpx's default) the visual pivots count within `n_keep`; the other
     n_keep − Pv tokens are split over the row's P pivots as ⌊(n_keep − Pv)/P⌋ each, the remainder going one
@@ -153,9 +161,14 @@ def pivot_duplication(
         text_keys: `(B, T, Dk)` keys of the text tokens at layer K−1.
         n_visual_pivots: Pv ≥ 1. n_text_pivots: ≥ 0.
         exact_budget: keep exactly `n_keep` (True) or the official count (False).
+        pivot: `"max"`, `"min"` or `"random"` (see Pivot rule).
+        generator: draws the pivots for `pivot="random"` (the engine passes the run's seeded generator).
 
     Returns:
         `(B, n_keep)` sorted indices, or `(B, Pv + P·⌊n_keep/P⌋)` with `exact_budget=False`.
+
+    Raises:
+        ValueError: for a bad count, budget or pivot rule, or `pivot="random"` without a generator.
     """
     b, n = scores.shape
     _check_n_keep(n_keep, n)
@@ -164,8 +177,12 @@ def pivot_duplication(
     n_vp = _check_count("n_visual_pivots", n_visual_pivots, 1, n)
     if exact_budget:
         n_vp = min(n_vp, n_keep)
-    vis_piv = scores.topk(n_vp, dim=1).indices                                            # (B, Pv)
-    text_piv, text_ok = _text_pivots(text_keys, text_mask, n_text_pivots)                 # (B, Pt)
+    if pivot not in PIVOTS:
+        raise ValueError(f"pivot must be one of {PIVOTS}, got {pivot!r}")
+    if pivot == "random" and generator is None:
+        raise ValueError("pivot='random' needs a generator")
+    vis_piv = _pivot_rank(scores, pivot, generator).topk(n_vp, dim=1).indices             # (B, Pv)
+    text_piv, text_ok = _text_pivots(text_keys, text_mask, n_text_pivots, pivot, generator)  # (B, Pt)
     x = torch.nn.functional.normalize(normed_features.float(), dim=-1)
     t = torch.nn.functional.normalize(normed_text.float(), dim=-1)
     pivots = torch.cat([_take(x, vis_piv), _take(t, text_piv)], dim=1)                    # (B, P, D)
@@ -233,9 +250,21 @@ def max_min_diversity(features: torch.Tensor, n_keep: int) -> torch.Tensor:
     return _mask_to_index(kept, n_keep)
 
 
-def _text_pivots(text_keys: torch.Tensor, text_mask: torch.Tensor, n_text_pivots: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `n_text_pivots` real text tokens with the largest key L1 norm: `(B, Pt)` indices and validity."""
+def _pivot_rank(norm: torch.Tensor, pivot: str, generator: torch.Generator | None) -> torch.Tensor:
+    """`(B, N)` ranking whose top entries are the pivots under rule `pivot` (`"max"` returns `norm` itself)."""
+    if pivot == "min":
+        return -norm
+    if pivot == "random":
+        return torch.rand(norm.shape, generator=generator, device=norm.device)
+    return norm
+
+
+def _text_pivots(text_keys: torch.Tensor, text_mask: torch.Tensor, n_text_pivots: int, pivot: str = "max",
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `n_text_pivots` real text tokens ranked first by `pivot` (default: largest key L1 norm): `(B, Pt)`
+    indices and validity."""
     n_tp = min(_check_count("n_text_pivots", n_text_pivots, 0, None), text_keys.shape[1])
-    norm = text_keys.float().abs().sum(dim=-1).masked_fill(~text_mask.to(torch.bool), float("-inf"))
+    rank = _pivot_rank(text_keys.float().abs().sum(dim=-1), pivot, generator)
+    norm = rank.masked_fill(~text_mask.to(torch.bool), float("-inf"))
     piv = norm.topk(n_tp, dim=1).indices
     return piv, text_mask.to(torch.bool).gather(1, piv)

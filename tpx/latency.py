@@ -26,10 +26,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-__all__ = ["kv_bytes", "layer_lengths", "layer_macs", "llm_flops", "measure"]
+__all__ = ["kv_bytes", "layer_lengths", "layer_macs", "llm_flops", "measure", "proxy"]
 
 log = logging.getLogger(__name__)
 UNPRUNED = "unpruned"
+# "process": the CPU time of this process (all its threads), steady on a shared machine with one intra-op thread
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
 
 # ---- analytic model -----------------------------------------------------------------------------------------
@@ -169,21 +171,23 @@ class _Clock:
     """A `generate` streamer that records when the prompt and each new token arrive (generate moves every
     token to the CPU before handing it over, so on a GPU each stamp follows a synchronisation)."""
 
-    def __init__(self) -> None:
+    def __init__(self, timer: Callable[[], float] = time.perf_counter) -> None:
         self.stamps: list[float] = []
+        self.timer = timer
 
     def put(self, value: Any) -> None:
-        self.stamps.append(time.perf_counter())
+        self.stamps.append(self.timer())
 
     def end(self) -> None:
         pass
 
 
-def _times(fn: Callable[[], Any], min_run_time: float) -> list[float]:
+def _times(fn: Callable[[], Any], min_run_time: float, timer: Callable[[], float] = time.perf_counter) -> list[float]:
     from torch.utils import benchmark
 
     fn()  # warm-up beyond the Timer's own block-size estimation
-    return list(benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).times)
+    timed = benchmark.Timer(stmt="fn()", globals={"fn": fn}, timer=timer)
+    return list(timed.blocked_autorange(min_run_time=min_run_time).times)
 
 
 def _median_iqr(values: Sequence[float]) -> tuple[float, float]:
@@ -199,8 +203,9 @@ class _Config:
     """Callables for one (method, retention) on fixed inputs: prefill, generate 1 and generate T tokens."""
 
     def __init__(self, model: Any, inputs: dict, method: str, retention: float, max_new_tokens: int,
-                 pruning_kwargs: dict[str, Any]) -> None:
+                 pruning_kwargs: dict[str, Any], timer: Callable[[], float] = time.perf_counter) -> None:
         self.model, self.inputs, self.name, self.retention = model, inputs, method, retention
+        self.timer = timer
         self.max_new_tokens, self.kwargs = max_new_tokens, pruning_kwargs
         self.select_times: list[float] = []
         device = next(model.parameters()).device
@@ -242,13 +247,13 @@ class _Config:
 
     def decode_time(self) -> float:
         """Seconds per decode step within one generation: from the first new token to the last, / (T − 1)."""
-        clock = _Clock()
+        clock = _Clock(self.timer)
         self.generate(self.max_new_tokens, clock)
         return (clock.stamps[-1] - clock.stamps[1]) / (self.max_new_tokens - 1)
 
     def time_round(self, min_run_time: float, decode_runs: int = 3) -> None:
-        self.times["prefill"] += _times(self.prefill, min_run_time)
-        self.times["genT"] += _times(lambda: self.generate(self.max_new_tokens), min_run_time)
+        self.times["prefill"] += _times(self.prefill, min_run_time, self.timer)
+        self.times["genT"] += _times(lambda: self.generate(self.max_new_tokens), min_run_time, self.timer)
         self.times["decode"] += [self.decode_time() for _ in range(decode_runs)]
 
 
@@ -290,7 +295,7 @@ def measure(model: Any, processor: Any, samples: Sequence[Any] | None = None,
             methods: Sequence[str] = ("fastv",), retentions: Sequence[float] = (0.25,), *, batch_size: int = 1,
             max_new_tokens: int = 16, rounds: int = 3, min_run_time: float = 0.5,
             attn_implementation: str | None = None, flops: bool = True, progress: bool = True,
-            **pruning_kwargs: Any) -> pd.DataFrame:
+            clock: str = "wall", **pruning_kwargs: Any) -> pd.DataFrame:
     """Time the unpruned model and each (method, retention) on the same batch, interleaved.
 
     Args:
@@ -309,6 +314,9 @@ def measure(model: Any, processor: Any, samples: Sequence[Any] | None = None,
             model's; it is restored afterwards.
         flops: also count FLOPs with FlopCounterMode (one extra prefill per configuration).
         progress: a `tqdm.auto` bar over rounds × configurations.
+        clock: "wall" (elapsed time, the default: latency as a user sees it) or "process" (this process's CPU
+            time, all threads summed: with one intra-op thread on a CPU it equals the wall time of an idle core
+            and ignores the time other jobs hold the core; meaningless on a GPU, where the CPU waits).
         **pruning_kwargs: passed to `tpx.pruning` (layer, hook, attention="maps", method parameters).
 
     Returns:
@@ -323,8 +331,8 @@ def measure(model: Any, processor: Any, samples: Sequence[Any] | None = None,
         prefill_speedup, e2e_speedup, flops_rel and kv_rel against the baseline.
 
     Raises:
-        ValueError: for `max_new_tokens` < 2, `rounds` < 1 or `batch_size` < 1 (method and retention
-            errors come from `tpx.pruning`).
+        ValueError: for `max_new_tokens` < 2, `rounds` < 1, `batch_size` < 1 or an unknown `clock` (method and
+            retention errors come from `tpx.pruning`).
     """
     from tqdm.auto import tqdm
 
@@ -335,6 +343,8 @@ def measure(model: Any, processor: Any, samples: Sequence[Any] | None = None,
                              ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int ≥ {low}, got {value!r}")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {tuple(CLOCKS)}, got {clock!r}")
     if samples is None:
         q = "What is shown in the image?"
         samples = [Sample("picture", sample_picture(), q, q, [""], "picture", "picture")]
@@ -344,8 +354,10 @@ def measure(model: Any, processor: Any, samples: Sequence[Any] | None = None,
         model.set_attn_implementation(attn_implementation)
     try:
         inputs = model_inputs(processor, batch, model)
-        configs = [_Config(model, inputs, UNPRUNED, 1.0, max_new_tokens, pruning_kwargs)]
-        configs += [_Config(model, inputs, m, r, max_new_tokens, pruning_kwargs) for m in methods for r in retentions]
+        timer = CLOCKS[clock]
+        configs = [_Config(model, inputs, UNPRUNED, 1.0, max_new_tokens, pruning_kwargs, timer)]
+        configs += [_Config(model, inputs, m, r, max_new_tokens, pruning_kwargs, timer)
+                    for m in methods for r in retentions]
         for c in configs:
             c.prefill()  # validates each configuration and records its stages before any timing
         with tqdm(total=rounds * len(configs), desc="latency rounds x configs", disable=not progress) as bar:
@@ -358,7 +370,55 @@ def measure(model: Any, processor: Any, samples: Sequence[Any] | None = None,
     finally:
         if attn_implementation is not None:
             model.set_attn_implementation(previous)
-    df = pd.DataFrame(rows).assign(attn_implementation=implementation, device=str(inputs["input_ids"].device))
+    df = pd.DataFrame(rows).assign(attn_implementation=implementation, device=str(inputs["input_ids"].device),
+                                   clock=clock)
     base = df.iloc[0]
     return df.assign(prefill_speedup=base["prefill_ms"] / df["prefill_ms"], e2e_speedup=base["e2e_ms"] / df["e2e_ms"],
                      flops_rel=df["flops"] / base["flops"], kv_rel=df["kv_bytes"] / base["kv_bytes"])
+
+
+# ---- proxy model (Q5a notebook) -----------------------------------------------------------------------------
+
+def proxy(hidden: int = 512, layers: int = 8, *, device: str = "cpu", dtype: torch.dtype | None = None,
+          seed: int = 0) -> tuple[Any, Any]:
+    """A random LLaVA-1.5-shaped model for timing: 576 image tokens, Llama of `layers` × `hidden`.
+
+    Latency depends on shapes, not on trained weights, so a random model of LLaVA-1.5's geometry (336 px
+    images, patch 14 → a 24×24 grid; MLP width 2.6875 · hidden as 11008 / 4096; vocabulary 32000) gives
+    the study's token counts on any machine. The vision tower is kept tiny (2 layers × 64) so the language
+    model dominates, as it does in LLaVA-1.5-7B. `hidden=4096, layers=32` is LLaVA-1.5-7B's language model.
+
+    Args:
+        hidden: Llama hidden size (a multiple of 64: heads of 64, no grouped-query attention, as LLaVA-1.5).
+        layers: decoder layers.
+        device: where to build the model; dtype: weights' dtype (default float32).
+        seed: seed of the random weights (a local generator; the global RNG state is restored).
+
+    Returns:
+        `(model, processor)`, model in eval mode with SDPA attention; the processor pads on the left.
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from tpx.models.tiny import tiny
+
+    if hidden < 64 or hidden % 64:
+        raise ValueError(f"hidden must be a positive multiple of 64 (heads of 64), got {hidden}")
+    if layers < 2:
+        raise ValueError(f"layers must be ≥ 2, got {layers}")
+    _, processor = tiny(image_size=336, patch_size=14)
+    heads = hidden // 64
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=64, intermediate_size=128,
+                                       num_hidden_layers=2, num_attention_heads=4),
+        text_config=LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=int(hidden * 2.6875),
+                                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                                max_position_embeddings=4096),
+        image_token_id=processor.tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=576,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    model.set_attn_implementation("sdpa")
+    return model.to(device=device, dtype=dtype).eval(), processor
+

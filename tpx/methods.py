@@ -148,7 +148,8 @@ METHODS: dict[str, Method] = {
     ),
     "dart": Method(
         name="dart", hooks=("L",), layers=(2,), scorer=scores.key_norm, selector=dedup.pivot_duplication,
-        defaults={"n_visual_pivots": 4, "n_text_pivots": 4, "exact_budget": True}, paper=_DART,
+        defaults={"n_visual_pivots": 4, "n_text_pivots": 4, "exact_budget": True, "pivot": "max"},
+        paper=_DART,
     ),
     "divprune": Method(
         name="divprune", hooks=("E",), layers=(), scorer=None, selector=dedup.max_min_diversity, paper=_DIVPRUNE,

@@ -3,7 +3,8 @@
 The study's first finding is that attention-scored pruning keeps tokens late in the sequence — the bottom
 rows of the image — because causal attention with RoPE's long-range decay favours keys near the query.
 These functions turn trace entries into retention-frequency maps and spatial statistics, and compute the
-RoPE decay curve that explains the bias. Pure torch; no model code.
+RoPE decay curve that explains the bias. Pure torch, except the two readers at the end
+(`rope_frequencies`, `last_token_attention`), which take a loaded model and go through the engine.
 
 Reference: Wen et al., Findings of ACL 2025, arXiv 2502.11501, Sec. 3 (Q1, retention frequency over POPE);
 Su et al., "RoFormer", arXiv 2104.09864, Sec. 3.4.3 (long-term decay of RoPE).
@@ -12,10 +13,13 @@ Su et al., "RoFormer", arXiv 2104.09864, Sec. 3.4.3 (long-term decay of RoPE).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["attention_by_distance", "keep_frequency", "rope_decay", "spatial_stats"]
+__all__ = ["attention_by_distance", "frequency_maps", "keep_frequency", "kept_matrix", "last_token_attention",
+           "rope_decay", "rope_frequencies", "spatial_stats", "visual_distances"]
 
 
 def _check(kept: torch.Tensor, grid: tuple[int, int]) -> tuple[int, int]:
@@ -110,8 +114,126 @@ def attention_by_distance(scores: torch.Tensor, distances: torch.Tensor, n_bins:
         raise ValueError(f"n_bins must be ≥ 1, got {n_bins}")
     d = distances.float().flatten()
     v = scores.float().flatten()
-    edges = torch.linspace(float(d.min()), float(d.max()) + 1e-6, n_bins + 1, device=d.device)
-    idx = torch.bucketize(d, edges, right=True) - 1                  # in [0, n_bins) by construction
+    edges = torch.linspace(float(d.min()), float(d.max()), n_bins + 1, device=d.device)
+    # the last bin is closed on the right, so the largest distance falls in it
+    idx = (torch.bucketize(d, edges, right=True) - 1).clamp(0, n_bins - 1)
     total = torch.zeros(n_bins, device=d.device).index_add(0, idx, v)
     count = torch.zeros(n_bins, device=d.device).index_add(0, idx, torch.ones_like(v))
     return (edges[:-1] + edges[1:]) / 2, total / count
+
+
+# ---- from evaluation rows ------------------------------------------------------------------------------------
+
+def kept_matrix(kept: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Stack per-sample kept index lists (the `kept` column of `tpx.evaluate.evaluate`) into `(S, n_keep)`.
+
+    Raises:
+        ValueError: for no samples, a missing list (an unpruned row) or lists of different lengths.
+    """
+    rows = [None if k is None else [int(i) for i in k] for k in kept]
+    if not rows or any(r is None for r in rows):
+        raise ValueError("kept must be a non-empty sequence of index lists (unpruned rows have none)")
+    lengths = sorted({len(r) for r in rows})
+    if len(lengths) != 1:
+        raise ValueError(f"every sample must keep the same number of tokens, got lengths {lengths}")
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def frequency_maps(df: Any, retention: float, grid: tuple[int, int],
+                   methods: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Keep-frequency map of each method at one retention, from `tpx.evaluate.evaluate` rows (seeds pooled).
+
+    Multi-stage methods (SparseVLM, PDrop) keep fewer tokens after their last stage than `retention · N`
+    (their retention is an equivalent budget); the `kept` column, and so the map, is that last stage.
+
+    Args:
+        df: evaluation rows with columns method, retention, kept.
+        retention: the retention to draw (matched to 1e-9).
+        grid: `(rows, cols)` of the image grid.
+        methods: methods in drawing order; default: every pruned method with rows at `retention`.
+
+    Returns:
+        method → `(rows, cols)` share of samples that kept each cell (see `keep_frequency`).
+
+    Raises:
+        ValueError: a method named in `methods` has no rows at `retention`.
+    """
+    at = df[(df["method"] != "unpruned") & ((df["retention"] - retention).abs() < 1e-9)]
+    present = list(dict.fromkeys(at["method"]))
+    if methods is None:
+        methods = present
+    missing = [m for m in methods if m not in present]
+    if missing:
+        raise ValueError(f"no rows for {missing} at retention {retention:.4g}; present: {present}")
+    return {m: keep_frequency(kept_matrix(list(at.loc[at["method"] == m, "kept"])), grid) for m in methods}
+
+
+def visual_distances(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """Distance from the last prompt position (FastV's query) back to each visual token, in positions.
+
+    Rows are left-padded (as tpx pads them), so every row's query is the last position and the distance in
+    the tensor equals the distance in RoPE position ids.
+
+    Args:
+        input_ids: `(B, T)` prompt ids, each row holding the same number N of image tokens.
+        image_token_id: the model's image placeholder id.
+
+    Returns:
+        `(B, N)` long tensor of distances ≥ 1, largest for the first visual token.
+    """
+    is_image = input_ids == image_token_id
+    counts = is_image.sum(1)
+    if not bool(counts.any()) or not bool((counts == counts[0]).all()):
+        raise ValueError(f"every row must hold the same, non-zero number of image tokens, got {counts.tolist()}")
+    positions = is_image.nonzero()[:, 1].view(input_ids.shape[0], -1)
+    return input_ids.shape[1] - 1 - positions
+
+
+# ---- from a loaded model ---------------------------------------------------------------------------------------
+
+def rope_frequencies(model: Any) -> torch.Tensor:
+    """The rotary frequencies θ_k (`inv_freq`, `(head_dim/2,)`) of the model's language model, for `rope_decay`."""
+    from tpx.models import adapter_for
+
+    rotary = getattr(adapter_for(model).text_model, "rotary_emb", None)
+    if rotary is None or not hasattr(rotary, "inv_freq"):
+        raise TypeError(f"{type(model).__name__}'s language model has no rotary embedding with inv_freq")
+    return rotary.inv_freq.detach().float().cpu()
+
+
+def last_token_attention(model: Any, processor: Any, samples: Sequence[Any], *, layer: int | None = None,
+                         batch_size: int = 8, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """FastV's scores over a dataset with each visual token's distance to the query: the measured position bias.
+
+    Runs one prefill per batch inside `tpx.pruning(model, "fastv")` and reads the trace's scores: head-mean
+    attention from the last prompt token to every visual token at decoder layer K − 1.
+
+    Reference: Chen et al., FastV, ECCV 2024, arXiv 2403.06764; Wen et al. 2025, arXiv 2502.11501, Q1.
+
+    Args:
+        model, processor: from `tpx.load`.
+        samples: with one image each (`tpx.data.load_samples`).
+        layer: FastV's K (scores come from layer K − 1); None: the registry's default.
+        batch_size: samples per forward call.
+        progress: a `tqdm.auto` bar over batches.
+
+    Returns:
+        `(scores (S, N), distances (S, N))` on the CPU, float and long.
+    """
+    from tqdm.auto import tqdm
+
+    from tpx.engine import pruning
+    from tpx.evaluate import model_inputs
+
+    samples = list(samples)
+    if not samples or batch_size < 1:
+        raise ValueError(f"need samples and batch_size ≥ 1, got {len(samples)} samples, batch_size={batch_size}")
+    kwargs = {} if layer is None else {"layer": layer}
+    scores, distances = [], []
+    for i in tqdm(range(0, len(samples), batch_size), desc="attention batches", disable=not progress):
+        inputs = model_inputs(processor, samples[i:i + batch_size], model)
+        with torch.inference_mode(), pruning(model, "fastv", retention=1.0, **kwargs) as run:
+            model(**inputs)
+        scores.append(run.trace[0].scores.float().cpu())
+        distances.append(visual_distances(inputs["input_ids"], model.config.image_token_id).cpu())
+    return torch.cat(scores), torch.cat(distances)

@@ -66,13 +66,18 @@ class Glyph:
 
 @dataclass
 class Scene:
-    """An image with its ground truth and per-patch labels (each `(GRID, GRID)` int64)."""
+    """An image with its ground truth and per-patch labels (each `(GRID, GRID)` int64).
+
+    `filled` lists the panels that were given objects (all four unless `make_panel_scene` was asked for a
+    smaller haystack); a panel question names one of them. Empty for a free scene.
+    """
 
     image: np.ndarray
     objects: list[Obj]
     glyphs: list[Glyph]
     panels: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
+    filled: tuple[str, ...] = ()
 
     def pil(self) -> Image.Image:
         return Image.fromarray(self.image)
@@ -228,8 +233,27 @@ def make_scene(rng: np.random.Generator, n_objects: int | None = None, glyph: bo
     return Scene(image, objects, glyphs, {}, labels)
 
 
-def make_panel_scene(rng: np.random.Generator) -> Scene:
-    """Draw a 2x2 panel scene: panels lettered A-D in reading order, 1-2 objects per panel."""
+def check_haystack(haystack: int | None) -> None:
+    """Raise ValueError unless `haystack` is None or a panel count in 1..4."""
+    n = len(PANEL_LETTERS)
+    if haystack is not None and (isinstance(haystack, bool) or not isinstance(haystack, int) or not 1 <= haystack <= n):
+        raise ValueError(f"haystack must be None or an int in 1..{n} (panels holding objects), got {haystack!r}")
+
+
+def make_panel_scene(rng: np.random.Generator, haystack: int | None = None) -> Scene:
+    """Draw a 2x2 panel scene: panels lettered A-D in reading order, 1-2 objects per panel.
+
+    Args:
+        rng: the scene's random stream.
+        haystack: how many panels hold objects (1-4), drawn at random; the others show only their letter on
+            the background. It sizes the haystack of the Visual Haystack analogue (Wen et al. 2025, arXiv
+            2502.11501, Q3). None or 4: every panel, with exactly the random draws of the training
+            distribution (the same rng gives the same scene).
+
+    Raises:
+        ValueError: for a haystack outside 1..4.
+    """
+    check_haystack(haystack)
     img = _background(rng)
     occupied = np.zeros((IMAGE, IMAGE), bool)
     half = IMAGE // 2
@@ -238,6 +262,9 @@ def make_panel_scene(rng: np.random.Generator) -> Scene:
     img[:, half - 1:half + 1] = line
     occupied[half - 1:half + 1, :] = True
     occupied[:, half - 1:half + 1] = True
+    filled = tuple(PANEL_LETTERS)  # the default draws nothing here: the training distribution stays as it was
+    if haystack is not None and haystack < len(PANEL_LETTERS):
+        filled = tuple(sorted(str(v) for v in rng.choice(PANEL_LETTERS, haystack, replace=False)))
     panels, objects, glyphs = {}, [], []
     for i, letter in enumerate(PANEL_LETTERS):
         x0, y0 = (i % 2) * half, (i // 2) * half
@@ -245,7 +272,7 @@ def make_panel_scene(rng: np.random.Generator) -> Scene:
         gbox = (x0 + 3, y0 + 3, x0 + 3 + font.GLYPH_W, y0 + 3 + font.GLYPH_H)
         occupied[gbox[1]:gbox[3], gbox[0]:gbox[2]] = True
         glyphs.append(Glyph(letter, gbox, letter))
-        for _ in range(int(rng.integers(1, 3))):
+        for _ in range(int(rng.integers(1, 3)) if letter in filled else 0):
             s = int(rng.integers(16, 21))
             box = _place(rng, occupied, s, s, (x0 + 1, y0 + 1, x0 + half - 2, y0 + half - 2))
             if box is not None:
@@ -253,4 +280,4 @@ def make_panel_scene(rng: np.random.Generator) -> Scene:
                 objects.append(Obj(shape, colour, box, letter))
     _draw_clutter(rng, img, occupied)
     image, labels = _render(rng, img, objects, glyphs)
-    return Scene(image, objects, glyphs, panels, labels)
+    return Scene(image, objects, glyphs, panels, labels, filled)

@@ -40,10 +40,15 @@ def _rng(split: str, stream: int, index: int) -> np.random.Generator:
     return np.random.default_rng([SPLITS[split], stream, index])
 
 
-def scene_for(task: str, rng: np.random.Generator) -> Scene:
-    """Draw the kind of scene `task` asks about (panels for `anchor`, a forced glyph for `read`)."""
+def scene_for(task: str, rng: np.random.Generator, haystack: int | None = None) -> Scene:
+    """Draw the kind of scene `task` asks about (panels for `anchor`, a forced glyph for `read`).
+
+    `haystack` (panel tasks only): how many panels hold objects, see `draw.make_panel_scene`.
+    """
     if task in tasks.PANEL_TASKS:
-        return draw.make_panel_scene(rng)
+        return draw.make_panel_scene(rng, haystack)
+    if haystack is not None:
+        raise ValueError(f"haystack applies to the panel tasks {list(tasks.PANEL_TASKS)} only, got task {task!r}")
     return draw.make_scene(rng, glyph=True if task == "read" else None)
 
 
@@ -58,23 +63,31 @@ def ground_truth(scene: Scene) -> dict:
     }
 
 
-def draw_question(task: str, rng: np.random.Generator) -> tuple[Scene, str, str, dict]:
+def draw_question(task: str, rng: np.random.Generator,
+                  haystack: int | None = None) -> tuple[Scene, str, str, dict]:
     """Draw scenes from `rng` until one hosts a `task` question; return (scene, question, answer, meta)."""
     if task not in tasks.TASKS:
         raise ValueError(f"task must be one of {list(tasks.TASKS)}, got {task!r}")
     for _ in range(MAX_TRIES):
-        scene = scene_for(task, rng)
+        scene = scene_for(task, rng, haystack)
         out = tasks.TASKS[task](scene, rng)
         if out is not None:
             return (scene, *out)
     raise RuntimeError(f"no scene hosted a {task!r} question in {MAX_TRIES} draws")
 
 
-def make_sample(task: str, split: str, index: int) -> Sample:
-    """The `index`-th sample of `task` in `split`, fully determined by (task, split, index)."""
+def make_sample(task: str, split: str, index: int, haystack: int | None = None) -> Sample:
+    """The `index`-th sample of `task` in `split`, fully determined by (task, split, index, haystack).
+
+    `haystack` (panel tasks only): how many of the four panels hold objects (1-4; the Visual Haystack
+    analogue). None is the suite's own sample; 4 gives the same scene, question and answer as None, with
+    `meta["haystack"]` and `meta["filled"]` (the panels holding objects) added.
+    """
     rng = _rng(split, TASK_IDS.get(task, 0), index)
-    scene, question, answer, meta = draw_question(task, rng)
+    scene, question, answer, meta = draw_question(task, rng, haystack)
     meta = {**meta, **ground_truth(scene), "index": index}
+    if haystack is not None:
+        meta.update(haystack=haystack, filled=list(scene.filled))
     return Sample(scene.pil(), question, answer, task, split, meta)
 
 

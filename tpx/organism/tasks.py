@@ -134,10 +134,13 @@ def locate(scene: Scene, rng: np.random.Generator):
 
 
 def anchor(scene: Scene, rng: np.random.Generator):
-    """Visual Haystack analogue: the named panel decides where to look; distractors sit in other panels."""
+    """Visual Haystack analogue: the named panel decides where to look; distractors sit in other panels.
+
+    The named panel is one of `scene.filled` (every panel, unless the scene was drawn with a smaller haystack).
+    """
     if not scene.panels:
         return None
-    p = str(_choice(rng, list(scene.panels)))
+    p = str(_choice(rng, list(scene.filled or scene.panels)))
     inside = [o for o in scene.objects if o.panel == p]
     outside = [o for o in scene.objects if o.panel != p]
     meta = {"panel": p, "panel_box": list(scene.panels[p])}
