@@ -42,10 +42,11 @@ def slice_accuracy(path: str | Path, pool: int = 1, n_per_task: int = SLICE) -> 
 
 
 def export(run_dirs: list[str], out_dir: str, n_per_task: int = 200, prior_draws: int = 20000,
-           pool: int = 1) -> dict:
+           pool: int = 1, note: str = "") -> dict:
     """Copy the last run's weights + processor to `out_dir`, evaluate on test, write README.md and logs.
 
     `pool` > 1 marks a checkpoint trained on `pool`×`pool` average-pooled visual tokens: it is scored that way.
+    `note` is added to the card's training section (e.g. where a fine-tune branched off).
     """
     out = Path(out_dir)
     last = checkpoint.ckpt_dir(Path(run_dirs[-1]))
@@ -65,12 +66,12 @@ def export(run_dirs: list[str], out_dir: str, n_per_task: int = 200, prior_draws
     report = test_report(model, n_per_task, prior_draws, pool)
     report["pool"] = pool
     report["tpx_slice"] = {"n_per_task": SLICE, "acc": slice_accuracy(out, pool)}
-    (out / "training.json").write_text(json.dumps({"stages": stages, "test": report}, indent=1))
-    (out / "README.md").write_text(_card(stages, report))
+    (out / "training.json").write_text(json.dumps({"stages": stages, "test": report, "note": note}, indent=1))
+    (out / "README.md").write_text(_card(stages, report, note))
     return report
 
 
-def _card(stages: list[dict], report: dict) -> str:
+def _card(stages: list[dict], report: dict, note: str = "") -> str:
     names = list(tasks.TASKS)
     rows = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
             "| test accuracy | " + " | ".join(str(report["acc"][t]) for t in names) + " |",
@@ -103,6 +104,7 @@ def _card(stages: list[dict], report: dict) -> str:
         "| run | stage | steps | train min | seed | batch | lr |", "|---|---|---|---|---|---|---|",
         *[f"| {s['run']} | {s['config']['stage']} | {s['steps']} | {s['train_min']} | {s['config']['seed']} | "
           f"{s['config']['batch_size']} | {s['config']['lr']} |" for s in stages], "",
+        *([note, ""] if note else []),
         f"Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}. "
         "Full configs in `training.json`, logs in `log_*.jsonl`. Attention maps were never supervised.", "",
     ]

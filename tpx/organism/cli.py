@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="e.g. data/organism/llava-organism")
     e.add_argument("--pool", type=int, default=1, help="score with pool x pool pooled tokens (Q5b checkpoint)")
     e.add_argument("--n-per-task", type=int, default=200)
+    e.add_argument("--note", default="", help="a paragraph for the card's training section")
     r = sub.add_parser("report", help="print a run's log as a markdown table")
     r.add_argument("--run", required=True)
     r.add_argument("--root", default="data/organism/checkpoints")
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         from tpx.organism import card
 
-        report = card.export(args.runs, args.out, args.n_per_task, pool=args.pool)
+        report = card.export(args.runs, args.out, args.n_per_task, pool=args.pool, note=args.note)
         print(json.dumps(report, indent=1))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
