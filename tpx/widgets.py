@@ -44,7 +44,6 @@ def kept_tokens_explorer(
     from IPython.display import display
 
     import tpx
-    from tpx import viz
 
     if not samples:
         raise ValueError("samples must hold at least one sample")

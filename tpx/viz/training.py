@@ -1,0 +1,46 @@
+"""Q5b figures: training-aware against training-free compression."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tpx.viz.core import _style, colour
+
+
+def accuracy_vs_tokens(table: Any, task: str = "Avg", reference: float | None = None,
+                       title: str | None = None) -> Any:
+    """Accuracy against the visual tokens the LLM keeps, one line per (model, method) (study Q5b).
+
+    Args:
+        table: `tpx.accounting.token_table` output (columns model, method, kept, TRR, task, score).
+        task: the task to draw ("Avg": mean over tasks).
+        reference: accuracy of the unpruned full-token model, drawn dashed.
+        title: figure title; default names the task.
+
+    Returns:
+        The matplotlib `Figure`: x = kept tokens (log scale, fewer to the right), y = accuracy (%), each point
+        labelled with its total reduction ratio TRR.
+    """
+    import matplotlib.pyplot as plt
+
+    rows = table[table["task"] == task]
+    with _style():
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+        for (model, method), g in rows.groupby(["model", "method"], sort=False):
+            g = g.sort_values("kept", ascending=False)
+            dashed = "pool" in str(model).lower()
+            ax.plot(g["kept"], g["score"], marker="o" if not dashed else "s", ls="--" if dashed else "-",
+                    color=colour(method), label=f"{model}: {method}")
+            for k, s, trr in zip(g["kept"], g["score"], g["TRR"]):
+                ax.annotate(f"{trr:.3g}×", (k, s), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if reference is not None:
+            ax.axhline(reference, color=colour("unpruned"), ls=":", label="all tokens, unpruned")
+        ax.set_xscale("log", base=2)
+        ax.invert_xaxis()
+        ticks = sorted(rows["kept"].unique())
+        ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+        ax.set_xlabel("visual tokens the LLM sees (label: total reduction TRR = TACR × TFRR)")
+        ax.set_ylabel(f"accuracy (%), {task}")
+        ax.set_title(title or f"Training-aware vs. training-free compression ({task})")
+        ax.legend(fontsize=8, frameon=False, loc="lower left")
+    return fig
