@@ -27,24 +27,10 @@ from tpx.models import adapter_for
 
 
 def proxy(hidden: int, layers: int, device: str):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    """The CPU proxy of LLaVA-1.5 (`tpx.latency.proxy`), shared by the benchmarks and notebook 05."""
+    from tpx.latency import proxy as build
 
-    from tpx.models.tiny import tiny
-
-    _, processor = tiny(image_size=336, patch_size=14)
-    heads = hidden // 64
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=64, intermediate_size=128,
-                                       num_hidden_layers=2, num_attention_heads=4),
-        text_config=LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=int(hidden * 2.6875),
-                                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                                max_position_embeddings=4096),
-        image_token_id=processor.tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=576,
-    )
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config).to(device).eval()
-    return model, processor
+    return build(hidden, layers, device=device)
 
 
 def llm_flops(n: int, d: int, m: int) -> int:
