@@ -99,6 +99,9 @@ def test_cache_reuses_and_force_recomputes(tiny, samples, tmp_path, monkeypatch)
     calls.clear()
     evaluate(model, processor, some, **args, force=True)
     assert len(calls) == 2 * 2  # 4 samples in batches of 2, two configurations
+    calls.clear()
+    evaluate(model, processor, some, **{**args, "batch_size": 4})  # random's picks depend on the batch size
+    assert len(calls) == 2
 
 
 def test_blind_modes(tiny, samples):

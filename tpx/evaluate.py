@@ -313,7 +313,8 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], methods: Seq
     configs = _configs(model, methods, retentions, seeds, blind, pruning_kwargs)
     state = _state()
     cache = None if cache_dir is None else Path(cache_dir)
-    base = [_fingerprint(model), _selection(samples), blind, max_new_tokens, pruning_kwargs]
+    # random selection draws one (B, N) tensor per batch, so the batch size is part of what a result means
+    base = [_fingerprint(model), _selection(samples), blind, max_new_tokens, batch_size, pruning_kwargs]
     frames: dict[tuple, pd.DataFrame] = {}
     todo = []
     for config in configs:
