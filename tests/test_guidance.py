@@ -87,28 +87,15 @@ def test_panel_maps(anchors):
         assert float(freq[~named].sum()) == 0.0  # all kept cells lie in the named panel
 
 
-def test_evaluate_methods_settings(monkeypatch):
-    calls = []
-
-    def fake(model, processor, samples, methods, retentions, seeds, progress, **kw):
-        calls.append((methods[0], list(seeds), kw))
-        return pd.DataFrame({"method": [methods[0] or "unpruned"]})
-
-    monkeypatch.setattr("tpx.evaluate.evaluate", fake)
-    out = guidance.evaluate_methods(None, None, [], [None, "fastv", "sparsevlm", "fastervlm", "random"], [0.25],
-                                    seeds=[0, 1], layer=2, progress=False, batch_size=3)
-    assert list(out.method) == ["unpruned", "fastv", "sparsevlm", "fastervlm", "random"]
-    assert calls == [(None, [0], {"batch_size": 3}), ("fastv", [0], {"batch_size": 3, "layer": 2}),
-                     ("sparsevlm", [0], {"batch_size": 3}), ("fastervlm", [0], {"batch_size": 3}),
-                     ("random", [0, 1], {"batch_size": 3})]
-
-
 def test_evaluate_methods_on_the_tiny_model(tiny_models, anchors):
     model, processor = tiny_models["sdpa"]
     df = guidance.evaluate_methods(model, processor, anchors[:2], [None, "fastv", "fastervlm", "sparsevlm", "random"],
                                    [0.25], seeds=[0, 1], layer=1, progress=False, batch_size=2, max_new_tokens=1)
     assert df.groupby("method", sort=False).size().to_dict() == {
         "unpruned": 2, "fastv": 2, "fastervlm": 2, "sparsevlm": 2, "random": 4}
+    assert set(df[df.method == "fastv"].n_keep) == {36} and set(df[df.method == "random"].seed) == {0, 1}
+    with pytest.raises(ValueError, match="pdrop.*cannot run at retention=0.1"):
+        guidance.evaluate_methods(model, processor, anchors[:1], ["pdrop"], [0.1], progress=False, max_new_tokens=1)
     f = guidance.panel_frame(df, anchors)
     assert f["share"].between(0, 1).all() and len(guidance.panel_maps(f)) == 4
 

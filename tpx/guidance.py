@@ -31,54 +31,35 @@ VISION_ONLY = ("fastv_vis", "fastervlm")    # the same machinery without the que
 UNPRUNED = "unpruned"
 
 
-def _seeded(name: str) -> bool:
-    from tpx import scores
-    from tpx.methods import get_method
-
-    return get_method(name).scorer is scores.random_scores
-
-
-def _single_stage_l(name: str) -> bool:
-    from tpx.methods import get_method
-
-    m = get_method(name)
-    return m.hooks[0] == "L" and len(m.layers) == 1
-
-
 def evaluate_methods(model: Any, processor: Any, samples: Sequence[Any], methods: Sequence[str | None],
                      retentions: Sequence[float], seeds: Sequence[int] = (0,), *, layer: int | None = None,
                      progress: bool = True, **evaluate_kwargs: Any) -> pd.DataFrame:
-    """`tpx.evaluate.evaluate` over methods of different kinds, each with the settings that apply to it.
+    """The unpruned baseline and every method at every retention, as `tpx.tables.evaluate_methods` runs them.
 
-    `layer` goes only to single-stage hook-"L" methods (FastV's K); multi-stage methods (SparseVLM) keep their
-    own stage layers and hook-"V"/"E" methods act before layer 0. Every seed runs only for methods that draw
-    random numbers (`random`); deterministic methods run once, with the first seed.
+    `layer` goes only to single-stage hook-"L" methods (FastV's K) and only seeded methods (`random`) run
+    every seed. The guidance comparisons need every (method, retention) cell, so one a method cannot reach is
+    an error here rather than a skipped row.
 
     Args:
-        model, processor: from `tpx.load`.
-        samples: from `tpx.data.load_samples`.
-        methods: registry names; None or "unpruned" is the baseline (once).
-        retentions: kept shares of visual tokens, each in (0, 1].
-        seeds: pruning seeds.
-        layer: decoder layer K of single-stage in-LLM methods; None: each method's default.
-        progress: a `tqdm.auto` bar over methods.
-        **evaluate_kwargs: passed to `evaluate` (batch_size, max_new_tokens, cache_dir, ...).
+        model, processor: from `tpx.load`. samples: from `tpx.data.load_samples`.
+        methods: registry names; None or "unpruned" (the baseline, always included) is accepted and ignored.
+        retentions, seeds, layer, progress, **evaluate_kwargs: as for `tpx.tables.evaluate_methods`.
 
     Returns:
         The rows of every `evaluate` call, concatenated (see `evaluate`).
+
+    Raises:
+        ValueError: a method cannot run at one of the retentions (the engine's reason is given).
     """
-    from tqdm.auto import tqdm
+    from tpx import tables
 
-    from tpx.evaluate import evaluate
-
-    frames = []
-    for method in tqdm(list(methods), desc="methods", unit="method", disable=not progress):
-        name = UNPRUNED if method is None else method
-        extra = {"layer": layer} if layer is not None and name != UNPRUNED and _single_stage_l(name) else {}
-        chosen = list(seeds) if name != UNPRUNED and _seeded(name) else list(seeds)[:1]
-        frames.append(evaluate(model, processor, samples, methods=[method], retentions=retentions, seeds=chosen,
-                               progress=False, **evaluate_kwargs, **extra))
-    return pd.concat(frames, ignore_index=True)
+    names = [m for m in methods if m not in (None, UNPRUNED)]
+    df, skipped = tables.evaluate_methods(model, processor, samples, names, retentions, seeds, layer=layer,
+                                          progress=progress, **evaluate_kwargs)
+    if len(skipped):
+        row = skipped.iloc[0]
+        raise ValueError(f"{row['method']!r} cannot run at retention={row['retention']:g}: {row['reason']}")
+    return df
 
 
 def score_table(df: pd.DataFrame, by: Sequence[str], value: str = "score", scale: float = 100.0) -> pd.DataFrame:
