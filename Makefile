@@ -30,7 +30,7 @@ fast-figures: venv
 	$(BIN)/python -m tpx reproduce --fast
 
 test: venv
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	TPX_STATIC_WIDGETS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Build outputs and caches; keeps .venv (see distclean) and the committed figures/.
 clean:

@@ -6,11 +6,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 from conftest import make_inputs  # noqa: E402
 
 import tpx  # noqa: E402
 from tpx import spatial, viz  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def live_widgets(monkeypatch):
+    """Explorers are built live here even under `make test`, which makes notebook runs static."""
+    monkeypatch.delenv("TPX_STATIC_WIDGETS", raising=False)
 
 
 def test_kept_tokens_figure_and_save(tiny_models, tmp_path):
@@ -273,3 +280,15 @@ def test_q5_protocol_figures():
     blind = pd.concat([rows({base: {"a": [1, 1]}}), rows({base: {"a": [0, 1]}}, "blank"),
                        rows({base: {"a": [0, 0]}}, "no_image")])
     assert len(viz.vision_need(protocol.vision_need(blind)).axes[0].patches) == 6
+
+
+def test_explorers_are_static_notes_when_headless(monkeypatch):
+    from IPython.display import Markdown
+
+    from tpx import widgets
+
+    monkeypatch.setenv(widgets.STATIC_ENV, "1")
+    note = widgets.choice_explorer(lambda retention: None, {"retention": [0.25]}, {"retention": 0.25})
+    assert isinstance(note, Markdown) and "JupyterLab" in note.data
+    with pytest.raises(ValueError, match="same arguments"):  # bad input is still rejected
+        widgets.choice_explorer(lambda retention: None, {"retention": [0.25]}, {"layer": 2})

@@ -16,6 +16,8 @@ import pandas as pd
 import papermill
 from tqdm.auto import tqdm
 
+from tpx.widgets import STATIC_ENV
+
 logger = logging.getLogger(__name__)
 
 NOTEBOOK_NAME = re.compile(r"\d{2}_.+\.ipynb")
@@ -122,12 +124,20 @@ def reproduce(
     build_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for path in tqdm(paths, desc="notebooks", unit="nb", disable=not progress):
-        logger.info("running %s", path.name)
-        before, start = _snapshot(figures_dir), time.perf_counter()
-        error = _run_one(path, build_dir / path.name, notebooks_dir, figures_dir, fast)
-        seconds = time.perf_counter() - start
-        after = _snapshot(figures_dir)
-        written = sorted(str(p.relative_to(figures_dir)) for p, t in after.items() if before.get(p) != t)
-        rows.append((path.name, round(seconds, 1), "failed" if error else "ok", written, error))
+    previous = os.environ.get(STATIC_ENV)
+    os.environ[STATIC_ENV] = "1"  # the kernels inherit it: no live widgets headless (see tpx.widgets)
+    try:
+        for path in tqdm(paths, desc="notebooks", unit="nb", disable=not progress):
+            logger.info("running %s", path.name)
+            before, start = _snapshot(figures_dir), time.perf_counter()
+            error = _run_one(path, build_dir / path.name, notebooks_dir, figures_dir, fast)
+            seconds = time.perf_counter() - start
+            after = _snapshot(figures_dir)
+            written = sorted(str(p.relative_to(figures_dir)) for p, t in after.items() if before.get(p) != t)
+            rows.append((path.name, round(seconds, 1), "failed" if error else "ok", written, error))
+    finally:
+        if previous is None:
+            os.environ.pop(STATIC_ENV, None)
+        else:
+            os.environ[STATIC_ENV] = previous
     return pd.DataFrame(rows, columns=COLUMNS)
