@@ -1,5 +1,6 @@
 #!/bin/bash
-# Final organism stages: the same 2,500 steps with a linear lr decay, from the same lm0 checkpoint,
+# Final organism stages: the same N steps (default 2,500; N=3000 made the shipped checkpoints) with a linear
+# lr decay, from the same lm0 checkpoint,
 # once on all tokens (lm0 continued) and once with 2x2 pooling at hook E (the training-aware checkpoint).
 set -e
 cd "$(dirname "$0")/../.."
