@@ -36,6 +36,23 @@ def make_inputs(processor, batch: int, seed: int = 0) -> dict[str, torch.Tensor]
     return dict(inputs)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: on 2 shared cores, a second thread that gets descheduled stalls every op."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(one_thread):
+    """The tiny random LLaVA and its processor (`tpx.load("tiny")`), run with one thread."""
+    from tpx.models import load
+
+    return load("tiny")
+
+
 @pytest.fixture(scope="session")
 def tiny_models():
     from tpx.models import tiny

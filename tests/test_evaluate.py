@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from tpx import evaluate as ev
 from tpx.data import SHORT_ANSWER, Sample, load_samples
@@ -21,20 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ORGANISMS = sorted(p.parent for p in (ROOT / "data" / "organism").glob("*/config.json"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on 2 shared cores, a second thread that gets descheduled stalls every op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from tpx.models import load
-
-    return load("tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

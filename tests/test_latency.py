@@ -6,27 +6,13 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from tpx.latency import kv_bytes, layer_lengths, layer_macs, llm_flops, measure
 
 FAST = dict(rounds=1, min_run_time=0.01, max_new_tokens=2, progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on 2 shared cores, a second thread that gets descheduled stalls every op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from tpx.models import load
-
-    return load("tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

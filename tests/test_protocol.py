@@ -140,15 +140,6 @@ def test_right_padded_moves_padding_to_the_end():
 
 # ---- runs on the tiny model ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny():
-    from tpx.models import load
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load("tiny")
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def samples():

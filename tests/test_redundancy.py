@@ -12,13 +12,7 @@ from tpx import redundancy
 from tpx.data import load_samples
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on 2 shared cores, a second thread that gets descheduled stalls every op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- kept_duplication ------------------------------------------------------------------------------------

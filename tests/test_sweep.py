@@ -6,26 +6,13 @@ import math
 
 import pandas as pd
 import pytest
-import torch
 
 from tpx import evaluate as ev
 from tpx import sweep
 from tpx.data import load_samples
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from tpx.models import load
-
-    return load("tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _table(rows: dict[str, list[float]], alphas=(0.0, 0.5, 1.0), unpruned=None) -> pd.DataFrame:

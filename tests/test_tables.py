@@ -6,7 +6,6 @@ import math
 
 import pandas as pd
 import pytest
-import torch
 
 from tpx import tables
 from tpx.data import load_samples
@@ -72,16 +71,6 @@ def test_spatial_table_per_method():
 def test_seeded():
     assert tables.seeded("random") and not tables.seeded("fastv") and not tables.seeded("pooling")
     assert not tables.seeded("dart")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from tpx.models import load
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # on 2 shared cores a descheduled second thread stalls every op
-    yield load("tiny")
-    torch.set_num_threads(before)
 
 
 def test_reachable_names_the_reason(tiny):
