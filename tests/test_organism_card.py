@@ -41,8 +41,11 @@ def test_pooled_export_loads_with_its_compression(tmp_path, monkeypatch):
     T.train(T.TrainConfig(run="l", stage="lm", init_from=str(tmp_path / "v"), max_steps=2, **base), progress=False)
     T.train(T.TrainConfig(run="p", stage="lm", init_from=str(tmp_path / "l"), max_steps=2, pool=2, **base),
             progress=False)
+    T.train(T.TrainConfig(run="l", stage="lm", max_steps=5, **base), resume=True, progress=False)  # l goes on
     report = card.export([str(tmp_path / d) for d in "vlp"], str(tmp_path / "out"), 3, prior_draws=30, pool=2)
     assert report["pool"] == 2 and set(report["tpx_slice"]["acc"]) == set(card.TARGETS)
+    stages = json.loads((tmp_path / "out" / "training.json").read_text())["stages"]
+    assert [s["steps"] for s in stages] == [2, 2, 2]  # l as p saw it: at the branch point, not at step 5
     assert "Training-aware checkpoint" in (tmp_path / "out" / "README.md").read_text()
     model, _ = tpx.load(str(tmp_path / "out"))
     trained = T.checkpoint.load_model(T.checkpoint.ckpt_dir(tmp_path / "p")).eval()

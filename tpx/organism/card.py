@@ -56,19 +56,36 @@ def export(run_dirs: list[str], out_dir: str, n_per_task: int = 200, prior_draws
     if pool > 1:  # tpx.load re-applies it: the checkpoint only works with the compression it was trained with
         model.config.tpx_compression = {"method": "pooling", "retention": 1 / pool**2, "hook": "E"}
     M.save(model, M.build_processor(), out)
-    stages = []
+    stages = _stages([Path(r) for r in run_dirs])
     for r in run_dirs:
-        r = Path(r)
-        st = checkpoint.load_state(checkpoint.ckpt_dir(r))
-        stages.append({"run": r.name, "steps": st["state"]["step"],
-                       "train_min": round(st["state"]["elapsed_s"] / 60, 1), "config": st["config"]})
-        shutil.copy(r / "log.jsonl", out / f"log_{r.name}.jsonl")
+        shutil.copy(Path(r) / "log.jsonl", out / f"log_{Path(r).name}.jsonl")
     report = test_report(model, n_per_task, prior_draws, pool)
     report["pool"] = pool
     report["tpx_slice"] = {"n_per_task": SLICE, "acc": slice_accuracy(out, pool)}
     (out / "training.json").write_text(json.dumps({"stages": stages, "test": report, "note": note}, indent=1))
     (out / "README.md").write_text(_card(stages, report, note))
     return report
+
+
+def _stages(runs: list[Path]) -> list[dict]:
+    """Steps and train minutes of each stage as the exported model saw it.
+
+    A run that the next one branched off counts up to the branch point (`init_from_step`), not to wherever it
+    was trained on afterwards; its minutes come from its log row at that step.
+    """
+    states = [checkpoint.load_state(checkpoint.ckpt_dir(r)) for r in runs]
+    stages = []
+    for i, (r, st) in enumerate(zip(runs, states)):
+        steps, minutes = st["state"]["step"], st["state"]["elapsed_s"] / 60
+        branch = states[i + 1]["state"].get("init_from_step") if i + 1 < len(states) else None
+        if branch is not None and branch != steps:
+            rows = [json.loads(line) for line in (r / "log.jsonl").read_text().splitlines() if line.strip()]
+            at = [row for row in rows if row.get("step") == branch and "train_min" in row]
+            if not at:
+                raise ValueError(f"{r.name}: no log row at step {branch}, where {runs[i + 1].name} branched off")
+            steps, minutes = branch, at[-1]["train_min"]
+        stages.append({"run": r.name, "steps": steps, "train_min": round(minutes, 1), "config": st["config"]})
+    return stages
 
 
 def _card(stages: list[dict], report: dict, note: str = "") -> str:

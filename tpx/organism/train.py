@@ -110,8 +110,11 @@ class Trainer:
         if ck:
             checkpoint.load_optimizer(ck, self.opt)
             self.state.update(checkpoint.load_state(ck)["state"])
-        elif cfg.stage == "lm" and src and checkpoint.load_state(src)["config"]["stage"] == "vision":
-            self._standardise_projector()  # a fine-tune from an lm checkpoint keeps its trained projector
+        elif src:
+            source = checkpoint.load_state(src)
+            self.state["init_from_step"] = source["state"]["step"]  # where this run branched off (the card's stage)
+            if cfg.stage == "lm" and source["config"]["stage"] == "vision":
+                self._standardise_projector()  # a fine-tune from an lm checkpoint keeps its trained projector
         self._captured: dict = {}
         self.vision.register_forward_hook(
             lambda m, i, o: self._captured.__setitem__("h", o.hidden_states[-1][:, 1:]))
