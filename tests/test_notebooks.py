@@ -67,6 +67,14 @@ def test_first_code_cell_is_literal_parameters(nb):
     assert "figures_dir" in literal_assignments(cell.source)
 
 
+def test_papermill_sees_every_parameter(nb):
+    """`papermill --help-notebook` lists every parameter (its line parser drops lines it cannot read)."""
+    from papermill.translators import PythonTranslator
+
+    source = _parameters_cell(nb).source
+    assert [p.name for p in PythonTranslator.inspect({"source": source})] == list(literal_assignments(source))
+
+
 def test_fast_mode_for_make_test(nb):
     """nbmake (make test) runs every notebook in its fast mode, writing figures outside figures/."""
     cell = _parameters_cell(nb)

@@ -282,6 +282,27 @@ def test_q5_protocol_figures():
     assert len(viz.vision_need(protocol.vision_need(blind)).axes[0].patches) == 6
 
 
+def test_training_aware_figure_names_each_trr_once():
+    import pandas as pd
+
+    from tpx import accounting
+
+    def frame(method, n_keep, scores):
+        return pd.DataFrame([dict(task=t, method=method, retention=n_keep / 144, seed=0, n_keep=n_keep, score=s)
+                             for t, s in scores.items()])
+
+    full = pd.concat([frame("unpruned", 144, {"a": 1.0, "b": 1.0}), frame("fastv", 36, {"a": 0.8, "b": 0.6}),
+                      frame("fastv", 9, {"a": 0.5, "b": 0.4})])
+    pooled = pd.concat([frame("unpruned", 36, {"a": 0.9, "b": 0.9}), frame("fastv", 9, {"a": 0.7, "b": 0.5})])
+    table = accounting.token_table({"full": full, "pool2": pooled}, raw=144, natives={"full": 144, "pool2": 36})
+    fig = viz.accuracy_vs_tokens(table, "Avg", reference=100.0)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["9\nTRR 16×", "36\nTRR 4×", "144\nTRR 1×"]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(labels) == len(set(labels)) == 4 and "full: unpruned" in labels
+    assert not ax.texts  # no per-point labels to overlap where lines meet
+
+
 def test_explorers_are_static_notes_when_headless(monkeypatch):
     from IPython.display import Markdown
 

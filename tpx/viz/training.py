@@ -18,8 +18,8 @@ def accuracy_vs_tokens(table: Any, task: str = "Avg", reference: float | None = 
         title: figure title; default names the task.
 
     Returns:
-        The matplotlib `Figure`: x = kept tokens (log scale, fewer to the right), y = accuracy (%), each point
-        labelled with its total reduction ratio TRR.
+        The matplotlib `Figure`: x = kept tokens (log scale, fewer to the right), each tick labelled with its total
+        reduction ratio TRR; y = accuracy (%).
     """
     import matplotlib.pyplot as plt
 
@@ -31,15 +31,15 @@ def accuracy_vs_tokens(table: Any, task: str = "Avg", reference: float | None = 
             dashed = "pool" in str(model).lower()
             ax.plot(g["kept"], g["score"], marker="o" if not dashed else "s", ls="--" if dashed else "-",
                     color=colour(method), label=f"{model}: {method}")
-            for k, s, trr in zip(g["kept"], g["score"], g["TRR"]):
-                ax.annotate(f"{trr:.3g}×", (k, s), textcoords="offset points", xytext=(4, 4), fontsize=8)
         if reference is not None:
-            ax.axhline(reference, color=colour("unpruned"), ls=":", label="all tokens, unpruned")
+            ax.axhline(reference, color=colour("unpruned"), ls=":", lw=1,
+                       label="_nolegend_" if (rows["method"] == "unpruned").any() else "all tokens, unpruned")
         ax.set_xscale("log", base=2)
         ax.invert_xaxis()
-        ticks = sorted(rows["kept"].unique())
-        ax.set_xticks(ticks, [str(int(t)) for t in ticks])
-        ax.set_xlabel("visual tokens the LLM sees (label: total reduction TRR = TACR × TFRR)")
+        trr = rows.groupby("kept")["TRR"].first()
+        ax.set_xticks(list(trr.index), [f"{int(k)}\nTRR {t:.3g}×" for k, t in trr.items()])
+        ax.minorticks_off()
+        ax.set_xlabel("visual tokens the LLM sees (TRR = TACR × TFRR)")
         ax.set_ylabel(f"accuracy (%), {task}")
         ax.set_title(title or f"Training-aware vs. training-free compression ({task})")
         ax.legend(fontsize=8, frameon=False, loc="lower left")
