@@ -56,9 +56,10 @@ def export(run_dirs: list[str], out_dir: str, n_per_task: int = 200, prior_draws
     if pool > 1:  # tpx.load re-applies it: the checkpoint only works with the compression it was trained with
         model.config.tpx_compression = {"method": "pooling", "retention": 1 / pool**2, "hook": "E"}
     M.save(model, M.build_processor(), out)
-    stages = _stages([Path(r) for r in run_dirs])
-    for r in run_dirs:
-        shutil.copy(Path(r) / "log.jsonl", out / f"log_{Path(r).name}.jsonl")
+    runs = [Path(r) for r in run_dirs]
+    stages = _stages(runs)
+    for r in runs:
+        shutil.copy(r / "log.jsonl", out / f"log_{r.name}.jsonl")
     report = test_report(model, n_per_task, prior_draws, pool)
     report["pool"] = pool
     report["tpx_slice"] = {"n_per_task": SLICE, "acc": slice_accuracy(out, pool)}
@@ -79,8 +80,7 @@ def _stages(runs: list[Path]) -> list[dict]:
         steps, minutes = st["state"]["step"], st["state"]["elapsed_s"] / 60
         branch = states[i + 1]["state"].get("init_from_step") if i + 1 < len(states) else None
         if branch is not None and branch != steps:
-            rows = [json.loads(line) for line in (r / "log.jsonl").read_text().splitlines() if line.strip()]
-            at = [row for row in rows if row.get("step") == branch and "train_min" in row]
+            at = [row for row in evaluate.measurements(r / "log.jsonl") if row["step"] == branch]
             if not at:
                 raise ValueError(f"{r.name}: no log row at step {branch}, where {runs[i + 1].name} branched off")
             steps, minutes = branch, at[-1]["train_min"]

@@ -97,11 +97,16 @@ def task_accuracy(model, vocab, samples: list[Sample], pool: int = 1) -> dict[st
     return {t: round(float(np.mean(v)), 4) for t, v in hits.items()}
 
 
-def log_table(path, every: int = 1) -> str:
-    """Markdown table of a run's `log.jsonl`: per-task held-out accuracy (lm) or vision gate numbers."""
+def measurements(path) -> list[dict]:
+    """The measurement rows of a run's `log.jsonl` (step, train_min, accuracies), without its event rows."""
     import json
 
-    rows = [r for r in (json.loads(line) for line in open(path) if line.strip()) if "event" not in r]
+    return [r for r in (json.loads(line) for line in open(path) if line.strip()) if "event" not in r]
+
+
+def log_table(path, every: int = 1) -> str:
+    """Markdown table of a run's `log.jsonl`: per-task held-out accuracy (lm) or vision gate numbers."""
+    rows = measurements(path)
     rows = rows[::every] + ([rows[-1]] if rows and (len(rows) - 1) % every else [])
     if not rows:
         return ""
