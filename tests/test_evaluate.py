@@ -41,9 +41,12 @@ def test_table_structure(tiny, samples):
     df = evaluate(model, processor, some, methods=[None, "fastv", "pooling"], retentions=[0.25, 0.5], seeds=[0, 1],
                   batch_size=4, max_new_tokens=2, progress=False)
     n = len(some)
-    assert len(df) == n * (1 + 2 * 2 * 2)  # unpruned once; 2 methods x 2 retentions x 2 seeds
-    assert list(df.columns[:11]) == ["id", "benchmark", "task", "method", "retention", "seed", "blind", "question",
-                                     "answer", "reference", "score"]
+    assert len(df) == n * (1 + 2 * 2)  # unpruned once; 2 deterministic methods x 2 retentions, first seed only
+    assert set(df.seed) == {0}
+    assert list(df.columns[:14]) == ["id", "benchmark", "task", "method", "retention", "seed", "label", "hook",
+                                     "layer", "blind", "question", "answer", "reference", "score"]
+    assert set(df[df.method == "fastv"].hook) == {"L"} and set(df[df.method == "fastv"].layer) == {2}
+    assert set(df[df.method == "pooling"].hook) == {"E"} and df[df.method == "pooling"].layer.isna().all()
     base = df[df.method == "unpruned"]
     assert len(base) == n and set(base.retention) == {1.0} and set(base.n_keep) == {144} and base.kept.isna().all()
     fastv = df[(df.method == "fastv") & (df.retention == 0.25)]
