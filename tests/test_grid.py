@@ -69,7 +69,7 @@ def test_grid_runner_equals_one_evaluate_call_per_configuration(tiny):
     assert kept(df) == kept(old)
     assert set(df.label) == {UNPRUNED, "fastv @L1", "fastv @L2", "dart:random @L1", "dart:random @L2", "random @E"}
     assert set(df[df.method == "fastv"].layer) == {1, 2}
-    assert len(df[df.label == "dart:random"]) == 2 * 2 * len(samples)  # 2 K × 2 seeds
+    assert len(df[df.method == "dart"]) == 2 * 2 * len(samples)  # 2 K × 2 seeds
 
 
 def test_runner_refuses_keywords_beside_configs_and_ambiguous_labels(tiny):
