@@ -1,26 +1,39 @@
 # tpx: two commands on a fresh machine.
 #   make figures   create/update .venv, then run every notebook headless (papermill) -> figures/
 #   make test      create/update .venv, then the whole test suite, notebooks included (nbmake)
+#   make lab       open JupyterLab on notebooks/ (also as root)
 # The venv is (re)built only when pyproject.toml is newer than the stamp .venv/.installed.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Installed before the package so that `torch>=2.4` is already met: on a CPU-only machine
-# pip would otherwise fetch a multi-GB CUDA build. Override for a GPU machine, e.g. TORCH=torch.
+# torch is installed first, from TORCH_INDEX, so that the package's `torch>=2.4` is already met.
+# The default is PyTorch's CPU-only index: from PyPI, Linux torch is the CUDA build (several GB of nvidia
+# packages). A GPU machine picks a CUDA index, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cu128,
+# or TORCH_INDEX= (empty) for PyPI's default build. If the index cannot be reached, pip is asked once more
+# without it (a local wheel cache or PyPI decides; `make venv` prints which build it got).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
+LAB_PORT ?= 8888
 
-.PHONY: venv figures fast-figures test clean distclean
+.PHONY: venv figures fast-figures test lab clean distclean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
+ifeq ($(strip $(TORCH_INDEX)),)
 	$(BIN)/python -m pip install "$(TORCH)"
+else
+	$(BIN)/python -m pip install --retries 2 --timeout 30 --index-url "$(TORCH_INDEX)" "$(TORCH)" \
+	  || { echo "tpx: $(TORCH_INDEX) not reachable; installing $(TORCH) without it" >&2; \
+	       $(BIN)/python -m pip install "$(TORCH)"; }
+endif
 	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -c "import torch; print('tpx: torch', torch.__version__, 'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU-only')"
 	touch $@
 
 figures: venv
@@ -31,6 +44,10 @@ fast-figures: venv
 
 test: venv
 	TPX_STATIC_WIDGETS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# JupyterLab on the notebooks; --allow-root because containers and CI run as root (jupyter refuses otherwise).
+lab: venv
+	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Build outputs and caches; keeps .venv (see distclean) and the committed figures/.
 clean:

@@ -1,31 +1,51 @@
 """Command line: `python -m tpx reproduce | evaluate | organism ...`.
 
 `reproduce` runs every notebook headless and prints what each one wrote; `evaluate` and `organism` hand
-their arguments to `tpx.evaluate.main` and `tpx.organism.cli.main`, imported only when called.
+their arguments to `tpx.evaluate.main` and `tpx.organism.cli.main`, imported only when called. Every command
+works from any directory: defaults point into the repository this package sits in. Bad input ends the
+command with one line on stderr and exit status 2; `--traceback` (anywhere on the line) shows the traceback.
 """
 
 import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 PASS_THROUGH = {
     "evaluate": ("tpx.evaluate", "evaluate methods x retentions on a dataset (see `tpx evaluate --help`)"),
     "organism": ("tpx.organism.cli", "build or train the tiny model organism (see `tpx organism --help`)"),
 }
+# the checkout this package sits in (an editable install); notebooks/, figures/ and build/ live there
+ROOT = Path(__file__).resolve().parents[1]
+# what a user can get wrong: a value, a name, a path, a missing optional package, an unreachable hub
+USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit status 2 (argparse's own status), without the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _in_root(name: str) -> str:
+    """`ROOT/name` when this package sits in a checkout that has it, else `name` (relative to the cwd)."""
+    return str(ROOT / name) if (ROOT / "notebooks").is_dir() else name
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tpx", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = OneLineParser(prog="python -m tpx", description=__doc__.splitlines()[0],
+                     epilog="--traceback anywhere on the line shows the full traceback of an error.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     rep = commands.add_parser("reproduce", help="run every notebooks/NN_*.ipynb headless with papermill")
     rep.add_argument("--fast", action="store_true", help="pass fast=True to notebooks that declare `fast`")
-    rep.add_argument("--notebooks-dir", default="notebooks", help="source notebooks (default: %(default)s)")
-    rep.add_argument("--build-dir", default="build/notebooks", help="executed copies (default: %(default)s)")
+    rep.add_argument("--notebooks-dir", default=_in_root("notebooks"), help="source notebooks (default: %(default)s)")
+    rep.add_argument("--build-dir", default=_in_root("build/notebooks"), help="executed copies (default: %(default)s)")
     rep.add_argument("--figures-dir", default=None,
                      help="figures folder (default: figures, or build/figures-fast with --fast, so that a quick "
-                          "run never overwrites the committed figures)")
+                          "run never overwrites the committed figures; both in the checkout)")
     rep.add_argument("--only", metavar="PATTERN", help="only notebooks whose name matches, e.g. '00_*'")
     for name, (_, help_text) in PASS_THROUGH.items():
         commands.add_parser(name, help=help_text, add_help=False)
@@ -48,7 +68,7 @@ def _pass_through(command: str, argv: list[str]) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from tpx.reproduce import reproduce  # papermill and pandas only for this command
 
-    figures_dir = args.figures_dir or ("build/figures-fast" if args.fast else "figures")
+    figures_dir = args.figures_dir or _in_root("build/figures-fast" if args.fast else "figures")
     table = reproduce(args.notebooks_dir, args.build_dir, figures_dir, fast=args.fast, only=args.only)
     if table.empty:
         where = f"{args.notebooks_dir!r}" + (f" matching --only {args.only!r}" if args.only else "")
@@ -62,15 +82,37 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 1 if len(failed) else 0
 
 
+def one_line_errors(prog: str, run: Callable[[], int], traceback: bool = False) -> int:
+    """`run()`, with a user error (`USER_ERRORS`) printed as `prog: error: message` on one line, status 2.
+
+    A message of several lines (a hub error) keeps its first line. Any other exception is a bug and propagates
+    with its traceback, as do user errors when `traceback` is set.
+    """
+    try:
+        return run()
+    except USER_ERRORS as err:
+        if traceback:
+            raise
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        more = " (--traceback for details)" if len(lines) > 1 else ""
+        print(f"{prog}: error: {lines[0]}{more}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in PASS_THROUGH:  # before argparse, so `organism --help` reaches organism's own parser
-        return _pass_through(argv[0], argv[1:])
-    args = _parser().parse_args(argv)
+    traceback = "--traceback" in argv
+    argv = [a for a in argv if a != "--traceback"]
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tpx").setLevel(logging.INFO)
-    return _reproduce(args)
+    if argv and argv[0] in PASS_THROUGH:  # before argparse, so `organism --help` reaches organism's own parser
+        return one_line_errors(f"python -m tpx {argv[0]}", lambda: _pass_through(argv[0], argv[1:]), traceback)
+    args = _parser().parse_args(argv)
+    return one_line_errors(f"python -m tpx {args.command}", lambda: _reproduce(args), traceback)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ the short-answer suffix for open questions, option letters for multiple choice. 
 
 from __future__ import annotations
 
+import difflib
 import io
 import string
 from collections.abc import Callable, Iterator, Sequence
@@ -19,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BENCHMARKS", "MULTIPLE_CHOICE", "SHORT_ANSWER", "Benchmark", "Sample", "load_benchmark",
-           "load_samples", "organism", "organism_record", "sample_picture"]
+__all__ = ["BENCHMARKS", "MULTIPLE_CHOICE", "SHORT_ANSWER", "Benchmark", "Sample", "check_benchmark",
+           "load_benchmark", "load_samples", "organism", "organism_record", "sample_picture"]
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."
@@ -98,7 +99,8 @@ def organism(tasks: str | Sequence[str] | None = None, split: str = "test", n: i
     names = list(task_table.TASKS) if tasks is None else [tasks] if isinstance(tasks, str) else list(tasks)
     unknown = [t for t in names if t not in task_table.TASKS]
     if unknown:
-        raise ValueError(f"unknown organism task(s) {unknown}; known: {', '.join(task_table.TASKS)}")
+        raise ValueError(f"unknown organism task(s) {unknown}{_did_you_mean(unknown[0], task_table.TASKS)} "
+                         f"known: {', '.join(task_table.TASKS)}")
     if split not in suite.SPLITS:
         raise ValueError(f"split must be one of {list(suite.SPLITS)}, got {split!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -253,6 +255,23 @@ def _entries() -> Iterator[Benchmark]:
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in _entries()}
 
 
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ";"
+
+
+def check_benchmark(name: str) -> str:
+    """`name` if it is `"organism"` or a key of `BENCHMARKS`.
+
+    Raises:
+        ValueError: otherwise; the message suggests the closest name and lists the known ones.
+    """
+    known = ["organism", *BENCHMARKS]
+    if name not in known:
+        raise ValueError(f"unknown benchmark {name!r}{_did_you_mean(name, known)} known: {', '.join(known)}")
+    return name
+
+
 def _local_files(path: Path, config: str | None, split: str) -> list[str]:
     if path.is_file():
         return [str(path)]
@@ -313,8 +332,8 @@ def load_benchmark(name: str, *, split: str | None = None, n: int | None = None,
         FileNotFoundError: when the data is neither on the hub (or reachable) nor at `path`; the message
             says where it looked and how to provide it.
     """
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known: organism, {', '.join(BENCHMARKS)}")
+    if check_benchmark(name) == "organism":
+        raise ValueError("the organism is not a hub benchmark: use load_samples('organism', ...)")
     spec = BENCHMARKS[name]
     split = spec.split if split is None else split
     table = _table(spec, spec.config, split, path)
@@ -341,8 +360,15 @@ def load_samples(benchmark: str, *, split: str | None = None, n: int | None = No
 
     For the organism, `n` counts samples per task (default 50), `tasks` picks the tasks and `haystack` sizes
     the anchor task's haystack (see `organism`); for real benchmarks `tasks` and `haystack` must be None.
+
+    Raises:
+        ValueError: for an unknown benchmark (with the closest name), `path=` with the organism (its samples
+            are drawn from a seed, never read from files), or `tasks` / `haystack` with a real benchmark.
     """
-    if benchmark == "organism":
+    if check_benchmark(benchmark) == "organism":
+        if path is not None:
+            raise ValueError(f"path= applies to hub benchmarks; the organism's samples are drawn from its seed, "
+                             f"got path={str(path)!r} (use split=, n=, seed=, tasks=)")
         return organism(tasks, split or "test", 50 if n is None else n, seed, haystack)
     if tasks is not None:
         raise ValueError(f"tasks= applies to the organism only, got tasks={tasks!r} for {benchmark!r}")
