@@ -83,6 +83,8 @@ def load(
         `(model, processor)`, the model in eval mode.
 
     Raises:
+        ValueError: for a name that is neither a local name, an existing folder nor a hub id `owner/name`
+            (the message lists the local names and the closest one).
         FileNotFoundError: for a local-looking path that does not exist.
         TypeError: for a model family without an adapter.
     """
@@ -97,6 +99,14 @@ def load(
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         path = str(id_or_path)
+        if "/" not in path and not Path(path).expanduser().exists():  # not a folder, not a hub id owner/name
+            import difflib
+
+            local = [*ORGANISMS, *_TINY]
+            close = difflib.get_close_matches(path, local, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ";"
+            raise ValueError(f"unknown model {path!r}{hint} local names: {', '.join(local)}; otherwise a local "
+                             "folder saved with save_pretrained or a hub id 'owner/name'")
         # hub ids are "org/name"; anything else that is not on disk is a missing local folder
         looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
         if looks_local and not Path(path).expanduser().exists():
