@@ -365,9 +365,16 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], methods: Seq
         raise ValueError(f"blind must be one of {BLIND}, got {blind!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int ≥ 1, got {batch_size!r}")
+    if isinstance(samples, str):
+        raise TypeError(f"samples must be tpx.data.Sample objects, got the string {samples!r}; load them first: "
+                        f"samples = tpx.data.load_samples({samples!r}, ...)")
     samples = list(samples)
     if not samples:
         raise ValueError("samples must not be empty")
+    wrong = next((s for s in samples if not isinstance(s, Sample)), None)
+    if wrong is not None:
+        raise TypeError(f"samples must be tpx.data.Sample objects (from tpx.data.load_samples), got a "
+                        f"{type(wrong).__name__}: {wrong!r:.80}")
     if configs is None:
         configs = _legacy_configs(methods, retentions, seeds, pruning_kwargs)
     elif pruning_kwargs:
