@@ -45,6 +45,6 @@ def test_register_refuses_a_duplicate_and_variants_do_not_mutate():
 
 
 def test_pure_modules_never_import_transformers():
-    code = "import sys, tpx, tpx.scores, tpx.select, tpx.dedup, tpx.merge, tpx.schedules, tpx.spatial, tpx.methods; print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'datasets', 'seaborn', 'ipywidgets')))"
+    code = "import sys, tpx, tpx.scores, tpx.select, tpx.dedup, tpx.merge, tpx.schedules, tpx.analysis.spatial, tpx.methods; print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'datasets', 'seaborn', 'ipywidgets')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

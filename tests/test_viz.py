@@ -11,7 +11,8 @@ import torch  # noqa: E402
 from conftest import make_inputs  # noqa: E402
 
 import tpx  # noqa: E402
-from tpx import spatial, viz  # noqa: E402
+from tpx import viz
+from tpx.analysis import spatial  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +59,7 @@ def test_alpha_heatmap_shares_one_diverging_scale_and_boxes_best():
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from tpx import sweep
+    from tpx.analysis import sweep
 
     tables = {u: pd.DataFrame({"unpruned": [80.0, 60.0], 0.0: [70.0, 50.0 + k], 1.0: [75.0, 40.0]}, index=["exist", "read"])
               for k, u in enumerate(["last", "dup"])}
@@ -200,7 +201,7 @@ def test_overlap_figure_picks_dart_under_the_pivot_rule():
 def _q1_table():
     import pandas as pd
 
-    from tpx import tables
+    from tpx.analysis import tables
 
     rows = []
     for method, r, seed, s in [("unpruned", 1.0, 0, 1.0), ("fastv", 0.25, 0, 0.5), ("random", 0.25, 0, 1.0),
@@ -248,9 +249,9 @@ def test_keep_frequency_figure_names_missing_methods():
 
 def test_q5_latency_figures():
     import pandas as pd
-    from test_protocol import measured
+    from test_analysis_protocol import measured
 
-    from tpx import protocol
+    from tpx.analysis import protocol
 
     df = pd.DataFrame([measured("unpruned", "sdpa", [], 100, 1000), measured("fastv", "sdpa", [(2, 192)], 50, 400),
                        measured("pdrop", "sdpa", [(2, 300), (4, 100)], 45, 350),
@@ -266,9 +267,9 @@ def test_q5_latency_figures():
 
 def test_q5_protocol_figures():
     import pandas as pd
-    from test_protocol import GRID, rows
+    from test_analysis_protocol import GRID, rows
 
-    from tpx import protocol
+    from tpx.analysis import protocol
 
     drops = protocol.task_drops(GRID)
     fig = viz.task_drops(drops)
@@ -285,7 +286,7 @@ def test_q5_protocol_figures():
 def test_training_aware_figure_names_each_trr_once():
     import pandas as pd
 
-    from tpx import accounting
+    from tpx.analysis import accounting
 
     def frame(method, n_keep, scores):
         return pd.DataFrame([dict(task=t, method=method, retention=n_keep / 144, seed=0, n_keep=n_keep, score=s)

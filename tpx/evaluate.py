@@ -298,7 +298,7 @@ def reachable(model: Any, processor: Any, samples: Sequence[Sample], configs: Se
         `(ok, skipped)`: runnable configurations in order, and a DataFrame (label, method, hook, layer,
         retention, reason) of the rest — to be shown, never dropped silently.
     """
-    from tpx import tables
+    from tpx.analysis import tables
     from tpx.models import adapter_for
 
     ids = model_inputs(processor, list(samples)[:1], model)["input_ids"]

@@ -229,8 +229,8 @@ def overlap_figure(df: Any, methods: list[str], retention: float, pivot: str = "
     """The kept-set agreement matrix of `methods` at one retention, with DART under pivot rule `pivot`.
 
     Args:
-        df: `tpx.redundancy.run_methods` table holding every method and the DART pivot variants.
-        methods: labels to compare; "dart" stands for DART under `pivot` (`tpx.redundancy.pivot_label`).
+        df: `tpx.analysis.redundancy.run_methods` table holding every method and the DART pivot variants.
+        methods: labels to compare; "dart" stands for DART under `pivot` (`tpx.analysis.redundancy.pivot_label`).
         retention: one of the table's retentions.
         pivot: DART pivot rule ("max", "min", "random").
         kind: overlap measure ("jaccard" or "share").
@@ -238,7 +238,8 @@ def overlap_figure(df: Any, methods: list[str], retention: float, pivot: str = "
     Returns:
         `tpx.viz.overlap_heatmap`'s `Figure`.
     """
-    from tpx import redundancy, viz
+    from tpx import viz
+    from tpx.analysis import redundancy
 
     labels = [redundancy.pivot_label(pivot) if m == "dart" else m for m in methods]
     matrix = redundancy.overlap_matrix(df, retention, labels, kind=kind)
@@ -261,7 +262,8 @@ def keep_frequency_figure(df: Any, grid: tuple[int, int], methods: list[str], re
     Returns:
         `tpx.viz.keep_frequency_maps`'s `Figure`.
     """
-    from tpx import spatial, viz
+    from tpx import viz
+    from tpx.analysis import spatial
 
     at = df[(df["retention"] - retention).abs() < 1e-9]
     present = [m for m in methods if m in set(at["method"])]

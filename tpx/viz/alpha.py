@@ -16,8 +16,8 @@ def alpha_heatmap(tables: dict[str, Any], best: dict[str, Any] | None = None, ti
     each cell is annotated with the score itself and each task's best α is outlined.
 
     Args:
-        tables: reading → `tpx.sweep.alpha_table` (tasks × ["unpruned", α...]).
-        best: reading → `tpx.sweep.best_alpha` of that table; its `ties` column is outlined.
+        tables: reading → `tpx.analysis.sweep.alpha_table` (tasks × ["unpruned", α...]).
+        best: reading → `tpx.analysis.sweep.best_alpha` of that table; its `ties` column is outlined.
         title: figure title.
 
     Returns:
@@ -55,7 +55,7 @@ def alpha_heatmap(tables: dict[str, Any], best: dict[str, Any] | None = None, ti
 
 
 def alpha_curves(curves: dict[str, Any], title: str | None = None, ylabel: str = "mean relative score (%)") -> Any:
-    """One line per uniqueness reading over α (e.g. `tpx.sweep.mean_relative`), the unpruned 100 % dashed grey.
+    """One line per uniqueness reading over α (e.g. `tpx.analysis.sweep.mean_relative`), the unpruned 100 % dashed grey.
 
     Args:
         curves: reading → Series indexed by α.

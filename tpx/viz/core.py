@@ -96,7 +96,7 @@ def keep_frequency_maps(freqs: dict[str, Any], title: str | None = None, cols: i
 
     Args:
         freqs: method name → `(rows, cols)` share of samples that kept each cell (see
-            `tpx.spatial.keep_frequency`), in the order to draw.
+            `tpx.analysis.spatial.keep_frequency`), in the order to draw.
         title: figure title.
         cols: panels per row.
 

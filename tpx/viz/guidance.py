@@ -19,7 +19,7 @@ def score_panels(table: Any, x: str, panel: str, *, methods: list[str] | None = 
     slightly along `x` so that error bars stay apart.
 
     Args:
-        table: columns method, `x`, `panel`, `value`, se (e.g. `tpx.guidance.score_table`).
+        table: columns method, `x`, `panel`, `value`, se (e.g. `tpx.analysis.guidance.score_table`).
         x, panel: column names. methods, panels: subsets to draw, in order (default: all).
         value: the plotted column. xlabel, ylabel, title: labels (units included).
         cols: axes per row.
@@ -70,10 +70,10 @@ def panel_keep_maps(maps: dict[tuple[str, float], dict[str, Any]], masks: dict[s
     title gives the share of kept tokens inside it (a position-blind method keeps the panel's area share).
 
     Args:
-        maps: {(method, retention): {panel: (rows, cols) keep frequency}} (`tpx.guidance.panel_maps`).
-        masks: {panel: (rows, cols) bool}: the grid cells of each panel (`tpx.guidance.panel_mask`).
+        maps: {(method, retention): {panel: (rows, cols) keep frequency}} (`tpx.analysis.guidance.panel_maps`).
+        masks: {panel: (rows, cols) bool}: the grid cells of each panel (`tpx.analysis.guidance.panel_mask`).
         shares: optional table with columns method, retention, panel, share (%) (`score_table` of
-            `tpx.guidance.panel_frame` by those three).
+            `tpx.analysis.guidance.panel_frame` by those three).
         retention: which retention to draw. methods: which methods, in order (default: all at that retention).
         title: figure title.
 

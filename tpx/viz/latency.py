@@ -19,9 +19,9 @@ def flops_vs_time(table: Any, time: str = "prefill time %", fit: tuple[float, fl
     selection, several stages). Marker: attention implementation (circle SDPA, square eager).
 
     Args:
-        table: `tpx.protocol.summary_table` (index attention, method; columns "FLOPs %" and `time`).
+        table: `tpx.analysis.protocol.summary_table` (index attention, method; columns "FLOPs %" and `time`).
         time: "prefill time %", "decode time %" or "end-to-end time %".
-        fit: `(intercept, slope)` of `tpx.protocol.time_fit` for `time`, drawn dotted (fixed + per-FLOP cost).
+        fit: `(intercept, slope)` of `tpx.analysis.protocol.time_fit` for `time`, drawn dotted (fixed + per-FLOP cost).
     """
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -55,7 +55,7 @@ def attention_cost(table: Any, column: str = "prefill ms", title: str | None = N
     methods measured under every implementation are drawn.
 
     Args:
-        table: `tpx.protocol.summary_table`; column: e.g. "prefill ms" or "peak memory MB".
+        table: `tpx.analysis.protocol.summary_table`; column: e.g. "prefill ms" or "peak memory MB".
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
@@ -84,7 +84,7 @@ def tokens_per_layer(per_layer: Any, table: Any, attention: str = "sdpa", title:
     count; each stage adds one round of scoring and selection.
 
     Args:
-        per_layer: `tpx.protocol.visual_per_layer`; table: `tpx.protocol.summary_table`.
+        per_layer: `tpx.analysis.protocol.visual_per_layer`; table: `tpx.analysis.protocol.summary_table`.
         attention: the implementation to draw.
     """
     import matplotlib.pyplot as plt

@@ -14,8 +14,8 @@ def attention_distance(rope: tuple[Any, Any], measured: tuple[Any, Any], visual:
     """Why FastV keeps late tokens: RoPE's decay with distance (left) and the measured attention (right).
 
     Args:
-        rope: `(distances, bound)` from `tpx.spatial.rope_decay` with the model's own frequencies.
-        measured: `(bin_centres, mean_attention)` from `tpx.spatial.attention_by_distance` on FastV's scores.
+        rope: `(distances, bound)` from `tpx.analysis.spatial.rope_decay` with the model's own frequencies.
+        measured: `(bin_centres, mean_attention)` from `tpx.analysis.spatial.attention_by_distance` on FastV's scores.
         visual: `(min, max)` distance of the visual tokens to the query, shaded on the left panel.
         title: figure title.
 
@@ -42,13 +42,13 @@ def attention_distance(rope: tuple[Any, Any], measured: tuple[Any, Any], visual:
 
 
 def method_table(table: Any, columns: list[str] | None = None, title: str | None = None, digits: int = 1) -> Any:
-    """The method × task table (`tpx.tables.method_table`, relative scores) as an annotated heatmap.
+    """The method × task table (`tpx.analysis.tables.method_table`, relative scores) as an annotated heatmap.
 
     Colour is the relative score minus 100 (diverging, centred on the unpruned model, one symmetric scale);
     cells read "mean ± std over seeds"; retentions are separated by lines.
 
     Args:
-        table: `tpx.tables.method_table(..., relative=True)`. columns: those drawn (default all, "Avg" last).
+        table: `tpx.analysis.tables.method_table(..., relative=True)`. columns: those drawn (default all, "Avg" last).
         title: figure title. digits: decimals of the annotations.
 
     Returns:
@@ -89,7 +89,7 @@ def relative_bars(table: Any, columns: list[str], title: str | None = None) -> A
     Bars are mean over seeds with ± std error bars (seeded methods); the unpruned model is the dashed 100 %.
 
     Args:
-        table: `tpx.tables.method_table(..., relative=True)`. columns: the columns drawn, one panel each.
+        table: `tpx.analysis.tables.method_table(..., relative=True)`. columns: the columns drawn, one panel each.
         title: figure title.
 
     Returns:

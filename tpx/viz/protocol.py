@@ -13,7 +13,7 @@ def vision_need(table: Any, title: str | None = None) -> Any:
     """Per task, unpruned accuracy with the image, with a blank image and without one (horizontal bars).
 
     Args:
-        table: `tpx.protocol.vision_need` (index task; columns image, blank, no_image, need).
+        table: `tpx.analysis.protocol.vision_need` (index task; columns image, blank, no_image, need).
     """
     import matplotlib.pyplot as plt
 
@@ -38,7 +38,7 @@ def task_drops(drops: Any, title: str | None = None, limit: float | None = None)
     next to a small mean drop stands out.
 
     Args:
-        drops: `tpx.protocol.task_drops` (index method, retention; columns tasks and "mean").
+        drops: `tpx.analysis.protocol.task_drops` (index method, retention; columns tasks and "mean").
         limit: colour-scale half range in points (default: the largest absolute drop).
     """
     import matplotlib.pyplot as plt
@@ -65,7 +65,7 @@ def seed_spread(scores: Any, retention: float, method: str = "random", title: st
     """One method's score per task over seeds (dots) next to the other methods and the unpruned model.
 
     Args:
-        scores: `tpx.protocol.task_scores` (index method, retention, seed; columns tasks and "mean").
+        scores: `tpx.analysis.protocol.task_scores` (index method, retention, seed; columns tasks and "mean").
         retention: the retention drawn; method: the seeded method whose seeds are dots.
     """
     import matplotlib.pyplot as plt

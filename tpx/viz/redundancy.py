@@ -21,7 +21,7 @@ def redundancy_curves(summary: Any, methods: list[str] | None = None, title: str
     """Kept-set duplication and accuracy against retention, one line per method, side by side.
 
     Args:
-        summary: `tpx.redundancy.summarize_redundancy` table (method, retention, duplication[_min/_max],
+        summary: `tpx.analysis.redundancy.summarize_redundancy` table (method, retention, duplication[_min/_max],
             accuracy[_min/_max], seeds); the "unpruned" row is drawn as a dashed grey level.
         methods: labels to draw, in order (default: every pruned one); variants like "dart:min" share the
             base method's colour with another line style.
@@ -63,9 +63,9 @@ def overlap_heatmap(matrix: Any, title: str | None = None, chance: float | None 
     """Agreement between methods' kept sets as an annotated matrix on a fixed [0, 1] scale.
 
     Args:
-        matrix: square DataFrame from `tpx.redundancy.overlap_matrix`.
+        matrix: square DataFrame from `tpx.analysis.redundancy.overlap_matrix`.
         title: figure title.
-        chance: overlap expected from two independent random sets (`tpx.redundancy.chance_overlap`), marked
+        chance: overlap expected from two independent random sets (`tpx.analysis.redundancy.chance_overlap`), marked
             on the colour bar.
         label: colour-bar label (the overlap measure).
 

@@ -12,7 +12,7 @@ def accuracy_vs_tokens(table: Any, task: str = "Avg", reference: float | None = 
     """Accuracy against the visual tokens the LLM keeps, one line per (model, method) (study Q5b).
 
     Args:
-        table: `tpx.accounting.token_table` output (columns model, method, kept, TRR, task, score).
+        table: `tpx.analysis.accounting.token_table` output (columns model, method, kept, TRR, task, score).
         task: the task to draw ("Avg": mean over tasks).
         reference: accuracy of the unpruned full-token model, drawn dashed.
         title: figure title; default names the task.

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tpx import spatial
+from tpx.analysis import spatial
 
 
 def test_keep_frequency_counts_share_of_samples():

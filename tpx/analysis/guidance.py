@@ -34,7 +34,7 @@ UNPRUNED = "unpruned"
 def evaluate_methods(model: Any, processor: Any, samples: Sequence[Any], methods: Sequence[str | None],
                      retentions: Sequence[float], seeds: Sequence[int] = (0,), *, layer: int | None = None,
                      progress: bool = True, **evaluate_kwargs: Any) -> pd.DataFrame:
-    """The unpruned baseline and every method at every retention, as `tpx.tables.evaluate_methods` runs them.
+    """The unpruned baseline and every method at every retention, as `tpx.analysis.tables.evaluate_methods` runs them.
 
     `layer` goes only to single-stage hook-"L" methods (FastV's K) and only seeded methods (`random`) run
     every seed. The guidance comparisons need every (method, retention) cell, so one a method cannot reach is
@@ -43,7 +43,7 @@ def evaluate_methods(model: Any, processor: Any, samples: Sequence[Any], methods
     Args:
         model, processor: from `tpx.load`. samples: from `tpx.data.load_samples`.
         methods: registry names; None or "unpruned" (the baseline, always included) is accepted and ignored.
-        retentions, seeds, layer, progress, **evaluate_kwargs: as for `tpx.tables.evaluate_methods`.
+        retentions, seeds, layer, progress, **evaluate_kwargs: as for `tpx.analysis.tables.evaluate_methods`.
 
     Returns:
         The rows of every `evaluate` call, concatenated (see `evaluate`).
@@ -51,7 +51,7 @@ def evaluate_methods(model: Any, processor: Any, samples: Sequence[Any], methods
     Raises:
         ValueError: a method cannot run at one of the retentions (the engine's reason is given).
     """
-    from tpx import tables
+    from tpx.analysis import tables
 
     names = [m for m in methods if m not in (None, UNPRUNED)]
     df, skipped = tables.evaluate_methods(model, processor, samples, names, retentions, seeds, layer=layer,
@@ -208,7 +208,7 @@ def panel_frame(df: pd.DataFrame, samples: Sequence[Any], grid: tuple[int, int] 
 
 def panel_maps(frame: pd.DataFrame,
                grid: tuple[int, int] | None = None) -> dict[tuple[str, float], dict[str, torch.Tensor]]:
-    """Keep frequency of every grid cell, per (method, retention) and named panel (`tpx.spatial.keep_frequency`).
+    """Keep frequency of every grid cell, per (method, retention) and named panel (`tpx.analysis.spatial.keep_frequency`).
 
     Args:
         frame: from `panel_frame` (pruned rows are used; unpruned rows keep everything and are skipped).
@@ -218,7 +218,7 @@ def panel_maps(frame: pd.DataFrame,
         {(method, retention): {panel: (rows, cols) share of that panel's samples keeping each cell}}, panels
         in sorted order.
     """
-    from tpx.spatial import keep_frequency
+    from tpx.analysis.spatial import keep_frequency
 
     out: dict[tuple[str, float], dict[str, torch.Tensor]] = {}
     pruned = frame[frame["kept"].notna()]

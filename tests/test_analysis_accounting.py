@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from tpx.accounting import reduction, token_table
+from tpx.analysis.accounting import reduction, token_table
 
 
 def test_fastv_dagger_reading():
@@ -41,7 +41,7 @@ def test_token_table_accounts_each_model():
 def test_tacr_and_pruning_retention_per_model_family():
     from types import SimpleNamespace as NS
 
-    from tpx.accounting import pruning_retention, tacr
+    from tpx.analysis.accounting import pruning_retention, tacr
 
     llava = NS(config=NS(model_type="llava", vision_config=NS()))
     pooled = NS(config=NS(model_type="llava", tpx_compression={"method": "pooling", "retention": 0.25, "hook": "E"}))

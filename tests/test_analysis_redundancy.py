@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import cosine
 
-from tpx import redundancy
+from tpx.analysis import redundancy
 from tpx.data import load_samples
 
 

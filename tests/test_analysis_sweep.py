@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from tpx import evaluate as ev
-from tpx import sweep
+from tpx.analysis import sweep
 from tpx.data import load_samples
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tpx import guidance
+from tpx.analysis import guidance
 from tpx.data import load_samples
 
 

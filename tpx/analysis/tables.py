@@ -5,7 +5,7 @@ benchmarks of the score relative to the unpruned model (pruned / unpruned × 100
 in a table of its own. `evaluate_methods` runs that grid — every method at every retention it can reach,
 seeded methods over several seeds, deterministic ones once — and `method_table` turns its rows into the
 table, with the spread over seeds (mean ± std) that the study's random baseline lacks. `spatial_table` is the
-matching per-method summary of where kept tokens sit (`tpx.spatial.spatial_stats`).
+matching per-method summary of where kept tokens sit (`tpx.analysis.spatial.spatial_stats`).
 
 Reference: Wen et al., Token Pruning in MLLMs: Are We Solving the Right Problem?, Findings of ACL 2025,
 arXiv 2502.11501, Table 1 (relative scores, Avg.) and the RefCOCO table (Q1).
@@ -205,10 +205,10 @@ def spatial_table(df: pd.DataFrame, grid: tuple[int, int]) -> pd.DataFrame:
         df: `evaluate` rows (unpruned rows are ignored). grid: `(rows, cols)` of the image grid.
 
     Returns:
-        DataFrame indexed by (retention, method) with n_keep and the columns of `tpx.spatial.spatial_stats`
+        DataFrame indexed by (retention, method) with n_keep and the columns of `tpx.analysis.spatial.spatial_stats`
         (mean_row, mean_col, coverage_2x2, coverage_3x3, entropy); retentions in descending order.
     """
-    from tpx import spatial
+    from tpx.analysis import spatial
 
     rows = []
     pruned = df[df["method"] != UNPRUNED]

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from tpx import tables
+from tpx.analysis import tables
 from tpx.data import load_samples
 
 

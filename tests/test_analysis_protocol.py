@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tpx import protocol
+from tpx.analysis import protocol
 
 
 def rows(spec: dict[tuple[str, float, int], dict[str, list[float]]], blind: str = "") -> pd.DataFrame:
