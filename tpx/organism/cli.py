@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--note", default="", help="a paragraph for the card's training section")
     r = sub.add_parser("report", help="print a run's log as a markdown table")
     r.add_argument("--run", required=True)
-    r.add_argument("--root", default="data/organism/checkpoints")
+    # the checkout's checkpoints, so that `report` works from any directory
+    r.add_argument("--root", default=str(T.Path(__file__).resolve().parents[2] / "data" / "organism" / "checkpoints"),
+                   help="folder of the runs (default: %(default)s)")
     r.add_argument("--every", type=int, default=1)
     return p
 
