@@ -127,6 +127,9 @@ def test_commands_work_from_any_directory(tmp_path):
     assert "unpruned" in done.stdout and "fastv" in done.stdout
     bad = run_cli("evaluate", "--retention", "abc", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    report = run_cli("organism", "report", "--run", "lm0", "--every", "100", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert report.stdout.startswith("| step |")
     args = cli._parser().parse_args(["reproduce"])
     assert Path(args.notebooks_dir) == ROOT / "notebooks" and Path(args.build_dir) == ROOT / "build" / "notebooks"
 
