@@ -141,3 +141,17 @@ def card(stage: dict, report: dict, note: str = "") -> str:
 def sizes(folder: str | Path = FOLDER) -> dict[str, int]:
     """Bytes per file of the shipped folder (the card and tests check the budget)."""
     return {p.name: p.stat().st_size for p in sorted(Path(folder).iterdir())}
+
+
+def log_table(path: str | Path) -> str:
+    """Markdown table of a deep run's `log.jsonl`: step, phase, CPU minutes, answer loss, val accuracy per task."""
+    from tpx.organism.evaluate import measurements
+
+    rows = measurements(path)
+    if not rows:
+        return ""
+    names = list(rows[-1]["acc"])
+    head = "| step | phase | train min | s/step | answer loss | " + " | ".join(names) + " | mean |"
+    body = [f"| {r['step']} | {r['phase']} | {r['train_min']} | {r['s_per_step']} | {r['lm']} | "
+            + " | ".join(str(r["acc"][t]) for t in names) + f" | {r['mean_acc']} |" for r in rows]
+    return "\n".join([head, "|" + "---|" * (head.count("|") - 1)] + body)
