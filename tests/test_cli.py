@@ -158,3 +158,12 @@ def test_readme_quickstart_runs_as_written(one_thread):
     first, second = done.stdout.strip().splitlines()
     assert re.fullmatch(r".+\? unpruned: '.+', fastv: '.+', reference: '.+'", first), first
     assert second.startswith("kept 36 of 144; first kept cells [[")
+
+
+def test_default_threads_for_a_small_model_is_one(monkeypatch, capsys, one_thread):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    assert cli.main(["evaluate", "--model", "tiny", "--n", "1", "--task", "exist", "--max-new-tokens", "1",
+                     "--no-progress"]) == 0
+    assert torch.get_num_threads() == 1
+    assert "1 thread(s) each" in capsys.readouterr().err
