@@ -55,6 +55,8 @@ def test_help_names_models_methods_and_defaults(capsys):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--retention", "abc"], "argument --retention: 'abc' is not a number"),
     (["--seed", "0,x"], "argument --seed: 'x' is not an integer"),
+    (["--threads", "0"], "argument --threads: '0' is not an integer ≥ 1"),
+    (["--batch-size", "many"], "argument --batch-size: 'many' is not an integer ≥ 1"),
     (["--method", "fastvv"], "unknown method 'fastvv'; did you mean 'fastv'?"),
     (["--benchmark", "popee"], "unknown benchmark 'popee'; did you mean 'pope'?"),
     (["--param", "alpha"], "'alpha' is not NAME=VALUE"),
