@@ -180,16 +180,13 @@ def _answer_batch(model: Any, processor: Any, batch: list[Sample], config: Confi
     n_visual = (inputs["input_ids"] == model.config.image_token_id).sum(1).tolist()
     entry = first = None
     with torch.inference_mode():
-        native = getattr(model, "_tpx_native_run", None)  # a checkpoint trained with compression keeps it
-        seen = len(native.trace) if native is not None else 0
-        if config.method == UNPRUNED:
+        # unpruned: only a checkpoint's own compression runs (config.tpx_compression; nothing for other models)
+        method = None if config.method == UNPRUNED else config.method
+        with pruning(model, method, **({} if method is None else config.kwargs())) as run:
             out = model.generate(**inputs, **kwargs)
-            if native is not None and len(native.trace) > seen:
-                entry = native.trace[-1]
-        else:
-            with pruning(model, config.method, **config.kwargs()) as run:
-                out = model.generate(**inputs, **kwargs)
-            entry, first = run.trace[-1], run.trace[0]  # last / first stage of the one prefill of this call
+        if run.trace:
+            entry = run.trace[-1]  # last stage of the one prefill of this call
+            first = next((e for e in run.trace if not e.native), None)  # the configuration's first stage
     texts = tok.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     where = {"label": config.label, "hook": "" if first is None else first.hook,
              "layer": None if first is None or first.hook != "L" else int(first.layer)}
@@ -271,8 +268,8 @@ def _legacy_configs(methods: Sequence[str | None], retentions: Sequence[float], 
 
 
 def _validate(model: Any, configs: Sequence[Config], blind: str | None) -> None:
-    """Enter and leave `tpx.pruning` once per distinct configuration: every parameter error before any work."""
-    from tpx.engine import pruning
+    """Plan every distinct configuration as `tpx.pruning` would: every parameter error before any work."""
+    from tpx.engine import plan_for
 
     labels: dict[str, Config] = {}
     for c in configs:
@@ -281,8 +278,7 @@ def _validate(model: Any, configs: Sequence[Config], blind: str | None) -> None:
         if blind == "no_image":
             raise ValueError(f"blind='no_image' has no visual tokens to prune; evaluate it unpruned only, "
                              f"got {c.method!r}")
-        with pruning(model, c.method, **c.kwargs()):
-            pass
+        plan_for(model, c.method, **c.kwargs())
     for c in configs:  # one label names one configuration (seeds apart)
         other = labels.setdefault(c.label, c)
         if (other.method, other.retention, other.hook, other.layer, other.params) != \

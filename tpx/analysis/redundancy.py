@@ -138,12 +138,9 @@ def pivot_variants(pivots: Sequence[str]) -> dict[str, dict[str, Any]]:
 def is_random(method: str, **params: Any) -> bool:
     """Whether a method's kept set depends on the seed: its scorer or selector draws from the run's generator,
     unless a `pivot` parameter names a deterministic rule."""
-    from tpx import ingredients
-    from tpx.methods import get_method
+    from tpx.grid import seeded
 
-    m = get_method(method)
-    params = dict(m.defaults, **params)
-    return "generator" in ingredients.wanted(m.scorer, m.selector) and params.get("pivot", "random") == "random"
+    return seeded(method, params)
 
 
 def run_methods(model: Any, processor: Any, samples: Sequence[Any],

@@ -48,33 +48,22 @@ def _kwargs(method: str, layer: int | None) -> dict[str, Any]:
 
 def reachable(model: Any, method: str, retention: float, n_visual: int, grid: tuple[int, int] | None = None,
               **pruning_kwargs: Any) -> str | None:
-    """Why `method` cannot run at `retention` on `n_visual` tokens, or None if it can.
-
-    Checks what `tpx.pruning` checks on entry, and what the engine would only find out at the first prefill:
-    a multi-stage schedule's budget (PDrop's first stage layer bounds its lowest equivalent retention) and
-    pooling's exact output grid.
+    """Why `method` cannot run at `retention` on `n_visual` tokens, or None if it can: the plan's answer
+    (`tpx.engine.reachable`: the model's depth, its own compression first, every error `tpx.pruning` raises).
 
     Args:
         model: from `tpx.load`. method: registry name. retention: in (0, 1]. n_visual: visual tokens N.
-        grid: `(rows, cols)` of the image (for pooling); default: none checked.
+        grid: `(rows, cols)` of the image (for pooling's exact grid); default: none checked.
         **pruning_kwargs: as for `tpx.pruning` (layer, method parameters).
 
     Returns:
-        None, or the engine's error message.
+        None, or the plan's error message.
     """
-    from tpx import select
-    from tpx.engine import pruning
+    from tpx.engine import reachable as why_not
+    from tpx.layout import Layout
 
-    try:
-        with pruning(model, method, retention=retention, **pruning_kwargs) as run:
-            if run.method.schedule is not None:
-                context = dict(run.params, layers=run.layers, n_layers=run.adapter.n_layers)
-                run.method.schedule(run.retention, n_visual, len(run.layers), **context)
-            elif run.method.selector is select.pool2d and grid is not None:
-                select.pool_grid(select.budget(run.retention, n_visual), grid)
-    except ValueError as err:
-        return str(err)
-    return None
+    layout = Layout(grids=(grid,)) if grid is not None else Layout(n_visual=n_visual)
+    return why_not(model, method, retention, layout=layout, **pruning_kwargs)
 
 
 def evaluate_methods(model: Any, processor: Any, samples: Sequence[Any], methods: Sequence[str],
