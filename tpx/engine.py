@@ -9,7 +9,7 @@ layers (their caches are shorter). Stages at hooks "E" and "V" do the same surge
 layer sees the short sequence; "V" scores with what the vision tower recorded and projects merged vision
 features. A plan's stages may come from several methods (a checkpoint's training-aware pooling at E, then
 FastV at layer 2): each acts on what the previous one kept. The engine knows no method by name: at a stage it
-computes the ingredients the stage lists (`tpx.ingredients`) and calls the method's scorer and selector.
+computes the ingredients the stage lists (`tpx.ingredients`) and hands them to the stage (`Stage.select`).
 All per-call state lives on the `Run`; nothing is stored on the model or in module globals.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import torch
 
@@ -28,9 +28,9 @@ from tpx.layout import Layout
 from tpx.methods import Method
 from tpx.models import adapter_for, native_plan
 from tpx.models.base import Adapter
-from tpx.plan import Plan, Stage, plan
+from tpx.plan import Plan, Selection, Stage, plan
 
-__all__ = ["Run", "Selection", "TraceEntry", "plan_for", "pruning", "reachable", "select_tokens"]
+__all__ = ["Run", "TraceEntry", "plan_for", "pruning", "reachable"]
 
 
 @dataclass
@@ -69,66 +69,6 @@ class TraceEntry:
     def grid(self) -> tuple[int, int]:
         """The grid of the first (usually only) image segment."""
         return self.grids[0]
-
-
-class Selection(NamedTuple):
-    """What a stage chose: `(B, N)` scores (or None), `(B, n_keep)` sorted kept indices into the N tokens it
-    saw, and `(B, n_keep, D)` merged features in the order of `index` (None when tokens are only dropped)."""
-
-    scores: torch.Tensor | None
-    index: torch.Tensor
-    merged: torch.Tensor | None
-
-
-def select_tokens(stage: Stage, values: Mapping[str, Any], grids: Sequence[tuple[int, int]] = ()) -> Selection:
-    """Score and select one stage's tokens from its computed ingredients: the engine's call of a method.
-
-    `scores = scorer(**scorer ingredients)`, then `selector(scores=, n_keep=, **selector ingredients,
-    **parameters)`; a per-segment stage runs the selector on each image segment with its share of the budget
-    (`select.split_budget`), each ingredient sliced along its token axis.
-
-    Args:
-        stage: a stage with its budget (`n_keep`) resolved.
-        values: its ingredients (`ingredients.compute(stage.ingredients, context)`) over the N tokens it sees.
-        grids: `(rows, cols)` of the image segments of those N tokens.
-    """
-    method = stage.method
-    scores = None if method.scorer is None else method.scorer(**{n: values[n] for n in stage.needs.scorer})
-    given = {n: values[n] for n in stage.needs.selector}
-    if scores is not None:
-        given["scores"] = scores
-    if stage.per_segment and (len(grids) > 1 or "grid" in given):
-        index, merged = _per_segment(method, given, stage.selector_params, stage.n_keep, grids)
-    else:
-        index, merged = _unpack(method.selector(**given, n_keep=stage.n_keep, **stage.selector_params))
-    return Selection(scores, index, merged)
-
-
-def _per_segment(method: Method, given: dict[str, Any], params: dict[str, Any], n_keep: int,
-                 grids: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if not grids:
-        raise ValueError(f"{method.name!r} selects per image segment, but the layout has no grids")
-    sizes = [r * c for r, c in grids]
-    shares = select.split_budget(n_keep, sizes) if len(sizes) > 1 else [n_keep]
-    indices, features, start = [], [], 0
-    for grid, size, share in zip(grids, sizes, shares, strict=True):
-        part = {}
-        for name, x in given.items():
-            axis = "token" if name == "scores" else ing.INGREDIENTS[name].axis
-            part[name] = x[:, start:start + size] if axis == "token" else x[..., start:start + size] if axis == "key" else x
-        if "grid" in part:
-            part["grid"] = grid
-        index, merged = _unpack(method.selector(**part, n_keep=share, **params))
-        indices.append(index + start)
-        features.append(merged)
-        start += size
-    return torch.cat(indices, dim=1), None if features[0] is None else torch.cat(features, dim=1)
-
-
-def _unpack(result: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(result, select.Merged):
-        return result.index, result.features
-    return result, None
 
 
 @dataclass
@@ -347,7 +287,7 @@ class Run:
             vision=self._take_vision(hidden.shape[0]) if stage.reads_vision else None, score_layer=idx - 1,
             grid=grids[0] if len(grids) == 1 else None,
             generator=self._generator(stage, hidden.device) if "generator" in stage.ingredients else None)
-        chosen = select_tokens(stage, ing.compute(stage.ingredients, ctx), grids)
+        chosen = stage.select(ing.compute(stage.ingredients, ctx), grids)
         if chosen.merged is not None and stage.hook == "V" and chosen.merged.shape[-1] != hidden.shape[-1]:
             chosen = chosen._replace(merged=self.adapter.project(chosen.merged))
         return chosen

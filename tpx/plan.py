@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
+
+import torch
 
 from tpx import select
 from tpx.ingredients import INGREDIENTS
 from tpx.layout import Layout
 from tpx.methods import Method, Needs, get_method
 
-__all__ = ["ATTENTION", "POSITIONS", "Part", "Plan", "Stage", "plan", "reachable"]
+__all__ = ["ATTENTION", "POSITIONS", "Part", "Plan", "Selection", "Stage", "plan", "reachable"]
 
 POSITIONS = ("keep", "renumber")
 ATTENTION = ("rows", "maps")
@@ -45,6 +47,15 @@ class Part:
     seed: int
     params: Mapping[str, Any]
     native: bool = False
+
+
+class Selection(NamedTuple):
+    """What a stage chose: `(B, N)` scores (or None), `(B, n_keep)` sorted kept indices into the N tokens it
+    saw, and `(B, n_keep, D)` merged features in the order of `index` (None when tokens are only dropped)."""
+
+    scores: torch.Tensor | None
+    index: torch.Tensor
+    merged: torch.Tensor | None
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,30 @@ class Stage:
     @property
     def schedule_params(self) -> dict[str, Any]:
         return {k: v for k, v in self.params.items() if self.method.params[k].to == "schedule"}
+
+    def select(self, values: Mapping[str, Any], grids: Sequence[tuple[int, int]] = ()) -> Selection:
+        """Score and select from the stage's computed ingredients: how every method is called.
+
+        `scores = scorer(**scorer ingredients)`, then `selector(scores=, n_keep=, **selector ingredients,
+        **parameters)`; a per-segment stage runs the selector on each image segment with its share of the
+        budget (`select.split_budget`), each ingredient sliced along its token axis. The engine calls this with
+        what it computed inside the model; anything else holding the ingredients can too (the organism's
+        pooled training runs its `pooling` stage on the projector's output this way).
+
+        Args:
+            values: the stage's ingredients (`ingredients.compute(stage.ingredients, context)`) over its N tokens.
+            grids: `(rows, cols)` of the image segments of those N tokens.
+        """
+        if self.n_keep is None:
+            raise ValueError("the stage's budget is unknown: bind the plan to a layout first")
+        method = self.method
+        scores = None if method.scorer is None else method.scorer(**{n: values[n] for n in self.needs.scorer})
+        given = {n: values[n] for n in self.needs.selector}
+        if scores is not None:
+            given["scores"] = scores
+        if self.per_segment and (len(grids) > 1 or "grid" in given):
+            return Selection(scores, *_per_segment(method, given, self.selector_params, self.n_keep, grids))
+        return Selection(scores, *_unpack(method.selector(**given, n_keep=self.n_keep, **self.selector_params)))
 
 
 @dataclass(frozen=True)
@@ -357,3 +392,30 @@ def _counts(part: Part, stages: list[Stage], n: int, n_layers: int | None) -> li
         raise ValueError(f"{m.name!r} schedule gave {counts} for {len(layers)} stages of {n} tokens; "
                          "it must give one non-increasing count in [1, N] per stage")
     return counts
+
+
+def _per_segment(method: Method, given: dict[str, Any], params: dict[str, Any], n_keep: int,
+                 grids: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if not grids:
+        raise ValueError(f"{method.name!r} selects per image segment, but the layout has no grids")
+    sizes = [r * c for r, c in grids]
+    shares = select.split_budget(n_keep, sizes) if len(sizes) > 1 else [n_keep]
+    indices, features, start = [], [], 0
+    for grid, size, share in zip(grids, sizes, shares, strict=True):
+        part = {}
+        for name, x in given.items():
+            axis = "token" if name == "scores" else INGREDIENTS[name].axis
+            part[name] = x[:, start:start + size] if axis == "token" else x[..., start:start + size] if axis == "key" else x
+        if "grid" in part:
+            part["grid"] = grid
+        index, merged = _unpack(method.selector(**part, n_keep=share, **params))
+        indices.append(index + start)
+        features.append(merged)
+        start += size
+    return torch.cat(indices, dim=1), None if features[0] is None else torch.cat(features, dim=1)
+
+
+def _unpack(result: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(result, select.Merged):
+        return result.index, result.features
+    return result, None

@@ -129,12 +129,11 @@ def pooled(model: LlavaForConditionalGeneration, pool: int) -> Iterator[None]:
     """Inside the block, the projected image tokens are average-pooled `pool`×`pool` (hook E's 2-D pooling).
 
     A forward hook on the projector maps its (B, N, D) output to (B, N / pool², D) with the very stage tpx's
-    engine runs for `tpx.plan("pooling", 1 / pool², hook="E")` (`tpx.engine.select_tokens`, the engine's own
-    call of a method); the prompt must then hold N / pool² image tokens at the positions `batch.pooled_index`
+    engine runs for `tpx.plan("pooling", 1 / pool², hook="E")` (`Stage.select`, how the engine calls every
+    method); the prompt must then hold N / pool² image tokens at the positions `batch.pooled_index`
     gives (`batch.prompt_positions`). Used to train and evaluate the training-aware checkpoint (study Q5b;
     compare Qwen2-VL's 2×2 merger). `pool=1` changes nothing.
     """
-    from tpx.engine import select_tokens
     from tpx.layout import Layout
     from tpx.plan import plan
 
@@ -147,7 +146,7 @@ def pooled(model: LlavaForConditionalGeneration, pool: int) -> Iterator[None]:
     stage = plan("pooling", 1 / pool**2, hook="E", layout=Layout(grids=(grid,))).stages[0]
 
     def hook(module, args, out):
-        return select_tokens(stage, {"features": out, "grid": grid}, [grid]).merged
+        return stage.select({"features": out, "grid": grid}, [grid]).merged
 
     handle = model.model.multi_modal_projector.register_forward_hook(hook)
     try:
