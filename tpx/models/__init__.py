@@ -113,7 +113,7 @@ def load(
         if "/" not in path and not Path(path).expanduser().exists():  # not a folder, not a hub id owner/name
             import difflib
 
-            local = [*ORGANISMS, *_TINY]
+            local = [*ORGANISMS, "organism-deep", *_TINY]
             close = difflib.get_close_matches(path, local, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ";"
             raise ValueError(f"unknown model {path!r}{hint} local names: {', '.join(local)}; otherwise a local "
