@@ -43,7 +43,7 @@ def test_help_names_models_methods_and_defaults(capsys):
         cli.main(["evaluate", "--help"])
     assert done.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for word in ("organism", "tiny", "local folder", "hub id", "pope", "--param NAME=VALUE", "--threads",
+    for word in ("organism", "organism-deep", "tiny", "local folder", "hub id", "pope", "--param NAME=VALUE", "--threads",
                  "(default: organism)", "(default: 0.25)", "(default: 8)", "(default: 16)", "unpruned baseline"):
         assert word in text, word
     for name in tpx.list_methods():
@@ -146,7 +146,7 @@ def test_evaluate_checks_its_samples(tiny):
 
 def test_load_lists_local_names_without_the_hub():
     with pytest.raises(ValueError, match=r"unknown model 'organsim'; did you mean 'organism'\? local names: "
-                                         r"organism, organism-pool2, tiny"):
+                                         r"organism, organism-pool2, organism-deep, tiny"):
         tpx.load("organsim")
 
 
