@@ -13,9 +13,10 @@ import dataclasses
 import pytest
 import torch
 from conftest import every_bad_parameter, make_inputs
-from reference import MaskReference, generate_positions, reference_generate, spy
+from reference import MaskReference, generate_positions, reference_generate, reference_stages, spy
 
 import tpx
+import tpx.models
 from tpx import select
 from tpx.methods import Method, Needs
 
@@ -69,22 +70,6 @@ def test_retention_one_is_exact(tiny_models, attn, batch, name, hook):
         assert torch.equal(a, b)
 
 
-def _stages(run, merged_outputs, visual, adapter):
-    """Reference stages from a pruned run: per stage layer, its kept positions and merged substitutions."""
-    stages, prev = [], None
-    for entry, out in zip(run.trace, merged_outputs, strict=True):
-        subs = None
-        if isinstance(out, select.Merged):
-            current = visual if prev is None else visual.gather(1, prev.kept)
-            feats = out.features
-            if feats.shape[-1] != adapter.text_model.config.hidden_size:
-                feats = adapter.project(feats)
-            subs = (current.gather(1, out.index), feats)
-        stages.append((entry.layer, run.stage_positions[entry.layer], subs))
-        prev = entry
-    return stages
-
-
 @pytest.mark.parametrize(("name", "hook"), CASES, ids=IDS)
 def test_matches_mask_reference(tiny_models, attn, batch, name, hook):
     model, processor = tiny_models[attn]
@@ -103,9 +88,9 @@ def test_matches_mask_reference(tiny_models, attn, batch, name, hook):
         with tpx.pruning(model, spied, retention=retention, hook=hook, seed=7) as again:
             tokens, steps = _generate(model, inputs)
         assert torch.equal(again.kept_positions, kept)  # same seed, same prefill: same selection
-        visual = (inputs["input_ids"] == model.config.image_token_id).nonzero()[:, 1].view(batch, -1)
-        n_calls = len(run.trace)
-        ref = MaskReference(model, _stages(run, outputs[:n_calls], visual, run.adapter), inputs["input_ids"].shape[1])
+        visual = tpx.models.layout(model, inputs).positions
+        n_calls = len(outputs) // 2  # the forward's prefill, then generate's
+        ref = MaskReference(model, reference_stages(run, outputs[:n_calls], visual), inputs["input_ids"].shape[1])
         try:
             ref_full = model(**inputs, position_ids=positions).logits
             ref_tokens, ref_steps = reference_generate(model, inputs, ref, N_NEW)
