@@ -17,7 +17,7 @@ from reference import MaskReference, generate_positions, reference_generate, ref
 
 import tpx
 import tpx.models
-from tpx import select
+from tpx import scores, select
 from tpx.methods import Method, Needs
 
 N_NEW = 4
@@ -38,8 +38,16 @@ V_PROBES = [
     Method("v_pool", hooks=("V",), layers=(), scorer=None, selector=_vision_pool,
            needs=Needs(selector=("vision_features", "grid")), seeded=False, paper="test probe"),
 ]
+
+# A method that needs a tensor no registered method used (value vectors): one registry entry, a pure scorer
+# (scores.value_aware_attention) and one ingredient entry ("visual_values"); no engine or adapter change.
+VATP = Method(
+    name="fastv_vatp", hooks=("L",), layers=(2,), scorer=scores.value_aware_attention, selector=select.topk,
+    needs=Needs(scorer=("attn_last", "visual_values")), seeded=False,
+    paper="Guo et al., VATP, EMNLP 2024, arXiv 2406.12335, on FastV's row (Chen et al., arXiv 2403.06764)",
+)
 CASES = [(name, hook) for name in tpx.list_methods() for hook in tpx.get_method(name).hooks]
-CASES += [(m, "V") for m in V_PROBES]
+CASES += [(m, "V") for m in V_PROBES] + [(VATP, "L")]
 IDS = [f"{getattr(n, 'name', n)}-{h}" for n, h in CASES]
 # pdrop's equivalent budget cannot go below ~N/n_layers on a 4-layer model (layer 0 sees all tokens)
 RETENTION = {"pdrop": 0.5}
@@ -117,6 +125,24 @@ def test_rows_equal_eager_maps(tiny_models, batch, name):
             model(**inputs)
     torch.testing.assert_close(rows.trace[0].scores, maps.trace[0].scores, atol=1e-6, rtol=0)
     assert torch.equal(rows.trace[0].kept, maps.trace[0].kept)
+
+
+def test_a_method_needing_a_new_tensor_is_an_entry_and_pure_functions(tiny_models, batch):
+    model, processor = tiny_models["eager"]
+    inputs = make_inputs(processor, batch, seed=21)
+    assert tpx.plan(VATP, 0.25, n_layers=4).stages[0].ingredients == {"attn_last", "visual_values"}
+    with torch.no_grad():
+        with tpx.pruning(model, VATP, retention=0.25) as run:
+            model(**inputs)
+        out = model(**inputs, output_attentions=True, output_hidden_states=True)
+    # the oracle: eager attention of the last token at layer K−1 = 1, times ‖v‖₁ from the layer's own projection
+    layer = model.model.language_model.layers[1]
+    visual = tpx.models.layout(model, inputs).positions
+    values = layer.self_attn.v_proj(layer.input_layernorm(out.hidden_states[1]))
+    attn = out.attentions[1][:, :, -1].gather(2, visual[:, None].expand(-1, out.attentions[1].shape[1], -1))
+    want = attn.float().mean(1) * select.take(values, visual).float().abs().sum(-1)
+    torch.testing.assert_close(run.trace[0].scores, want, atol=1e-6, rtol=1e-5)
+    assert torch.equal(run.trace[0].kept, select.topk(want, run.trace[0].n_keep))
 
 
 def test_budgets_of_the_literature_are_exact():
