@@ -402,3 +402,34 @@ def test_composed_plan_errors_and_one_context_per_model(tiny_models):
         with tpx.pruning(model, "fastv", retention=0.25, layer=2) as run:
             model(**inputs)
     assert len(run.trace) == 1 and run.trace[0].n_keep == select.budget(0.25, run.trace[0].n_visual)
+
+
+def test_a_checkpoints_own_compression_is_the_first_stage(tiny_models):
+    """config.tpx_compression is put first by tpx.pruning (alone when no method is given); nothing at load."""
+    model, processor = tiny_models["sdpa"]
+    inputs = make_inputs(processor, 2, seed=32)
+    composed = tpx.plan("pooling", 0.25, hook="E") + tpx.plan("fastv", 0.125, layer=2)
+    model.config.tpx_compression = {"method": "pooling", "retention": 0.25, "hook": "E"}
+    try:
+        with torch.no_grad():
+            with tpx.pruning(model) as own:
+                alone = model(**inputs).logits
+            with tpx.pruning(model, "fastv", retention=0.125, layer=2) as run:
+                pruned = model(**inputs).logits
+            with tpx.pruning(model, "fastv", retention=0.125, layer=2, native=False) as bare:
+                model(**inputs)
+        assert [e.method for e in own.native_trace] == ["pooling"] and not own.trace
+        assert [e.method for e in run.native_trace] == ["pooling"] and [e.method for e in run.trace] == ["fastv"]
+        assert run.layers == (2,) and [e.method for e in bare.trace] == ["fastv"] and not bare.native_trace
+        with pytest.raises(ValueError, match="cannot follow a checkpoint's own compression"):
+            with tpx.pruning(model, "fastv", retention=0.1, positions="renumber"):
+                pass
+    finally:
+        del model.config.tpx_compression
+    with torch.no_grad():
+        with tpx.pruning(model, composed) as same:
+            want = model(**inputs).logits
+        with tpx.pruning(model, tpx.plan("pooling", 0.25, hook="E")):
+            want_alone = model(**inputs).logits
+    assert torch.equal(pruned, want) and torch.equal(alone, want_alone)
+    assert torch.equal(run.kept_positions, same.kept_positions)

@@ -95,13 +95,16 @@ class Run:
 
     Attributes:
         plan: the `Plan` (bound to the model; budgets resolved again for every prefill's layout).
-        trace: one `TraceEntry` per stage of every prefill call, in call order.
+        trace: one `TraceEntry` per stage of the requested method(s) in every prefill call, in call order.
+        native_trace: the same for the stages of the checkpoint's own compression (`config.tpx_compression`),
+            which act first; empty for other models.
         kept_positions: `(B, L')` original sequence positions that survive all stages of the last prefill.
     """
 
     def __init__(self, model: torch.nn.Module, adapter: Adapter, plan: Plan) -> None:
         self.model, self.adapter, self.plan = model, adapter, plan
         self.trace: list[TraceEntry] = []
+        self.native_trace: list[TraceEntry] = []
         self.kept_positions: torch.Tensor | None = None
         self._handles: list[Any] = []
         self._generators: dict[int, torch.Generator] = {}
@@ -135,8 +138,8 @@ class Run:
 
     @property
     def layers(self) -> tuple[int, ...]:
-        """Layers of every stage, in order (one trace entry each per prefill)."""
-        return self.plan.layers
+        """Layers of the requested stages, in order (one `trace` entry each per prefill)."""
+        return tuple(s.layer for s in self.plan.stages if not s.native)
 
     @property
     def stage_positions(self) -> dict[int, torch.Tensor]:
@@ -316,7 +319,7 @@ class Run:
             full_scores = torch.full((kept.shape[0], layout.n_visual), float("nan"), device=chosen.scores.device)
             full_scores = full_scores.scatter(1, vis_orig, chosen.scores.float()).detach()
         params = dict(stage.params, retention=stage.retention, seed=stage.seed, positions=self.plan.positions)
-        self.trace.append(TraceEntry(
+        (self.native_trace if stage.native else self.trace).append(TraceEntry(
             method=stage.method.name, hook=stage.hook, layer=stage.layer, stage=stage.index, params=params,
             n_visual=layout.n_visual, n_keep=n_keep, kept=kept.detach(), segment=segment.detach(),
             grid_rc=grid_rc.detach(), scores=full_scores, grids=list(layout.grids), native=stage.native,
