@@ -112,7 +112,8 @@ class Context:
 
     def recorded(self, name: str) -> torch.Tensor:
         if self.vision is None:
-            raise RuntimeError(f"ingredient {name!r} comes from the vision tower, which recorded nothing for this stage")
+            raise RuntimeError(f"ingredient {name!r} comes from the vision tower, which recorded nothing for this "
+                               "stage")
         return self.vision[name]
 
     def _before(self) -> tuple:
