@@ -35,7 +35,7 @@ from tpx.grid import UNPRUNED, Config, seeded, unpruned
 __all__ = ["BLIND", "Config", "evaluate", "main", "model_inputs", "reachable", "score", "summarize"]
 
 log = logging.getLogger(__name__)
-BLIND = (None, "no_image", "blank")
+BLIND = (None, "no_image", "blank", "noise")
 COVERAGE_BLOCKS = 4  # coverage: share of the cells of a 4×4 partition of each image grid holding a kept token
 
 
@@ -138,6 +138,16 @@ def _blank(image: Any, processor: Any) -> Any:
     return Image.new("RGB", image.size, tuple(int(round(255 * m)) for m in mean))
 
 
+def _noise(image: Any, key: str) -> Any:
+    """Uniform RGB noise of the image's size, seeded by the sample's id: content-free but textured."""
+    from PIL import Image
+
+    seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (image.size[1], image.size[0], 3), generator=g, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
 def model_inputs(processor: Any, batch: Sequence[Sample], model: Any,
                  blind: str | None = None) -> dict[str, torch.Tensor]:
     """Left-padded processor outputs for `batch` on the model's device, in the model's chat format.
@@ -145,11 +155,14 @@ def model_inputs(processor: Any, batch: Sequence[Sample], model: Any,
     Args:
         processor, model: from `tpx.load`.
         batch: samples; each sample's images take one placeholder each.
-        blind: None, "no_image" (text only) or "blank" (uniform images of the processor's mean colour).
+        blind: None, "no_image" (text only), "blank" (uniform images of the processor's mean colour) or
+            "noise" (uniform RGB noise, seeded by the sample id): the content-free controls.
     """
     images = [[] if blind == "no_image" else _images(s) for s in batch]
     if blind == "blank":
         images = [[_blank(im, processor) for im in ims] for ims in images]
+    elif blind == "noise":
+        images = [[_noise(im, f"{s.id}/{j}") for j, im in enumerate(ims)] for s, ims in zip(batch, images)]
     texts = [_prompt(processor, s.prompt, len(ims)) for s, ims in zip(batch, images)]
     flat = [im for ims in images for im in ims]
     processor.tokenizer.padding_side = "left"

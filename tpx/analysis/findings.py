@@ -17,9 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from tpx.analysis import stats
 
-__all__ = ["MARKERS", "Finding", "config", "finding", "load", "render", "save", "update_readme"]
+__all__ = ["MARKERS", "Finding", "compared", "frame", "config", "configs_of", "finding", "load", "render", "save", "update_readme"]
 
 MARKERS = ("<!-- findings:start (generated from figures/findings.json by `python -m tpx findings`) -->",
            "<!-- findings:end -->")
@@ -81,8 +83,53 @@ def finding(notebook: str, key: str, question: str, claim: str, model: str, conf
                    study, stats.RULE, family, notes, dict(extra))
 
 
+def configs_of(rows: pd.DataFrame, label: str) -> dict[str, Any]:
+    """The configuration behind a label, read off its rows: method, hook, K, retention, label."""
+    part = rows[rows["label"] == label]
+    if part.empty:
+        raise ValueError(f"no rows labelled {label!r}")
+    first = part.iloc[0]
+    layer = first.get("layer")
+    return {"method": str(first["method"]), "hook": (str(first.get("hook")) or None) if first.get("hook") else None,
+            "layer": None if layer is None or pd.isna(layer) else int(layer),
+            "retention": float(first["retention"]), "label": label}
+
+
+def compared(rows: Any, notebook: str, key: str, question: str, claim: str, model: str, a: str, b: str, *,
+             direction: int, study: str, baseline: str | None = None, value: str = "score", family: str = "",
+             family_size: int = 1, unit: str | None = None, notes: str = "", n_boot: int = stats.N_BOOT,
+             **extra: Any) -> Finding:
+    """The record of "a − b has the sign the study reports", from result rows: paired bootstrap CI (relative
+    to `baseline` when given), both sides' configurations read off the rows, the verdict by the fixed rule.
+
+    Args:
+        rows: result rows holding labels `a`, `b` (and `baseline`).
+        family_size: number of comparisons in the record's family; its CI is then Bonferroni-adjusted.
+        unit: default "points of relative score" with a baseline, else "points".
+        Others: as for `finding`.
+    """
+    level = stats.bonferroni_level(family_size)
+    est = stats.compare(rows, a, b, baseline=baseline, value=value, n_boot=n_boot, level=level)
+    configs = {"a": configs_of(rows, a), "b": configs_of(rows, b)}
+    if baseline is not None:
+        configs["baseline"] = configs_of(rows, baseline)
+    unit = unit or ("points of relative score (% of unpruned)" if baseline is not None else "points")
+    return finding(notebook, key, question, claim, model, configs, est, direction=direction, study=study,
+                   unit=unit, family=family, notes=notes, **extra)
+
+
 def _num(x: float) -> float:
     return round(float(x), 4) if math.isfinite(x) else float("nan")
+
+
+def frame(records: Sequence[Finding | Mapping[str, Any]]) -> pd.DataFrame:
+    """Records as a table for figures (`tpx.viz.effects`): name (claim, key), estimate, CI, n, verdict."""
+    rows = [asdict(r) if isinstance(r, Finding) else dict(r) for r in records]
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return pd.DataFrame(columns=["name", "estimate", "ci_low", "ci_high", "n_per_task", "verdict"])
+    out.insert(0, "name", out["key"])
+    return out
 
 
 def load(path: str | Path) -> list[dict[str, Any]]:
