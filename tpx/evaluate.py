@@ -403,9 +403,11 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], methods: Seq
     frames: dict[Config, pd.DataFrame] = {}
     todo = []
     for config in configs:
-        path = None if cache is None else cache / f"{_key(*base, config)}.parquet"
+        # the label names a configuration but does not change its answers: not part of the key
+        what = (config.method, config.retention, config.hook, config.layer, config.seed, config.params)
+        path = None if cache is None else cache / f"{_key(*base, *what)}.parquet"
         if path is not None and path.exists() and not force:
-            frames[config] = pd.read_parquet(path)
+            frames[config] = pd.read_parquet(path).assign(label=config.label)
         else:
             todo.append((config, path))
     with state.split_between_processes(samples) as mine:
