@@ -87,3 +87,12 @@ def test_an_alpha_best_everywhere_gives_a_zero_estimate():
     assert dep["alpha"] == 0.0 and dep["task"] is None and sweep.common_alphas(sets) == [0.0]
     assert (dep["estimate"].ci_low, dep["estimate"].ci_high) == (0.0, 0.0)
     assert stats.verdict(0.0, 0.0, -1) == "inconclusive"
+
+
+def test_first_per_task_keeps_order_and_nests():
+    from types import SimpleNamespace
+
+    samples = [SimpleNamespace(task=t, id=f"{t}/{i}") for t in ("a", "b") for i in range(4)]
+    assert [s.id for s in sweep.first_per_task(samples, 2)] == ["a/0", "a/1", "b/0", "b/1"]
+    with pytest.raises(ValueError, match="n must be"):
+        sweep.first_per_task(samples, 0)

@@ -27,8 +27,8 @@ import pandas as pd
 
 from tpx.analysis import stats
 
-__all__ = ["ALPHAS", "READINGS", "alpha_table", "base_label", "common_alphas", "label_alphas", "mean_relative",
-           "task_dependence", "task_sets", "variants"]
+__all__ = ["ALPHAS", "READINGS", "alpha_table", "base_label", "common_alphas", "first_per_task", "label_alphas",
+           "mean_relative", "task_dependence", "task_sets", "variants"]
 
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))   # Table 6's grid, completed to every 0.1
 READINGS = ("last", "dup")                               # the two readings of uniqueness (`alpha_mix`)
@@ -57,6 +57,20 @@ def variants(alphas: Sequence[float] = ALPHAS, readings: Sequence[str] = READING
     for u in readings:
         for a in alphas:
             out[_label(a, None if a == 1.0 else u)] = {"method": "alpha", "alpha": a, "uniqueness": u}
+    return out
+
+
+def first_per_task(samples: Sequence[Any], n: int) -> list[Any]:
+    """The first `n` samples of each task, in order: a coarser sample nested in the headline one, so a curve
+    measured on it is paired with the headline rows of the same samples."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int ≥ 1, got {n!r}")
+    seen: dict[str, int] = {}
+    out = []
+    for s in samples:
+        seen[s.task] = seen.get(s.task, 0) + 1
+        if seen[s.task] <= n:
+            out.append(s)
     return out
 
 
