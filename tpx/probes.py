@@ -11,12 +11,17 @@ their position ids in reverse order and the tokens FastV keeps must move to the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import contextlib
+import math
 from typing import Any
 
 import pandas as pd
 import torch
 
-__all__ = ["ORDERS", "kept_under_positions", "last_token_attention", "rope_frequencies", "visual_position_ids"]
+from tpx.grid import UNPRUNED
+
+__all__ = ["ORDERS", "batch_size_runs", "blind_runs", "kept_under_positions", "last_token_attention", "padding_check",
+           "rope_frequencies", "visual_position_ids"]
 
 ORDERS = ("natural", "reverse")
 
@@ -141,4 +146,119 @@ def kept_under_positions(model: Any, processor: Any, samples: Sequence[Any], met
                          "label": f"{method} {order}" + (f" {blind}" if blind else ""), "method": method,
                          "order": order, "blind": blind or "", "retention": retention, "seed": seed,
                          "hook": first.hook, "layer": int(first.layer), **_kept(entry, b)})
+    return pd.DataFrame(rows)
+
+
+# ---- protocol checks (Q5c) -----------------------------------------------------------------------------------
+
+def blind_runs(model: Any, processor: Any, samples: Sequence[Any], **kwargs: Any) -> pd.DataFrame:
+    """Unpruned answers with the image, without it (`blind="no_image"`) and with a blank image (`"blank"`).
+
+    Args:
+        **kwargs: passed to `evaluate` (batch_size, max_new_tokens, progress, ...).
+
+    Returns:
+        `evaluate` rows of the three runs; column `blind` is "", "no_image" or "blank".
+    """
+    from tpx.evaluate import BLIND, evaluate
+
+    return pd.concat([evaluate(model, processor, samples, [None], blind=b, **kwargs) for b in BLIND],
+                     ignore_index=True)
+
+
+def batch_size_runs(model: Any, processor: Any, samples: Sequence[Any], batch_sizes: Sequence[int],
+                    methods: Sequence[str | None], retention: float, seed: int = 0, *, progress: bool = True,
+                    reuse: pd.DataFrame | None = None, reuse_batch_size: int | None = None,
+                    **kwargs: Any) -> pd.DataFrame:
+    """The same configurations evaluated at several batch sizes (left padding), with a `batch_size` column.
+
+    Args:
+        batch_sizes: sizes to compare (the first is the reference of `batch_size_table`).
+        methods: None for the baseline and method names; retention, seed: one configuration each.
+        progress: a bar over batch sizes.
+        reuse, reuse_batch_size: `evaluate` rows of the same samples already answered at `reuse_batch_size`
+            (e.g. the main grid); that size takes its rows from them instead of answering again.
+        **kwargs: passed to `evaluate` (max_new_tokens, pruning parameters; no cache_dir: its key ignores
+            the batch size).
+    """
+    from tqdm.auto import tqdm
+
+    from tpx.evaluate import evaluate
+
+    frames = []
+    names = ["unpruned" if m is None else m for m in methods]
+    for size in tqdm(list(batch_sizes), desc="batch sizes", disable=not progress):
+        if reuse is not None and size == reuse_batch_size:
+            pruned = reuse.method.isin(names) & (reuse.retention == retention) & (reuse.seed == seed)
+            df = reuse[(reuse.method == UNPRUNED) & (UNPRUNED in names) | pruned]
+            if set(df.method) == set(names):
+                frames.append(df.assign(batch_size=size))
+                continue
+        df = evaluate(model, processor, samples, methods, [retention], [seed], batch_size=size, progress=False,
+                      **kwargs)
+        frames.append(df.assign(batch_size=size))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _right_padded(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same left-padded batch with every row's padding moved to its end."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    shift = (mask == 0).sum(1, keepdim=True)
+    index = (torch.arange(ids.shape[1], device=ids.device)[None] + shift) % ids.shape[1]
+    return {**inputs, "input_ids": ids.gather(1, index), "attention_mask": mask.gather(1, index)}
+
+
+def _answers(model: Any, processor: Any, batch: Sequence[Any], side: str, method: str | None, retention: float,
+             seed: int, max_new_tokens: int, pruning_kwargs: dict[str, Any]) -> list[str]:
+    from tpx.engine import pruning
+    from tpx.evaluate import model_inputs
+
+    inputs = model_inputs(processor, batch, model)
+    if side == "right":
+        inputs = _right_padded(inputs)
+    tok = processor.tokenizer
+    context = contextlib.nullcontext() if method is None else pruning(model, method, retention=retention, seed=seed,
+                                                                        **pruning_kwargs)
+    with torch.inference_mode(), context:
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    return [t.strip() for t in tok.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)]
+
+
+def padding_check(model: Any, processor: Any, samples: Sequence[Any], methods: Sequence[str | None],
+                  retention: float, *, batch_size: int = 8, seed: int = 0, max_new_tokens: int = 16,
+                  progress: bool = True, **pruning_kwargs: Any) -> pd.DataFrame:
+    """Answer with left and with right padding; a configuration the engine refuses records its message.
+
+    Decoder-only generation continues after the last position of each row, so right padding makes short rows
+    continue from a pad token; tpx's engine refuses such batches (every row's last position must be a real
+    token). Unpruned, the model still answers, and the table shows what that does to the scores.
+
+    Args:
+        methods: None for the baseline and method names; retention, seed: of the pruned runs.
+        batch_size: rows per `generate` call (≥ 2 for any padding).
+        progress: a bar over (side, method).
+        **pruning_kwargs: passed to `tpx.pruning`.
+
+    Returns:
+        One row per answer: id, benchmark, task, method, side, answer, score; a refused (side, method) gives
+        one row per sample with answer None, score NaN and the engine's `error`.
+    """
+    from tqdm.auto import tqdm
+
+    from tpx.evaluate import score
+
+    samples = list(samples)
+    batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+    rows = []
+    todo = [(side, m) for m in methods for side in ("left", "right")]
+    for side, method in tqdm(todo, desc="padding side x method", disable=not progress):
+        name = method or UNPRUNED
+        try:
+            texts = [t for b in batches for t in _answers(model, processor, b, side, method, retention, seed,
+                                                          max_new_tokens, pruning_kwargs)]
+            error = ""
+        except ValueError as err:
+            texts, error = [None] * len(samples), str(err)
+        rows += [{"id": s.id, "benchmark": s.benchmark, "task": s.task, "method": name, "side": side, "answer": t,
+                  "score": math.nan if t is None else score(s, t), "error": error} for s, t in zip(samples, texts)]
     return pd.DataFrame(rows)
