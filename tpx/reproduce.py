@@ -1,7 +1,13 @@
-"""Run every numbered notebook headless with papermill and report what it wrote.
+"""Run every numbered notebook headless with papermill, report what it wrote, and render the README's results.
 
 `python -m tpx reproduce` (and `make figures`) call `reproduce`. Sources stay in `notebooks/` with their
-outputs stripped; executed copies go to a git-ignored build folder, and the figures to `figures/`.
+outputs stripped; executed copies go to a git-ignored build folder, the figures and `findings.json` to
+`figures/`, and the README's results table is rewritten from `findings.json` (`tpx.analysis.findings`).
+
+Notebooks 01, 02, 03 and 07 evaluate the same samples under overlapping configurations and share results
+through the evaluation cache (`build/cache`), so the first notebook runs alone and fills it; the others then
+run `jobs` at a time, each kernel with one torch thread (measured fastest per core on a small model; see
+`benchmarks/throughput.py`).
 """
 
 import fnmatch
@@ -9,6 +15,7 @@ import logging
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -92,13 +99,16 @@ def reproduce(
     fast: bool = False,
     only: str | None = None,
     progress: bool = True,
+    jobs: int | None = None,
+    readme: str | os.PathLike | None = "README.md",
 ) -> pd.DataFrame:
-    """Execute the notebooks `NN_*.ipynb` in order, headless, and report each one.
+    """Execute the notebooks `NN_*.ipynb` headless, the first one alone and the rest `jobs` at a time.
 
     Each notebook runs with its working directory set to `notebooks_dir`, as under nbmake. A notebook that
     declares `figures_dir` gets it pointed at `figures_dir` (relative to `notebooks_dir`, hence its default
     "../figures" in the normal layout); one that declares `fast` gets `fast=True` when `fast` is set. A
-    failing notebook is reported and the run goes on with the next one.
+    failing notebook is reported and the run goes on with the others. After a full (not fast) run, the
+    table between the findings markers of `readme` is rewritten from `figures_dir/findings.json`.
 
     Args:
         notebooks_dir: folder of the source notebooks.
@@ -107,37 +117,57 @@ def reproduce(
         fast: pass `fast=True` to the notebooks whose parameters cell declares `fast`.
         only: run only the notebooks whose name matches (see `find_notebooks`).
         progress: show a progress bar over the notebooks.
+        jobs: notebooks run at the same time after the first (each a kernel process); default: the CPU count,
+            at most 2. 1 runs them one after another.
+        readme: the README whose findings table is rendered (None: leave it alone; skipped in fast mode).
 
     Returns:
         One row per notebook with columns `notebook` (file name), `seconds` (wall time), `status`
         ("ok" or "failed"), `figures` (sorted list of paths under `figures_dir` that the notebook
-        created or modified) and `error` ("" when ok). Empty if no notebook matched.
+        created or modified; with `jobs` > 1, figures written while two notebooks ran may be listed under
+        both) and `error` ("" when ok). Empty if no notebook matched.
 
     Raises:
         FileNotFoundError: `notebooks_dir` is not a folder.
+        ValueError: `jobs` is not a positive int.
     """
     notebooks_dir, build_dir, figures_dir = Path(notebooks_dir), Path(build_dir), Path(figures_dir)
+    jobs = min(2, os.cpu_count() or 1) if jobs is None else jobs
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an int ≥ 1, got {jobs!r}")
     paths = find_notebooks(notebooks_dir, only)
     if not paths:
         logger.warning("no notebooks NN_*.ipynb in %s (only=%r)", notebooks_dir, only)
         return pd.DataFrame([], columns=COLUMNS)
     build_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
     previous = os.environ.get(STATIC_ENV)
     os.environ[STATIC_ENV] = "1"  # the kernels inherit it: no live widgets headless (see tpx.widgets)
+    bar = tqdm(total=len(paths), desc="notebooks", unit="nb", disable=not progress)
+
+    def one(path: Path) -> tuple:
+        logger.info("running %s", path.name)
+        before, start = _snapshot(figures_dir), time.perf_counter()
+        error = _run_one(path, build_dir / path.name, notebooks_dir, figures_dir, fast)
+        seconds = time.perf_counter() - start
+        after = _snapshot(figures_dir)
+        written = sorted(str(p.relative_to(figures_dir)) for p, t in after.items() if before.get(p) != t)
+        bar.update()
+        return (path.name, round(seconds, 1), "failed" if error else "ok", written, error)
+
     try:
-        for path in tqdm(paths, desc="notebooks", unit="nb", disable=not progress):
-            logger.info("running %s", path.name)
-            before, start = _snapshot(figures_dir), time.perf_counter()
-            error = _run_one(path, build_dir / path.name, notebooks_dir, figures_dir, fast)
-            seconds = time.perf_counter() - start
-            after = _snapshot(figures_dir)
-            written = sorted(str(p.relative_to(figures_dir)) for p, t in after.items() if before.get(p) != t)
-            rows.append((path.name, round(seconds, 1), "failed" if error else "ok", written, error))
+        rows = [one(paths[0])]
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            rows += list(pool.map(one, paths[1:]))
     finally:
+        bar.close()
         if previous is None:
             os.environ.pop(STATIC_ENV, None)
         else:
             os.environ[STATIC_ENV] = previous
+    findings_path = figures_dir / "findings.json"
+    if readme is not None and not fast and Path(readme).exists() and findings_path.exists():
+        from tpx.analysis.findings import update_readme
+
+        update_readme(readme, findings_path)
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -51,6 +51,7 @@ class Finding:
     rule: str = stats.RULE
     family: str = ""
     notes: str = ""
+    headline: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -64,7 +65,7 @@ def config(method: str, *, hook: str | None = None, layer: int | None = None, re
 
 def finding(notebook: str, key: str, question: str, claim: str, model: str, configs: Mapping[str, Mapping],
             estimate: stats.Estimate, *, direction: int, study: str, unit: str = "points", family: str = "",
-            notes: str = "", **extra: Any) -> Finding:
+            notes: str = "", headline: bool = True, **extra: Any) -> Finding:
     """A record from an `Estimate`; its verdict is computed by `stats.verdict` (the fixed rule).
 
     Args:
@@ -80,7 +81,7 @@ def finding(notebook: str, key: str, question: str, claim: str, model: str, conf
     return Finding(notebook, key, question, claim, model, {k: dict(v) for k, v in configs.items()},
                    _num(estimate.estimate), _num(estimate.ci_low), _num(estimate.ci_high), estimate.level,
                    _num(estimate.p), unit, n, direction, stats.verdict(estimate.ci_low, estimate.ci_high, direction),
-                   study, stats.RULE, family, notes, dict(extra))
+                   study, stats.RULE, family, notes, headline, dict(extra))
 
 
 def configs_of(rows: pd.DataFrame, label: str) -> dict[str, Any]:
@@ -98,7 +99,7 @@ def configs_of(rows: pd.DataFrame, label: str) -> dict[str, Any]:
 def compared(rows: Any, notebook: str, key: str, question: str, claim: str, model: str, a: str, b: str, *,
              direction: int, study: str, baseline: str | None = None, value: str = "score", family: str = "",
              family_size: int = 1, unit: str | None = None, notes: str = "", n_boot: int = stats.N_BOOT,
-             **extra: Any) -> Finding:
+             headline: bool = True, **extra: Any) -> Finding:
     """The record of "a − b has the sign the study reports", from result rows: paired bootstrap CI (relative
     to `baseline` when given), both sides' configurations read off the rows, the verdict by the fixed rule.
 
@@ -115,7 +116,7 @@ def compared(rows: Any, notebook: str, key: str, question: str, claim: str, mode
         configs["baseline"] = configs_of(rows, baseline)
     unit = unit or ("points of relative score (% of unpruned)" if baseline is not None else "points")
     return finding(notebook, key, question, claim, model, configs, est, direction=direction, study=study,
-                   unit=unit, family=family, notes=notes, **extra)
+                   unit=unit, family=family, notes=notes, headline=headline, **extra)
 
 
 def _num(x: float) -> float:
