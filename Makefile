@@ -17,6 +17,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 LAB_PORT ?= 8888
+LAB_ARGS ?=
 
 .PHONY: venv figures fast-figures test lab clean distclean
 
@@ -46,8 +47,9 @@ test: venv
 	TPX_STATIC_WIDGETS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # JupyterLab on the notebooks; --allow-root because containers and CI run as root (jupyter refuses otherwise).
+# LAB_ARGS adds options, e.g. LAB_ARGS="--ip=0.0.0.0 --no-browser" inside a container.
 lab: venv
-	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root)
+	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # Build outputs and caches; keeps .venv (see distclean) and the committed figures/.
 clean:

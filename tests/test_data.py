@@ -216,3 +216,39 @@ def test_organism_anchor_haystack():
         load_samples("organism", n=2, tasks=["anchor"], haystack=7)
     with pytest.raises(ValueError, match="haystack= applies to the organism"):
         load_samples("pope", haystack=2)
+
+
+def test_unknown_names_suggest_the_closest(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown benchmark 'popee'; did you mean 'pope'\? known: organism, "):
+        load_samples("popee")
+    with pytest.raises(ValueError, match=r"unknown benchmark 'organsim'; did you mean 'organism'\?"):
+        load_samples("organsim")
+    with pytest.raises(ValueError, match=r"unknown benchmark 'xyz'; known: organism"):
+        load_samples("xyz")
+    with pytest.raises(ValueError, match=r"did you mean 'exist'\? known: exist, "):
+        load_samples("organism", tasks=["exsit"])
+    with pytest.raises(ValueError, match="not a hub benchmark"):
+        load_benchmark("organism")
+
+
+def test_organism_refuses_a_path(tmp_path):
+    with pytest.raises(ValueError, match=r"path= applies to hub benchmarks.*got path="):
+        load_samples("organism", path=tmp_path)
+
+
+def test_replace_input_with_your_image_and_question(tmp_path):
+    sample = load_samples("organism", n=1, tasks="read")[0]
+    assert data.replace_input(sample) is sample
+    asked = data.replace_input(sample, question="  What colour is the digit? ")
+    assert (asked.question, asked.prompt, asked.answers, asked.task) == ("What colour is the digit?",) * 2 + ([], "yours")
+    assert asked.image is sample.image
+    path = tmp_path / "mine.png"
+    path.write_bytes(png(3, (50, 20)))
+    mine = data.replace_input(sample, path)
+    assert mine.image.size == (50, 20) and mine.image.mode == "RGB"
+    assert (mine.question, mine.prompt, mine.answers) == (sample.question, sample.prompt, [])
+    assert data.replace_input(sample, str(path)).image.size == (50, 20)
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        data.replace_input(sample, tmp_path / "nope.png")
+    with pytest.raises(ValueError, match="question must not be empty"):
+        data.replace_input(sample, question=" ")

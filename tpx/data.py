@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["BENCHMARKS", "MULTIPLE_CHOICE", "SHORT_ANSWER", "Benchmark", "Sample", "check_benchmark",
-           "load_benchmark", "load_samples", "organism", "organism_record", "sample_picture"]
+           "load_benchmark", "load_samples", "organism", "organism_record", "replace_input", "sample_picture"]
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."
@@ -68,6 +68,36 @@ def sample_picture() -> Any:
 
     with cbook.get_sample_data("grace_hopper.jpg") as f:
         return Image.open(f).convert("RGB")
+
+
+def replace_input(sample: Sample, image: str | Path | Any = None, question: str | None = None) -> Sample:
+    """`sample` with your own image and / or question, e.g. to explore pruning on a picture of yours.
+
+    Args:
+        sample: the sample to start from (its image or question is kept where you give none).
+        image: a path to an image file or a PIL image; None keeps the sample's.
+        question: the question, given to the model as written; None keeps the sample's.
+
+    Returns:
+        A new `Sample` (task "yours", no reference answers when anything was replaced), or `sample` itself when
+        both are None.
+
+    Raises:
+        FileNotFoundError: for an image path that does not exist.
+        ValueError: for an empty question.
+    """
+    if image is None and question is None:
+        return sample
+    if isinstance(image, str | Path):
+        if not Path(image).expanduser().is_file():
+            raise FileNotFoundError(f"image={str(image)!r} is not a file (looked in {Path(image).resolve()})")
+        image = Path(image).expanduser()
+    if question is not None and not str(question).strip():
+        raise ValueError("question must not be empty")
+    text = sample.question if question is None else str(question).strip()
+    return Sample(id=f"{sample.id}/yours", image=sample.image if image is None else _image(image), question=text,
+                  prompt=sample.prompt if question is None else text, answers=[], task="yours",
+                  benchmark=sample.benchmark, metadata={})
 
 
 # ---- the organism suite ---------------------------------------------------------------------------------

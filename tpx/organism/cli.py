@@ -1,4 +1,4 @@
-"""`python -m tpx organism train ...` (also `python -m tpx.organism.cli train ...`)."""
+"""`python -m tpx organism train ...` (also `python -m tpx.organism.cli train ...`); `deep-train` for organism-deep."""
 
 from __future__ import annotations
 
@@ -25,6 +25,22 @@ def _parser() -> argparse.ArgumentParser:
             if f.name == "decay_start":
                 kind = int
             t.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None)
+    d = sub.add_parser("deep-train", help="run or resume the deep organism's training (Gemma-3-270M inside)")
+    d.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    from tpx.organism.deep_train import DeepConfig
+
+    for f in fields(DeepConfig):
+        if str(f.type) == "bool":
+            d.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=lambda v: v.lower() in ("1", "true"),
+                           default=None, help="true or false")
+        else:
+            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+            d.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None)
+    x = sub.add_parser("deep-export", help="export the deep organism's run: trained parts, card, Gemma terms")
+    x.add_argument("--run", default="data/organism/checkpoints/deep0", help="the run folder")
+    x.add_argument("--out", default=None, help="default: data/organism/llava-organism-deep")
+    x.add_argument("--n-per-task", type=int, default=200)
+    x.add_argument("--note", default="", help="a paragraph for the card's training section")
     e = sub.add_parser("export", help="export a run's last checkpoint with a model card (test accuracy)")
     e.add_argument("--runs", nargs="+", required=True, help="the run folders of every stage, in order")
     e.add_argument("--out", required=True, help="e.g. data/organism/llava-organism")
@@ -33,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--note", default="", help="a paragraph for the card's training section")
     r = sub.add_parser("report", help="print a run's log as a markdown table")
     r.add_argument("--run", required=True)
-    r.add_argument("--root", default="data/organism/checkpoints")
+    # the checkout's checkpoints, so that `report` works from any directory
+    r.add_argument("--root", default=str(T.Path(__file__).resolve().parents[2] / "data" / "organism" / "checkpoints"),
+                   help="folder of the runs (default: %(default)s)")
     r.add_argument("--every", type=int, default=1)
     return p
 
@@ -51,7 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         report = card.export(args.runs, args.out, args.n_per_task, pool=args.pool, note=args.note)
         print(json.dumps(report, indent=1))
         return 0
+    if args.command == "deep-export":
+        from tpx.organism import deep_card
+
+        out = deep_card.FOLDER if args.out is None else args.out
+        print(json.dumps(deep_card.export(args.run, out, args.n_per_task, note=args.note), indent=1))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.command == "deep-train":
+        return _deep_train(args)
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "resume")}
     if args.resume:
         base = T.TrainConfig(**given)
@@ -64,6 +90,21 @@ def main(argv: list[str] | None = None) -> int:
         cfg = T.TrainConfig(**given)
     logging.getLogger(__name__).info("config %s", json.dumps(asdict(cfg)))
     T.train(cfg, resume=args.resume)
+    return 0
+
+
+def _deep_train(args: argparse.Namespace) -> int:
+    from tpx.organism import deep_train as D
+
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "resume")}
+    cfg = D.DeepConfig(**given)
+    if args.resume:
+        ck = checkpoint.ckpt_dir(T.Path(cfg.root) / cfg.run)
+        if ck is None:
+            raise SystemExit(f"--resume: no checkpoint for run {cfg.run!r} under {cfg.root}")
+        cfg = D.DeepConfig.from_dict({**checkpoint.load_state(ck)["config"], **given})
+    logging.getLogger(__name__).info("config %s", json.dumps(asdict(cfg)))
+    D.DeepTrainer(cfg, resume=args.resume).fit()
     return 0
 
 
