@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="figures folder (default: figures, or build/figures-fast with --fast, so that a quick "
                           "run never overwrites the committed figures; both in the checkout)")
     rep.add_argument("--only", metavar="PATTERN", help="only notebooks whose name matches, e.g. '00_*'")
+    rep.add_argument("--jobs", type=int, default=None,
+                     help="notebooks run at the same time after the first, which fills the shared evaluation cache "
+                          "(default: the CPU count, at most 2)")
+    rep.add_argument("--readme", default=_in_root("README.md"),
+                     help="README whose results table is rendered from figures/findings.json after a full run "
+                          "(default: %(default)s)")
     for name, (_, help_text) in PASS_THROUGH.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -69,7 +75,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from tpx.reproduce import reproduce  # papermill and pandas only for this command
 
     figures_dir = args.figures_dir or _in_root("build/figures-fast" if args.fast else "figures")
-    table = reproduce(args.notebooks_dir, args.build_dir, figures_dir, fast=args.fast, only=args.only)
+    table = reproduce(args.notebooks_dir, args.build_dir, figures_dir, fast=args.fast, only=args.only, jobs=args.jobs,
+                      readme=args.readme)
     if table.empty:
         where = f"{args.notebooks_dir!r}" + (f" matching --only {args.only!r}" if args.only else "")
         print(f"no notebooks NN_*.ipynb in {where}", file=sys.stderr)

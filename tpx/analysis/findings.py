@@ -23,7 +23,7 @@ from tpx.analysis import stats
 
 __all__ = ["MARKERS", "Finding", "compared", "frame", "config", "configs_of", "finding", "load", "render", "save", "update_readme"]
 
-MARKERS = ("<!-- findings:start (generated from figures/findings.json by `python -m tpx findings`) -->",
+MARKERS = ("<!-- findings:start (generated from figures/findings.json by `python -m tpx reproduce`; do not edit) -->",
            "<!-- findings:end -->")
 FILE = "findings.json"
 
