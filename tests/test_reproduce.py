@@ -109,3 +109,17 @@ def test_cli_missing_module_exits_2(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tpx.evaluate", None)  # makes the import fail as if the file were absent
     assert main(["evaluate"]) == 2
     assert "tpx.evaluate is not available" in capsys.readouterr().err
+
+
+def test_readme_states_the_organism_architecture_from_its_config():
+    import json
+    from pathlib import Path
+
+    from tpx.reproduce import ARCH_MARKERS, architecture
+
+    root = Path(__file__).resolve().parents[1]
+    config = json.loads((root / "data/organism/llava-organism/config.json").read_text())
+    text = (root / "README.md").read_text()
+    line = text.split(ARCH_MARKERS[0], 1)[1].split(ARCH_MARKERS[1], 1)[0]
+    assert line == architecture(config)
+    assert f"hidden {config['text_config']['hidden_size']}" in line
