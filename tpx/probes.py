@@ -21,7 +21,7 @@ import torch
 from tpx.grid import UNPRUNED
 
 __all__ = ["ORDERS", "batch_size_runs", "blind_runs", "kept_under_positions", "last_token_attention", "padding_check",
-           "rope_frequencies", "visual_position_ids"]
+           "rope_frequencies", "visual_features", "visual_position_ids"]
 
 ORDERS = ("natural", "reverse")
 
@@ -74,6 +74,64 @@ def last_token_attention(model: Any, processor: Any, samples: Sequence[Any], *, 
         scores.append(run.trace[0].scores.float().cpu())
         distances.append(visual_distances(inputs["input_ids"], model.config.image_token_id).cpu())
     return torch.cat(scores), torch.cat(distances)
+
+
+def visual_features(model: Any, processor: Any, samples: Sequence[Any], layer: int, *, batch_size: int = 8,
+                    progress: bool = True) -> dict[str, torch.Tensor]:
+    """Hidden states of the visual tokens entering decoder layer `layer` in an unpruned forward pass.
+
+    At layer K these are the tokens FastV and DART choose from (layers < K see every token); at layer 0 they
+    are the input embeddings that hook-"E" methods (random, pooling, DivPrune) choose from. A forward
+    pre-hook reads them and is removed on exit. Memory: N × D values per sample, kept on the CPU in the
+    model's dtype.
+
+    Args:
+        model, processor, samples: as for `tpx.evaluate.evaluate` (sample ids must be unique).
+        layer: 0-based decoder layer.
+        batch_size: samples per forward pass.
+        progress: a `tqdm.auto` bar over batches.
+
+    Returns:
+        sample id → `(N, D)` tensor.
+
+    Raises:
+        ValueError: for a layer out of range or repeated sample ids.
+    """
+    from tqdm.auto import tqdm
+
+    from tpx.evaluate import model_inputs
+    from tpx.models import adapter_for
+
+    adapter = adapter_for(model)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < adapter.n_layers:
+        raise ValueError(f"layer={layer!r} out of range: model has {adapter.n_layers} decoder layers "
+                         f"(0..{adapter.n_layers - 1})")
+    samples = list(samples)
+    if len({s.id for s in samples}) != len(samples):
+        raise ValueError("sample ids must be unique")
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        seen["hidden"] = args[0] if args else kwargs["hidden_states"]
+
+    out: dict[str, torch.Tensor] = {}
+    handle = adapter.layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for i in tqdm(range(0, len(samples), batch_size), desc="visual features", unit="batch", disable=not progress):
+            batch = samples[i:i + batch_size]
+            inputs = model_inputs(processor, batch, model)
+            with torch.inference_mode():
+                model(**inputs, use_cache=False)
+            positions = adapter.layout(**inputs).positions
+            hidden = seen.pop("hidden")
+            feats = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])).cpu()
+            out.update({s.id: f for s, f in zip(batch, feats, strict=True)})
+    finally:
+        handle.remove()
+    return out
+
+
+# ---- tables ------------------------------------------------------------------------------------------
 
 
 def visual_position_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_token_id: int,
