@@ -84,9 +84,9 @@ def test_kept_matrix_and_frequency_maps():
 
 def test_visual_distances_left_padded():
     ids = torch.tensor([[0, 0, 5, 9, 9, 7, 8], [0, 5, 9, 9, 7, 7, 8]])  # 9 = image token, 0 = padding
-    assert spatial.visual_distances(ids, 9).tolist() == [[3, 2], [4, 3]]
+    assert probes.visual_distances(ids, 9).tolist() == [[3, 2], [4, 3]]
     with pytest.raises(ValueError, match="same, non-zero number"):
-        spatial.visual_distances(torch.tensor([[9, 1], [1, 1]]), 9)
+        probes.visual_distances(torch.tensor([[9, 1], [1, 1]]), 9)
 
 
 def test_last_token_attention_on_a_tiny_model():

@@ -32,7 +32,7 @@ from tpx import metrics
 from tpx.data import BENCHMARKS, Sample, load_samples, organism_record
 from tpx.grid import UNPRUNED, Config, seeded, unpruned
 
-__all__ = ["BLIND", "Config", "evaluate", "main", "model_inputs", "reachable", "score", "summarize"]
+__all__ = ["BLIND", "Config", "evaluate", "kept_summary", "main", "model_inputs", "reachable", "score", "summarize"]
 
 log = logging.getLogger(__name__)
 BLIND = (None, "no_image", "blank", "noise")
@@ -172,7 +172,9 @@ def model_inputs(processor: Any, batch: Sequence[Sample], model: Any,
     return dict(enc)
 
 
-def _kept(entry: Any, b: int) -> dict[str, Any]:
+def kept_summary(entry: Any, b: int) -> dict[str, Any]:
+    """What batch row `b` of a trace entry kept: n_keep, mean kept row / column ((row + 0.5) / rows: a uniform
+    choice gives 0.5), coverage of a 4×4 partition of each grid (`COVERAGE_BLOCKS`), and the kept indices."""
     rc = entry.grid_rc[b].float()
     rows = torch.tensor([entry.grids[s][0] for s in entry.segment[b].tolist()], dtype=torch.float)
     cols = torch.tensor([entry.grids[s][1] for s in entry.segment[b].tolist()], dtype=torch.float)
@@ -210,7 +212,7 @@ def _answer_batch(model: Any, processor: Any, batch: list[Sample], config: Confi
     for b, (sample, text) in enumerate(zip(batch, texts)):
         text = text.strip()
         if entry is not None:
-            kept = _kept(entry, b)
+            kept = kept_summary(entry, b)
         elif n_visual[b]:
             kept = {"n_keep": n_visual[b], "kept_row": 0.5, "kept_col": 0.5, "coverage": 1.0, "kept": None}
         else:

@@ -21,7 +21,8 @@ import torch
 from tpx.grid import UNPRUNED
 
 __all__ = ["ORDERS", "batch_size_runs", "blind_runs", "kept_under_positions", "last_token_attention", "padding_check",
-           "rope_frequencies", "visual_features", "visual_position_ids"]
+           "rope_frequencies", "visual_distances", "visual_features",
+           "visual_position_ids"]
 
 ORDERS = ("natural", "reverse")
 
@@ -58,7 +59,6 @@ def last_token_attention(model: Any, processor: Any, samples: Sequence[Any], *, 
     """
     from tqdm.auto import tqdm
 
-    from tpx.analysis.spatial import visual_distances
     from tpx.engine import pruning
     from tpx.evaluate import model_inputs
 
@@ -134,6 +134,27 @@ def visual_features(model: Any, processor: Any, samples: Sequence[Any], layer: i
 # ---- tables ------------------------------------------------------------------------------------------
 
 
+def visual_distances(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """Distance from the last prompt position (FastV's query) back to each visual token, in positions.
+
+    Rows are left-padded (as tpx pads them), so every row's query is the last position and the distance in
+    the tensor equals the distance in RoPE position ids.
+
+    Args:
+        input_ids: `(B, T)` prompt ids, each row holding the same number N of image tokens.
+        image_token_id: the model's image placeholder id.
+
+    Returns:
+        `(B, N)` long tensor of distances ≥ 1, largest for the first visual token.
+    """
+    is_image = input_ids == image_token_id
+    counts = is_image.sum(1)
+    if not bool(counts.any()) or not bool((counts == counts[0]).all()):
+        raise ValueError(f"every row must hold the same, non-zero number of image tokens, got {counts.tolist()}")
+    positions = is_image.nonzero()[:, 1].view(input_ids.shape[0], -1)
+    return input_ids.shape[1] - 1 - positions
+
+
 def visual_position_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_token_id: int,
                         order: str = "natural") -> torch.Tensor:
     """Position ids of a left-padded batch with the image tokens' ids in `order`.
@@ -183,7 +204,7 @@ def kept_under_positions(model: Any, processor: Any, samples: Sequence[Any], met
     from tqdm.auto import tqdm
 
     from tpx.engine import pruning
-    from tpx.evaluate import _kept, model_inputs
+    from tpx.evaluate import kept_summary, model_inputs
 
     samples = list(samples)
     if not samples or batch_size < 1:
@@ -203,7 +224,7 @@ def kept_under_positions(model: Any, processor: Any, samples: Sequence[Any], met
             rows.append({"id": sample.id, "benchmark": sample.benchmark, "task": sample.task,
                          "label": f"{method} {order}" + (f" {blind}" if blind else ""), "method": method,
                          "order": order, "blind": blind or "", "retention": retention, "seed": seed,
-                         "hook": first.hook, "layer": int(first.layer), **_kept(entry, b)})
+                         "hook": first.hook, "layer": int(first.layer), **kept_summary(entry, b)})
     return pd.DataFrame(rows)
 
 

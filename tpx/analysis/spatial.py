@@ -18,8 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["attention_by_distance", "frequency_maps", "keep_frequency", "kept_matrix", "rope_decay", "spatial_stats",
-           "visual_distances"]
+__all__ = ["attention_by_distance", "frequency_maps", "keep_frequency", "kept_matrix", "rope_decay", "spatial_stats"]
 
 
 def _check(kept: torch.Tensor, grid: tuple[int, int]) -> tuple[int, int]:
@@ -166,24 +165,3 @@ def frequency_maps(df: Any, retention: float, grid: tuple[int, int],
     if missing:
         raise ValueError(f"no rows for {missing} at retention {retention:.4g}; present: {present}")
     return {m: keep_frequency(kept_matrix(list(at.loc[at["method"] == m, "kept"])), grid) for m in methods}
-
-
-def visual_distances(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
-    """Distance from the last prompt position (FastV's query) back to each visual token, in positions.
-
-    Rows are left-padded (as tpx pads them), so every row's query is the last position and the distance in
-    the tensor equals the distance in RoPE position ids.
-
-    Args:
-        input_ids: `(B, T)` prompt ids, each row holding the same number N of image tokens.
-        image_token_id: the model's image placeholder id.
-
-    Returns:
-        `(B, N)` long tensor of distances ≥ 1, largest for the first visual token.
-    """
-    is_image = input_ids == image_token_id
-    counts = is_image.sum(1)
-    if not bool(counts.any()) or not bool((counts == counts[0]).all()):
-        raise ValueError(f"every row must hold the same, non-zero number of image tokens, got {counts.tolist()}")
-    positions = is_image.nonzero()[:, 1].view(input_ids.shape[0], -1)
-    return input_ids.shape[1] - 1 - positions
