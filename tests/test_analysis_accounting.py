@@ -114,3 +114,17 @@ def test_timing_repeats_rows_interleaved(tiny, one_thread):
     assert (reps[["prefill_ms", "e2e_ms"]] > 0).all().all() and set(reps["method"]) == {"unpruned", "fastv"}
     with pytest.raises(ValueError, match="repeats"):
         timing_repeats(model, processor, configs, repeats=1)
+
+
+def test_measured_config_names_hook_and_k():
+    from tpx.analysis.accounting import measured_config
+
+    measured = pd.DataFrame([dict(method="fastv", attn_implementation="sdpa", retention=0.25, stages=[(2, 144)]),
+                             dict(method="pooling", attn_implementation="sdpa", retention=0.25, stages=[(0, 144)]),
+                             dict(method="pdrop", attn_implementation="eager", retention=0.25, stages=[(2, 300), (4, 100)])])
+    fv = measured_config(measured, "fastv")
+    assert (fv["hook"], fv["layer"], fv["retention"], fv["label"]) == ("L", 2, 0.25, "fastv (sdpa)")
+    assert measured_config(measured, "pooling")["hook"] == "E" and measured_config(measured, "pooling")["layer"] is None
+    assert measured_config(measured, "pdrop", "eager", "x")["params"]["stages"] == [(2, 300), (4, 100)]
+    with pytest.raises(ValueError, match="no measured row"):
+        measured_config(measured, "pdrop")

@@ -33,7 +33,7 @@ import pandas as pd
 
 from tpx.analysis import stats
 
-__all__ = ["maps_cost", "pruning_retention", "reduction", "repeat_shares", "stage_excess", "tacr", "time_flops_gap",
+__all__ = ["maps_cost", "measured_config", "pruning_retention", "reduction", "repeat_shares", "stage_excess", "tacr", "time_flops_gap",
            "timing_repeats", "token_table"]
 
 
@@ -205,6 +205,27 @@ def timing_repeats(model: Any, processor: Any, configs: Mapping[str, Mapping[str
     finally:
         model.set_attn_implementation(previous)
     return pd.DataFrame(rows)
+
+
+def measured_config(measured: pd.DataFrame, method: str, attention: str = "sdpa", label: str | None = None) -> dict[str, Any]:
+    """One side of a latency record, read off `tpx.latency.measure` rows: method, hook, K, retention, label, and
+    the stages it pruned at [(layer, n_keep)] (K is the first stage's layer at hook "L").
+
+    Raises:
+        ValueError: no row of that method under that attention implementation.
+    """
+    from tpx.analysis.findings import config
+    from tpx.methods import get_method
+
+    part = measured[(measured["method"] == method) & (measured["attn_implementation"] == attention)]
+    if part.empty:
+        raise ValueError(f"no measured row of {method!r} with attention {attention!r}")
+    row = part.iloc[0]
+    hook = get_method(method).hooks[0] if method != "unpruned" else None
+    stages = [tuple(int(x) for x in st) for st in row["stages"]]
+    layer = stages[0][0] if hook == "L" and stages else None
+    return config(method, hook=hook, layer=layer, retention=float(row["retention"]), label=label or f"{method} ({attention})",
+                  stages=stages)
 
 
 def repeat_shares(reps: pd.DataFrame, reference: str, column: str = "prefill_ms") -> pd.DataFrame:
