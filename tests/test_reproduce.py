@@ -123,3 +123,34 @@ def test_readme_states_the_organism_architecture_from_its_config():
     line = text.split(ARCH_MARKERS[0], 1)[1].split(ARCH_MARKERS[1], 1)[0]
     assert line == architecture(config)
     assert f"hidden {config['text_config']['hidden_size']}" in line
+
+
+def test_schedule_waits_for_declared_notebooks(tmp_path):
+    import threading
+    import time
+
+    import nbformat
+
+    from tpx.reproduce import _schedule
+
+    paths = []
+    for name, after in (("01_a.ipynb", []), ("02_b.ipynb", ["01_a.ipynb"]), ("03_c.ipynb", []), ("04_d.ipynb", ["01_a.ipynb"])):
+        nb = nbformat.v4.new_notebook()
+        if after:
+            nb.metadata["tpx"] = {"after": after}
+        nbformat.write(nb, tmp_path / name)
+        paths.append(tmp_path / name)
+    events, lock = [], threading.Lock()
+
+    def run(path):
+        with lock:
+            events.append(("start", path.name))
+        time.sleep(0.2 if path.name == "01_a.ipynb" else 0.05)
+        with lock:
+            events.append(("end", path.name))
+        return (path.name,)
+
+    assert _schedule(paths, run, 2) == [(p.name,) for p in paths]
+    first_end = events.index(("end", "01_a.ipynb"))
+    assert events.index(("start", "02_b.ipynb")) > first_end and events.index(("start", "04_d.ipynb")) > first_end
+    assert events.index(("start", "03_c.ipynb")) < first_end  # the free slot is used meanwhile

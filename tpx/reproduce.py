@@ -4,10 +4,11 @@
 outputs stripped; executed copies go to a git-ignored build folder, the figures and `findings.json` to
 `figures/`, and the README's results table is rewritten from `findings.json` (`tpx.analysis.findings`).
 
-Notebooks 01, 02, 03 and 07 evaluate the same samples under overlapping configurations and share results
-through the evaluation cache (`build/cache`), so the first notebook runs alone and fills it; the others then
-run `jobs` at a time, each kernel with one torch thread (measured fastest per core on a small model; see
-`benchmarks/throughput.py`).
+Notebooks run `jobs` at a time, each kernel with one torch thread (measured fastest per core on a small model;
+see `benchmarks/throughput.py`). Notebooks 02, 03 and 07 evaluate the same samples under configurations that
+notebook 01 also runs and read them from the evaluation cache (`build/cache`); each declares that in its
+metadata (`"tpx": {"after": ["01_position_bias.ipynb"]}`) and starts only once 01 has finished, while
+notebooks with nothing to share fill the other slot.
 """
 
 import fnmatch
@@ -15,8 +16,9 @@ import logging
 import os
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pandas as pd
@@ -28,6 +30,7 @@ from tpx.widgets import STATIC_ENV
 logger = logging.getLogger(__name__)
 
 NOTEBOOK_NAME = re.compile(r"\d{2}_.+\.ipynb")
+NOTEBOOK_PREFIX = re.compile(r"\d{2}_")
 COLUMNS = ["notebook", "seconds", "status", "figures", "error"]
 
 
@@ -126,6 +129,33 @@ def update_architecture(readme: str | os.PathLike, config_path: str | os.PathLik
     return new != text
 
 
+def _after(path: Path) -> set[str]:
+    """The notebooks (file names) `path` must wait for: its metadata `tpx.after`."""
+    return set(nbformat.read(path, as_version=4).metadata.get("tpx", {}).get("after", []))
+
+
+def _schedule(paths: list[Path], run: Any, jobs: int) -> list[tuple]:
+    """Run `run(path)` for every path, `jobs` at a time, in order, each only after the notebooks it names in
+    `tpx.after` (those not selected are not waited for); results in the order of `paths`."""
+    names = {p.name for p in paths}
+    after = {p.name: _after(p) & names for p in paths}
+    results: dict[str, tuple] = {}
+    pending, running, done = list(paths), {}, set()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            for p in [p for p in pending if after[p.name] <= done][: jobs - len(running)]:
+                pending.remove(p)
+                running[pool.submit(run, p)] = p
+            if not running:
+                raise ValueError(f"notebooks wait for each other: {[p.name for p in pending]}")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                p = running.pop(f)
+                results[p.name] = f.result()
+                done.add(p.name)
+    return [results[p.name] for p in paths]
+
+
 def reproduce(
     notebooks_dir: str | os.PathLike = "notebooks",
     build_dir: str | os.PathLike = "build/notebooks",
@@ -136,7 +166,7 @@ def reproduce(
     jobs: int | None = None,
     readme: str | os.PathLike | None = "README.md",
 ) -> pd.DataFrame:
-    """Execute the notebooks `NN_*.ipynb` headless, the first one alone and the rest `jobs` at a time.
+    """Execute the notebooks `NN_*.ipynb` headless, `jobs` at a time, each after those it declares in `tpx.after`.
 
     Each notebook runs with its working directory set to `notebooks_dir`, as under nbmake. A notebook that
     declares `figures_dir` gets it pointed at `figures_dir` (relative to `notebooks_dir`, hence its default
@@ -151,8 +181,8 @@ def reproduce(
         fast: pass `fast=True` to the notebooks whose parameters cell declares `fast`.
         only: run only the notebooks whose name matches (see `find_notebooks`).
         progress: show a progress bar over the notebooks.
-        jobs: notebooks run at the same time after the first (each a kernel process); default: the CPU count,
-            at most 2. 1 runs them one after another.
+        jobs: notebooks run at the same time (each a kernel process); default: the CPU count, at most 2.
+            1 runs them one after another.
         readme: the README whose findings table is rendered (None: leave it alone; skipped in fast mode).
 
     Returns:
@@ -185,14 +215,14 @@ def reproduce(
         error = _run_one(path, build_dir / path.name, notebooks_dir, figures_dir, fast)
         seconds = time.perf_counter() - start
         after = _snapshot(figures_dir)
-        written = sorted(str(p.relative_to(figures_dir)) for p, t in after.items() if before.get(p) != t)
+        # figures are named after their notebook (`NN_name`), so one running beside it is not credited with them
+        mine = lambda f: f.name.startswith(path.name[:3]) or not NOTEBOOK_PREFIX.match(f.name)  # noqa: E731
+        written = sorted(str(p.relative_to(figures_dir)) for p, t in after.items() if before.get(p) != t and mine(p))
         bar.update()
         return (path.name, round(seconds, 1), "failed" if error else "ok", written, error)
 
     try:
-        rows = [one(paths[0])]
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            rows += list(pool.map(one, paths[1:]))
+        rows = _schedule(paths, one, jobs)
     finally:
         bar.close()
         if previous is None:
