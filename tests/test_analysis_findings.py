@@ -90,4 +90,4 @@ def test_readme_table_is_the_rendered_findings():
 
 def test_every_question_has_findings():
     questions = {r["question"] for r in findings.load(ROOT / "figures" / "findings.json")}
-    assert {"Q1", "Q2", "Q3", "Q5c"} <= questions
+    assert {"Q1", "Q2", "Q3", "Q4", "Q5a", "Q5b", "Q5c"} <= questions
