@@ -33,8 +33,8 @@ import pandas as pd
 
 from tpx.analysis import stats
 
-__all__ = ["maps_cost", "measured_config", "pruning_retention", "reduction", "repeat_shares", "stage_excess", "tacr", "time_flops_gap",
-           "timing_repeats", "token_table"]
+__all__ = ["maps_cost", "measured_config", "pruning_retention", "reduction", "repeat_shares", "stage_excess", "tacr",
+           "time_flops_gap", "timing_repeats", "token_table"]
 
 
 def tacr(model: Any) -> float:
@@ -125,8 +125,9 @@ def token_table(frames: dict[str, pd.DataFrame], raw: int, natives: dict[str, in
 
 # ---- Q5a: time against FLOPs, over timing repeats -------------------------------------------------------------
 
-def timing_repeats(model: Any, processor: Any, configs: Mapping[str, Mapping[str, Any]], *, samples: Sequence[Any] | None = None,
-                   repeats: int = 10, max_new_tokens: int = 6, clock: str = "wall", progress: bool = True) -> pd.DataFrame:
+def timing_repeats(model: Any, processor: Any, configs: Mapping[str, Mapping[str, Any]], *,
+                   samples: Sequence[Any] | None = None, repeats: int = 10, max_new_tokens: int = 6, clock: str = "wall",
+                   progress: bool = True) -> pd.DataFrame:
     """Prefill and end-to-end time of each configuration, once per repeat, configurations interleaved.
 
     `tpx.latency.measure` reports medians; a paired CI needs one time per (repeat, configuration), measured
@@ -207,7 +208,8 @@ def timing_repeats(model: Any, processor: Any, configs: Mapping[str, Mapping[str
     return pd.DataFrame(rows)
 
 
-def measured_config(measured: pd.DataFrame, method: str, attention: str = "sdpa", label: str | None = None) -> dict[str, Any]:
+def measured_config(measured: pd.DataFrame, method: str, attention: str = "sdpa",
+                    label: str | None = None) -> dict[str, Any]:
     """One side of a latency record, read off `tpx.latency.measure` rows: method, hook, K, retention, label, and
     the stages it pruned at [(layer, n_keep)] (K is the first stage's layer at hook "L").
 
@@ -224,8 +226,8 @@ def measured_config(measured: pd.DataFrame, method: str, attention: str = "sdpa"
     hook = get_method(method).hooks[0] if method != "unpruned" else None
     stages = [tuple(int(x) for x in st) for st in row["stages"]]
     layer = stages[0][0] if hook == "L" and stages else None
-    return config(method, hook=hook, layer=layer, retention=float(row["retention"]), label=label or f"{method} ({attention})",
-                  stages=stages)
+    return config(method, hook=hook, layer=layer, retention=float(row["retention"]),
+                  label=label or f"{method} ({attention})", stages=stages)
 
 
 def repeat_shares(reps: pd.DataFrame, reference: str, column: str = "prefill_ms") -> pd.DataFrame:
@@ -283,7 +285,8 @@ def stage_excess(shares: pd.DataFrame, flops_pct: Mapping[str, float], multi: Se
     """
     x = np.array([flops_pct[c] for c in calibrate], dtype=float)
     if len(set(np.round(x, 6))) < 2:
-        raise ValueError(f"stage_excess needs calibration configurations at two FLOPs values, got {dict(zip(calibrate, x))}")
+        raise ValueError(f"stage_excess needs calibration configurations at two FLOPs values, "
+                         f"got {dict(zip(calibrate, x))}")
     y = shares[list(calibrate)].to_numpy(dtype=float)
     slope = ((x - x.mean()) * (y - y.mean(1, keepdims=True))).sum(1) / ((x - x.mean()) ** 2).sum()
     intercept = y.mean(1) - slope * x.mean()
