@@ -50,7 +50,7 @@ def alpha_heatmap(tables: dict[str, Any], best: dict[str, Any] | None = None, ti
             ax.set_title(f"uniqueness {u!r}")
         axes[0, 0].set_ylabel("task (unpruned score)")
         fig.supxlabel("α, the importance weight (0 = uniqueness only, 1 = FastV)")
-        fig.colorbar(im, ax=axes, shrink=0.8, label="score − unpruned (points); boxed: not below the task's best")
+        fig.colorbar(im, ax=axes, shrink=0.8, label="score − unpruned (points)\nboxed: not below the task's best α")
         if title:
             fig.suptitle(title)
     return fig
