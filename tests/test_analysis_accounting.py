@@ -104,18 +104,6 @@ def test_stage_excess_fits_a_line_per_repeat():
         stage_excess(repeat_shares(reps, "unpruned"), flops, ["pdrop"], "fastv", ["fastv", "pdrop"])
 
 
-def test_timing_repeats_rows_interleaved(tiny, one_thread):
-    from tpx.analysis.accounting import timing_repeats
-
-    model, processor = tiny
-    configs = {"unpruned": {"method": None}, "fastv": {"method": "fastv", "retention": 0.5, "layer": 1}}
-    reps = timing_repeats(model, processor, configs, repeats=2, max_new_tokens=2, progress=False)
-    assert reps["label"].tolist() == ["unpruned", "fastv"] * 2 and reps["repeat"].tolist() == [0, 0, 1, 1]
-    assert (reps[["prefill_ms", "e2e_ms"]] > 0).all().all() and set(reps["method"]) == {"unpruned", "fastv"}
-    with pytest.raises(ValueError, match="repeats"):
-        timing_repeats(model, processor, configs, repeats=1)
-
-
 def test_measured_config_names_hook_and_k():
     from tpx.analysis.accounting import measured_config
 

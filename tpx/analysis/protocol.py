@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 __all__ = ["MEAN", "average_hides", "batch_size_table", "excess_time", "grounding_gap", "padding_table",
-           "seed_spread", "summary_table", "task_drops", "task_scores", "time_fit", "verdict", "vision_need",
+           "seed_spread", "summary_table", "task_drops", "task_scores", "time_fit", "vision_need",
            "visual_per_layer"]
 
 UNPRUNED = "unpruned"
@@ -88,15 +88,6 @@ def time_fit(table: pd.DataFrame, calibrate: Sequence[str] = ("unpruned", "rando
     x, y = torch.tensor(rows["FLOPs %"].to_numpy()), torch.tensor(rows[column].to_numpy())
     slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
     return float(y.mean() - slope * x.mean()), slope
-
-
-def verdict(effect: float, noise: float) -> str:
-    """"agrees" when `effect` (signed so that > 0 is the paper's direction) exceeds `noise`, "disagrees" when it
-    is below −noise, else "inconclusive (within noise)": on a shared machine a difference smaller than the
-    timing spread (e.g. the median IQR of `measure`) is not resolved."""
-    if effect > noise:
-        return "agrees"
-    return "disagrees" if effect < -noise else "inconclusive (within noise)"
 
 
 def excess_time(table: pd.DataFrame, fit: tuple[float, float], column: str = "prefill time %") -> pd.Series:
