@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 NOTEBOOK_NAME = re.compile(r"\d{2}_.+\.ipynb")
 NOTEBOOK_PREFIX = re.compile(r"\d{2}_")
+TIMING = "timing"  # subfolder of figures_dir for figures and records whose content is a measured time
 COLUMNS = ["notebook", "seconds", "status", "figures", "error"]
 
 
@@ -68,6 +69,8 @@ def _parameters(path: Path, notebooks_dir: Path, figures_dir: Path, fast: bool) 
     parameters = {}
     if "figures_dir" in declared:  # relative to the notebook's working directory, so "../figures" by default
         parameters["figures_dir"] = os.path.relpath(figures_dir.resolve(), notebooks_dir.resolve())
+    if "timing_dir" in declared:  # figures whose content is a timing live apart, in figures_dir/timing
+        parameters["timing_dir"] = os.path.relpath((figures_dir / TIMING).resolve(), notebooks_dir.resolve())
     if fast and "fast" in declared:
         parameters["fast"] = True
     return parameters
