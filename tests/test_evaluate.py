@@ -158,6 +158,19 @@ def test_summarize():
     assert out.loc["organism", "task"] == "exist" and out.loc["organism", "score"] == 100.0
 
 
+def test_summarize_reports_the_mean_and_spread_over_seeds():
+    rows = [dict(id=str(i), benchmark="organism", task="exist", method="random", label="random", retention=0.25,
+                 seed=s, answer="", reference="", score=float(i < k), image_id=None)
+            for s, k in ((0, 2), (1, 3), (2, 4)) for i in range(4)]  # 50, 75, 100 %
+    out = summarize(pd.DataFrame(rows))
+    assert len(out) == 1
+    row = out.iloc[0]
+    assert row.score == pytest.approx(75.0) and row.score_std == pytest.approx(25.0)
+    assert (row.score_min, row.score_max, row.n_seeds, row.n) == (50.0, 100.0, 3, 4)
+    per_seed = summarize(pd.DataFrame(rows), by_seed=True)
+    assert per_seed["score"].tolist() == [50.0, 75.0, 100.0] and per_seed["seed"].tolist() == [0, 1, 2]
+
+
 def test_cli_writes_csv(tmp_path, capsys):
     out = tmp_path / "r.csv"
     assert ev.main(["--model", "tiny", "--benchmark", "organism", "--task", "exist,count", "--n", "2", "--method",

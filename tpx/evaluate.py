@@ -86,21 +86,33 @@ def score(sample: Sample, prediction: str) -> float:
     return SCORERS[family](sample, prediction)
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Benchmark-level scores (×100) per benchmark, task (organism only), method, retention and seed.
+def summarize(df: pd.DataFrame, by_seed: bool = False) -> pd.DataFrame:
+    """Benchmark-level scores (×100) per benchmark, task (organism only), configuration and retention.
 
     POPE: F1 averaged over its negative types (LLaVA-1.5's number); MME: perception score (acc + acc+ over
-    the images whose two questions are both present); organism: accuracy per task; others: mean score.
+    the images whose two questions are both present); organism: accuracy per task; others: mean score. A
+    configuration is a label when the rows carry one (`evaluate(configs=...)`), else a method.
+
+    Args:
+        df: `evaluate` rows.
+        by_seed: one row per seed (what per-seed analyses need); False (default): the mean over seeds with its
+            spread, as a result should be reported.
+
+    Returns:
+        by_seed: columns benchmark, task, method, [label,] retention, seed, score, n. Otherwise: benchmark,
+        task, method, [label,] retention, score (mean over seeds), score_std (NaN for one seed), score_min,
+        score_max, n_seeds, n (answers per seed).
     """
     out = []
-    keys = ["benchmark", "method", "retention", "seed"]
+    keys = ["benchmark", "method"] + (["label"] if "label" in df.columns else []) + ["retention", "seed"]
     for key, group in df.groupby(keys, dropna=False, sort=False):
-        if key[0] == "organism":
+        bench = key[0]
+        if bench == "organism":
             parts = [(task, 100 * g["score"].mean(), len(g)) for task, g in group.groupby("task", sort=False)]
-        elif str(key[0]).startswith("pope"):
+        elif str(bench).startswith("pope"):
             f1 = [metrics.pope_scores(list(g["answer"]), list(g["reference"]))["f1"] for _, g in group.groupby("task")]
             parts = [("", 100 * sum(f1) / len(f1), len(group))]
-        elif key[0] == "mme":
+        elif bench == "mme":
             frame = group.rename(columns={"task": "subtask", "answer": "prediction"})
             frame = frame.assign(answer=frame["reference"])
             frame = frame[frame.groupby(["subtask", "image_id"])["id"].transform("size") == 2]
@@ -109,7 +121,14 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         else:
             parts = [("", 100 * group["score"].mean(), len(group))]
         out += [dict(zip(keys, key), task=t, score=v, n=n) for t, v, n in parts]
-    return pd.DataFrame(out, columns=["benchmark", "task", "method", "retention", "seed", "score", "n"])
+    cols = ["benchmark", "task", *keys[1:], "score", "n"]
+    per_seed = pd.DataFrame(out, columns=cols)
+    if by_seed:
+        return per_seed
+    group = [c for c in cols if c not in ("seed", "score", "n")]
+    g = per_seed.groupby(group, dropna=False, sort=False)
+    return g.agg(score=("score", "mean"), score_std=("score", "std"), score_min=("score", "min"),
+                 score_max=("score", "max"), n_seeds=("seed", "nunique"), n=("n", "first")).reset_index()
 
 
 # ---- one batch --------------------------------------------------------------------------------------------

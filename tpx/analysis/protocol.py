@@ -133,7 +133,7 @@ def task_scores(rows: pd.DataFrame) -> pd.DataFrame:
     """
     from tpx.evaluate import summarize
 
-    long = _labelled(summarize(rows))
+    long = _labelled(summarize(rows, by_seed=True))
     order = list(dict.fromkeys(long.label))
     wide = long.pivot_table(index=["method", "retention", "seed"], columns="label", values="score", sort=False)
     wide = wide[order]

@@ -180,7 +180,7 @@ def summarize_redundancy(df: Any) -> Any:
     from tpx.evaluate import summarize
 
     keys = ["method", "retention", "seed"]
-    acc = summarize(df).groupby(keys, sort=False)["score"].mean().rename("accuracy")
+    acc = summarize(df, by_seed=True).groupby(keys, sort=False)["score"].mean().rename("accuracy")
     per_seed = df.groupby(keys, sort=False)["duplication"].mean().to_frame().join(acc).reset_index()
     g = per_seed.groupby(["method", "retention"], sort=False)
     out = g[["accuracy", "duplication"]].mean()

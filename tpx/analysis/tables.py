@@ -60,7 +60,7 @@ def _per_seed(df: pd.DataFrame) -> pd.DataFrame:
     (retention, method, seed)."""
     from tpx.evaluate import summarize
 
-    s = summarize(df)
+    s = summarize(df, by_seed=True)
     s = s.assign(column=s["task"].where(s["task"] != "", s["benchmark"]))
     return s.pivot_table(index=["retention", "method", "seed"], columns="column", values="score", sort=False)
 
