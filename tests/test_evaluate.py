@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from tpx import evaluate as ev
+from tpx import evaluate_cli
 from tpx.data import SHORT_ANSWER, Sample, load_samples
 from tpx.evaluate import evaluate, score, summarize
 
@@ -173,7 +174,7 @@ def test_summarize_reports_the_mean_and_spread_over_seeds():
 
 def test_cli_writes_csv(tmp_path, capsys):
     out = tmp_path / "r.csv"
-    assert ev.main(["--model", "tiny", "--benchmark", "organism", "--task", "exist,count", "--n", "2", "--method",
+    assert evaluate_cli.main(["--model", "tiny", "--benchmark", "organism", "--task", "exist,count", "--n", "2", "--method",
                     "unpruned,fastv", "--retention", "0.25,0.5", "--max-new-tokens", "3", "--out", str(out),
                     "--no-progress"]) == 0
     df = pd.read_csv(out)
@@ -196,6 +197,6 @@ def test_two_processes_gather_one_table(tmp_path):
                          text=True, timeout=120, cwd=ROOT)
     assert two.returncode == 0, two.stderr[-2000:]
     assert "on 2 process(es)" in two.stderr, two.stderr[-3000:]
-    assert ev.main(args + ["--out", str(tmp_path / "one.csv")]) == 0
+    assert evaluate_cli.main(args + ["--out", str(tmp_path / "one.csv")]) == 0
     one, two = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "two.csv")
     pd.testing.assert_frame_equal(one, two)

@@ -1,7 +1,7 @@
 """Command line: `python -m tpx reproduce | evaluate | organism ...`.
 
 `reproduce` runs every notebook headless and prints what each one wrote; `evaluate` and `organism` hand
-their arguments to `tpx.evaluate.main` and `tpx.organism.cli.main`, imported only when called. Every command
+their arguments to `tpx.evaluate_cli.main` and `tpx.organism.cli.main`, imported only when called. Every command
 works from any directory: defaults point into the repository this package sits in. Bad input ends the
 command with one line on stderr and exit status 2; `--traceback` (anywhere on the line) shows the traceback.
 """
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 PASS_THROUGH = {
-    "evaluate": ("tpx.evaluate", "evaluate methods x retentions on a dataset (see `tpx evaluate --help`)"),
+    "evaluate": ("tpx.evaluate_cli", "evaluate methods x retentions on a dataset (see `tpx evaluate --help`)"),
     "organism": ("tpx.organism.cli", "build or train the tiny model organism (see `tpx organism --help`)"),
 }
 # the checkout this package sits in (an editable install); notebooks/, figures/ and build/ live there
