@@ -1,66 +1,80 @@
-"""Evaluation throughput: samples per second of `tpx.evaluate.evaluate` at batch 1 and batch 8, side by side.
+"""Evaluation throughput: samples per second of `python -m tpx evaluate` for threads × processes, side by side.
 
-Runs the organism suite (every task, `--n` samples each) through the given model — the tiny random LLaVA by
-default, or the trained organism with `--model data/organism/model` — unpruned and with FastV, greedy, at
-`--max-new-tokens`. Batch sizes alternate for `--rounds` rounds in one process, so the ratio holds on a noisy
-machine; the table shows the median samples/s and the speed-up of every batch size over batch 1.
+Each configuration runs the command line as a user would (`--threads T`; P > 1 processes through
+`accelerate launch --multi_gpu --num_processes P`, which on a CPU-only machine starts a gloo group and splits
+the samples). The rate counts the evaluation only (the time the command reports for `evaluate`, after loading);
+start-up (imports, model load) is shown apart. Configurations alternate for `--rounds` rounds, so a noisy,
+shared machine slows them alike; the table shows the median and the range. `tpx.threads` picks its default
+from this table.
 
-Usage: python benchmarks/throughput.py [--model tiny] [--n 4] [--batch-sizes 1,8] [--rounds 3] [--threads 1]
+Usage: python benchmarks/throughput.py [--model organism] [--n 20] [--threads 1,2] [--processes 1,2] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+REPORTED = re.compile(r"rows from (\d+) samples in ([\d.]+) s on (\d+) process\(es\), (\d+) thread")
 
-import tpx
-from tpx.data import load_samples
-from tpx.evaluate import evaluate
+
+def run(model: str, n: int, threads: int, processes: int, methods: str) -> tuple[float, float]:
+    """One CLI run; returns (samples per second of the evaluation, seconds of everything else)."""
+    args = ["--model", model, "--n", str(n), "--method", methods, "--threads", str(threads), "--no-progress"]
+    if processes == 1:
+        cmd = [sys.executable, "-m", "tpx", "evaluate", *args]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tpx", "evaluate",
+               *args]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    found = REPORTED.search(done.stderr)
+    if done.returncode or not found:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    samples, seconds = int(found.group(1)), float(found.group(2))
+    if int(found.group(4)) != threads or int(found.group(3)) != processes:
+        raise RuntimeError(f"asked for {processes} x {threads} threads, the command reports {found.group(0)!r}")
+    return samples / seconds, wall - seconds
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tiny")
-    ap.add_argument("--n", type=int, default=4, help="samples per organism task")
-    ap.add_argument("--batch-sizes", default="1,8")
-    ap.add_argument("--methods", default="unpruned,fastv")
-    ap.add_argument("--retention", type=float, default=0.25)
-    ap.add_argument("--max-new-tokens", type=int, default=4)
+    ap.add_argument("--model", default="organism")
+    ap.add_argument("--n", type=int, default=20, help="organism samples per task (8 tasks)")
+    ap.add_argument("--methods", default="fastv", help="besides the unpruned baseline, which always runs")
+    ap.add_argument("--threads", default="1,2", help="torch threads per process, comma-separated")
+    ap.add_argument("--processes", default="1,2", help="evaluation processes, comma-separated")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)  # on a shared machine, 1 avoids waiting on a descheduled thread
-
-    model, processor = tpx.load(args.model, device=args.device)
-    samples = load_samples("organism", n=args.n)
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
-    methods = args.methods.split(",")
-    evaluate(model, processor, samples[:8], methods=methods, retentions=[args.retention], batch_size=8,
-             max_new_tokens=args.max_new_tokens, progress=False)  # warm-up
-    rates: dict[tuple[str, int], list[float]] = {(m, b): [] for m in methods for b in sizes}
+    grid = [(p, t) for p in map(int, args.processes.split(",")) for t in map(int, args.threads.split(","))]
+    rates: dict[tuple[int, int], list[float]] = {c: [] for c in grid}
+    overhead: dict[tuple[int, int], list[float]] = {c: [] for c in grid}
     for _ in range(args.rounds):
-        for method in methods:
-            for b in sizes:
-                start = time.perf_counter()
-                evaluate(model, processor, samples, methods=[method], retentions=[args.retention], batch_size=b,
-                         max_new_tokens=args.max_new_tokens, progress=False)
-                rates[(method, b)].append(len(samples) / (time.perf_counter() - start))
-
-    print(f"model {args.model!r} on {next(model.parameters()).device}, {torch.get_num_threads()} threads; "
-          f"{len(samples)} organism samples, {args.max_new_tokens} new tokens, fastv retention {args.retention}; "
-          f"median of {args.rounds} interleaved rounds (min..max)")
-    print(f"{'method':<10}{'batch':>6}{'samples/s':>12}{'range':>18}{'speed-up':>10}")
-    for method in methods:
-        base = statistics.median(rates[(method, sizes[0])])
-        for b in sizes:
-            r = rates[(method, b)]
-            med = statistics.median(r)
-            print(f"{method:<10}{b:>6}{med:>12.1f}{f'{min(r):.1f}..{max(r):.1f}':>18}{med / base:>9.2f}x")
+        for p, t in grid:
+            rate, rest = run(args.model, args.n, t, p, args.methods)
+            rates[(p, t)].append(rate)
+            overhead[(p, t)].append(rest)
+    print(f"`python -m tpx evaluate --model {args.model} --n {args.n} --method {args.methods}` "
+          f"({8 * args.n} samples x {1 + len(args.methods.split(','))} configurations) on {os.cpu_count()} "
+          f"cores (load average {os.getloadavg()[0]:.1f}); median of {args.rounds} interleaved rounds")
+    print("samples/s: samples answered per second of evaluation (each one unpruned and under every method)")
+    print("| processes | threads each | samples/s | range | vs 1 x 1 | start-up s |")
+    print("|---|---|---|---|---|---|")
+    base = statistics.median(rates[grid[0]])
+    for c in grid:
+        med = statistics.median(rates[c])
+        print(f"| {c[0]} | {c[1]} | {med:.1f} | {min(rates[c]):.1f}–{max(rates[c]):.1f} | {med / base:.2f}x "
+              f"| {statistics.median(overhead[c]):.1f} |")
 
 
 if __name__ == "__main__":

@@ -91,3 +91,25 @@ def assert_sorted_unique(index, n_keep):
 
 def cosine(a, b):
     return float(torch.dot(a, b) / (a.norm() * b.norm()))
+
+
+# ---- invalid values of every kind of method parameter (tests/test_plan.py, tests/test_engine.py) -------
+
+def bad_values(spec) -> list:
+    """Values a `tpx.methods.Param` of this kind must refuse."""
+    return {
+        "unit": [2, -0.1, "x", True],
+        "count": [spec.low - 1, 1.5, True, "4"],
+        "flag": ["yes", 1, None],
+        "choice": ["foo", 3],
+        "window": [0, (2,), (0, 2), "x", True],
+        "shares": [(0.5, 0.6, 0.1), (1.5, 0.5, 0.25), (), "abc"],
+    }[spec.kind]
+
+
+def every_bad_parameter():
+    """`(method, parameter, bad value)` for every parameter of every registered method."""
+    import tpx
+
+    return [(name, key, bad) for name in tpx.list_methods() for key, spec in tpx.get_method(name).params.items()
+            for bad in bad_values(spec)]

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from tpx.analysis import tables
-from tpx.data import load_samples
 
 
 def _rows(method, retention, seed, task, scores, kept=None):
@@ -73,17 +72,6 @@ def test_seeded():
 
     assert seeded("random") and not seeded("fastv") and not seeded("pooling")
     assert not seeded("dart")
-
-
-def test_reachable_names_the_reason(tiny):
-    model, _ = tiny
-    n = 144  # the tiny LLaVA's 12x12 grid
-    assert tables.reachable(model, "fastv", 0.25, n) is None
-    assert tables.reachable(model, "sparsevlm", 1 / 9, n) is None
-    assert "pdrop can reach" in tables.reachable(model, "pdrop", 1 / 9, n)
-    assert tables.reachable(model, "pdrop", 1 / 3, n) is None
-    assert "pooling cannot keep" in tables.reachable(model, "pooling", 13 / 144, n, (12, 12))
-    assert "layer=9 out of range" in tables.reachable(model, "fastv", 0.25, n, layer=9)
 
 
 def test_task_columns_in_order(df):

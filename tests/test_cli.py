@@ -44,7 +44,7 @@ def test_help_names_models_methods_and_defaults(capsys):
         cli.main(["evaluate", "--help"])
     assert done.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for word in ("organism", "tiny", "local folder", "hub id", "pope", "--param NAME=VALUE", "--threads",
+    for word in ("organism", "organism-deep", "tiny", "local folder", "hub id", "pope", "--param NAME=VALUE", "--threads",
                  "(default: organism)", "(default: 0.25)", "(default: 8)", "(default: 16)", "unpruned baseline"):
         assert word in text, word
     for name in tpx.list_methods():
@@ -56,6 +56,8 @@ def test_help_names_models_methods_and_defaults(capsys):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--retention", "abc"], "argument --retention: 'abc' is not a number"),
     (["--seed", "0,x"], "argument --seed: 'x' is not an integer"),
+    (["--threads", "0"], "argument --threads: '0' is not an integer ≥ 1"),
+    (["--batch-size", "many"], "argument --batch-size: 'many' is not an integer ≥ 1"),
     (["--method", "fastvv"], "unknown method 'fastvv'; did you mean 'fastv'?"),
     (["--benchmark", "popee"], "unknown benchmark 'popee'; did you mean 'pope'?"),
     (["--param", "alpha"], "'alpha' is not NAME=VALUE"),
@@ -145,7 +147,7 @@ def test_evaluate_checks_its_samples(tiny):
 
 def test_load_lists_local_names_without_the_hub():
     with pytest.raises(ValueError, match=r"unknown model 'organsim'; did you mean 'organism'\? local names: "
-                                         r"organism, organism-pool2, tiny"):
+                                         r"organism, organism-pool2, organism-deep, tiny"):
         tpx.load("organsim")
 
 
@@ -159,3 +161,12 @@ def test_readme_quickstart_runs_as_written(one_thread):
     first, second = done.stdout.strip().splitlines()
     assert re.fullmatch(r".+\? unpruned: '.+', fastv: '.+', reference: '.+'", first), first
     assert second.startswith("kept 36 of 144; first kept cells [[")
+
+
+def test_default_threads_for_a_small_model_is_one(monkeypatch, capsys, one_thread):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    assert cli.main(["evaluate", "--model", "tiny", "--n", "1", "--task", "exist", "--max-new-tokens", "1",
+                     "--no-progress"]) == 0
+    assert torch.get_num_threads() == 1
+    assert "1 thread(s) each" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 1. retention 1.0 reproduces the unpruned model exactly (logits and greedy tokens);
 2. pruned logits and greedy tokens equal the mask reference (dropped positions masked for layers ≥ K);
 3. scores from recomputed rows equal scores from eager attention maps;
-plus the trace, positions="renumber", hook removal and input validation.
+plus the trace, positions="renumber", composed plans, hook removal and input validation.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import make_inputs
+from conftest import every_bad_parameter, make_inputs
 from reference import MaskReference, generate_positions, reference_generate, spy
 
 import tpx
 from tpx import select
-from tpx.methods import Method
+from tpx.methods import Method, Needs
 
 N_NEW = 4
 
@@ -32,8 +32,10 @@ def _vision_pool(vision_features, n_keep, grid):
 
 # engine-level probes of hook "V" (subset and merge in vision space), independent of the registry
 V_PROBES = [
-    Method("v_cls_topk", hooks=("V",), layers=(), scorer=_cls_mean, selector=select.topk, paper="test probe"),
-    Method("v_pool", hooks=("V",), layers=(), scorer=None, selector=_vision_pool, paper="test probe"),
+    Method("v_cls_topk", hooks=("V",), layers=(), scorer=_cls_mean, selector=select.topk,
+           needs=Needs(scorer=("cls_attn",)), seeded=False, paper="test probe"),
+    Method("v_pool", hooks=("V",), layers=(), scorer=None, selector=_vision_pool,
+           needs=Needs(selector=("vision_features", "grid")), seeded=False, paper="test probe"),
 ]
 CASES = [(name, hook) for name in tpx.list_methods() for hook in tpx.get_method(name).hooks]
 CASES += [(m, "V") for m in V_PROBES]
@@ -254,6 +256,25 @@ def test_bad_arguments_raise_before_any_hook(tiny_models, kwargs, error, match):
     assert not len(model._forward_pre_hooks)
 
 
+def test_alpha_out_of_range_raises_on_entering_the_with(tiny_models):
+    model, processor = tiny_models["sdpa"]
+    entered = []
+    with pytest.raises(ValueError, match=r"alpha must be a number in \[0, 1\], got 2"):
+        with tpx.pruning(model, "alpha", retention=0.25, alpha=2):
+            entered.append(True)  # never reached: the plan is built on entry
+    assert not entered and not len(model._forward_pre_hooks)
+
+
+@pytest.mark.parametrize(("method", "key", "bad"), every_bad_parameter(),
+                         ids=[f"{m}-{k}-{b!r}" for m, k, b in every_bad_parameter()])
+def test_every_bad_parameter_raises_on_entering_the_with(tiny_models, method, key, bad):
+    model, _ = tiny_models["sdpa"]
+    with pytest.raises(ValueError, match=rf"^{key} must be "):
+        with tpx.pruning(model, method, retention=0.5, **{key: bad}):
+            pytest.fail("entered the with block")
+    assert not len(model._forward_pre_hooks)
+
+
 def test_unknown_method_lists_known_ones(tiny_models):
     model, _ = tiny_models["sdpa"]
     with pytest.raises(ValueError, match=r"unknown method 'fastvv'; did you mean 'fastv'\? known: .*pooling"):
@@ -306,37 +327,37 @@ def test_pooling_budget_that_no_grid_can_hold_is_an_error(tiny_models):
             model(**inputs)
 
 
-def test_nested_contexts_match_mask_reference(tiny_models, attn, batch):
+def test_composed_plan_matches_mask_reference(tiny_models, attn, batch):
     """pooling at hook E, then fastv at layer 2 on what pooling left (FastV on a training-aware model)."""
     model, processor = tiny_models[attn]
     inputs = make_inputs(processor, batch, seed=30)
     pooling = tpx.get_method("pooling")
     outputs: list = []
     spied = dataclasses.replace(pooling, selector=spy(pooling.selector, outputs))
+    composed = tpx.plan(spied, 0.25, hook="E") + tpx.plan("fastv", 0.125, layer=2)
     positions = generate_positions(inputs["attention_mask"])
     with torch.no_grad():
-        with tpx.pruning(model, spied, retention=0.25, hook="E") as outer:
-            with tpx.pruning(model, "fastv", retention=0.125, layer=2) as inner:
-                logits = model(**inputs, position_ids=positions).logits
-        with tpx.pruning(model, spied, retention=0.25, hook="E"):
-            with tpx.pruning(model, "fastv", retention=0.125, layer=2) as again:
-                tokens, steps = _generate(model, inputs)
-        assert torch.equal(again.kept_positions, inner.kept_positions)
-        n_visual = outer.trace[0].n_visual
-        assert inner.trace[0].n_keep == select.budget(0.125, n_visual)
+        with tpx.pruning(model, composed) as run:
+            logits = model(**inputs, position_ids=positions).logits
+        with tpx.pruning(model, composed) as again:
+            tokens, steps = _generate(model, inputs)
+        assert torch.equal(again.kept_positions, run.kept_positions)
+        pooled, fastv = run.trace
+        assert (pooled.method, pooled.layer, fastv.method, fastv.layer) == ("pooling", 0, "fastv", 2)
+        assert fastv.n_keep == select.budget(0.125, pooled.n_visual)
         # fastv chose only among the tokens pooling kept (merged tokens sit at their window's first position)
-        assert torch.isin(inner.trace[0].kept, outer.trace[0].kept).all()
+        assert torch.isin(fastv.kept, pooled.kept).all()
         visual = (inputs["input_ids"] == model.config.image_token_id).nonzero()[:, 1].view(batch, -1)
         merged = outputs[0]
-        stages = [(0, outer.stage_positions[0], (visual.gather(1, merged.index), merged.features)),
-                  (2, inner.stage_positions[2], None)]
+        stages = [(0, run.stage_positions[0], (visual.gather(1, merged.index), merged.features)),
+                  (2, run.stage_positions[2], None)]
         ref = MaskReference(model, stages, inputs["input_ids"].shape[1])
         try:
             ref_full = model(**inputs, position_ids=positions).logits
             ref_tokens, ref_steps = reference_generate(model, inputs, ref, N_NEW)
         finally:
             ref.remove()
-    kept = inner.kept_positions
+    kept = run.kept_positions
     ref_logits = ref_full.gather(1, kept[..., None].expand(-1, -1, ref_full.shape[-1]))
     real = inputs["attention_mask"].gather(1, kept).bool()
     torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-5, rtol=0)
@@ -345,27 +366,28 @@ def test_nested_contexts_match_mask_reference(tiny_models, attn, batch):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
-def test_nested_contexts_errors_and_cleanup(tiny_models):
+def test_composed_plan_errors_and_one_context_per_model(tiny_models):
     model, processor = tiny_models["sdpa"]
     inputs = make_inputs(processor, 1, seed=31)
+    with pytest.raises(ValueError, match="composed stages must act at increasing layers"):
+        tpx.plan("fastv", 0.5, layer=2) + tpx.plan("fastv", 0.25, layer=2)
+    with pytest.raises(ValueError, match="composed stages must act at increasing layers"):
+        tpx.plan("fastv", 0.5, layer=2) + tpx.plan("random", 0.25, hook="E")
+    with pytest.raises(ValueError, match="same positions"):
+        tpx.plan("pooling", 0.25, hook="E") + tpx.plan("fastv", 0.1, layer=2, positions="renumber")
+    too_many = tpx.plan("pooling", 0.25, hook="E") + tpx.plan("fastv", 0.5, layer=2)
+    with pytest.raises(ValueError, match=r"only 36 reach layer 2 \('pooling' at layer 0 kept them\)"):
+        with tpx.pruning(model, too_many):  # LLaVA's fixed grid: budgets are known on entry
+            pass
     with tpx.pruning(model, "fastv", retention=0.5, layer=2):
-        with pytest.raises(ValueError, match="must act after the enclosing one"):
-            with tpx.pruning(model, "fastv", retention=0.25, layer=2):
-                pass
-        with pytest.raises(ValueError, match="must act after the enclosing one"):
+        with pytest.raises(ValueError, match="already open on this model; compose plans instead"):
             with tpx.pruning(model, "random", retention=0.25, hook="E"):
                 pass
-    with tpx.pruning(model, "pooling", retention=0.25, hook="E"):
-        with pytest.raises(ValueError, match="renumber"):
-            with tpx.pruning(model, "fastv", retention=0.1, layer=2, positions="renumber"):
-                pass
-        with tpx.pruning(model, "fastv", retention=0.5, layer=2):
-            with pytest.raises(ValueError, match=r"only \d+ reach layer 2"):
-                model(**inputs)
-    from tpx import engine
-
-    assert id(model) not in engine._ACTIVE
-    with torch.no_grad():  # nothing left behind: a fresh run is not nested
+    assert not len(model._forward_pre_hooks)
+    with pytest.raises(ValueError, match="a Plan carries its own settings"):
+        with tpx.pruning(model, tpx.plan("fastv", 0.5), retention=0.5):
+            pass
+    with torch.no_grad():  # nothing left behind: a fresh run starts from all visual tokens
         with tpx.pruning(model, "fastv", retention=0.25, layer=2) as run:
             model(**inputs)
-    assert run.outer is None and run.trace[0].n_keep == select.budget(0.25, run.trace[0].n_visual)
+    assert len(run.trace) == 1 and run.trace[0].n_keep == select.budget(0.25, run.trace[0].n_visual)

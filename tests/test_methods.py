@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import tpx
-from tpx import engine, methods
+from tpx import ingredients, methods
 
 ISSUE_2_METHODS = {"random", "pooling", "fastv", "fastv_vis", "window_fastv"}
 
@@ -23,7 +23,8 @@ def test_every_method_is_well_formed():
     for name in tpx.list_methods():
         m = tpx.get_method(name)
         assert m.name == name and m.paper and m.hooks
-        assert set(m.ingredients) <= set(engine.INGREDIENTS) | set(m.defaults)
+        assert set(m.ingredients) <= set(ingredients.INGREDIENTS)
+        assert not set(m.params) & set(ingredients.INGREDIENTS)  # parameters and tensors never share a name
         if "L" in m.hooks:
             assert m.layers and all(k >= 1 for k in m.layers)
 

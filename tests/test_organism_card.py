@@ -28,7 +28,8 @@ def test_export_writes_card_and_reloads(tmp_path, monkeypatch, capsys):
 
 
 def test_pooled_export_loads_with_its_compression(tmp_path, monkeypatch):
-    """The training-aware checkpoint pools at inference exactly as in training, and pruning nests inside."""
+    """The training-aware checkpoint pools at inference exactly as in training (its compression is the first
+    stage of every tpx run), and a pruning method acts on what it leaves."""
     import torch
 
     import tpx
@@ -57,8 +58,10 @@ def test_pooled_export_loads_with_its_compression(tmp_path, monkeypatch):
             want = trained(input_ids=torch.tensor([B.prompt_ids(vocab, s.question, 2)]),
                            position_ids=torch.tensor([B.prompt_positions(vocab, s.question, 2)]), pixel_values=px)
         full = torch.tensor([B.prompt_ids(vocab, s.question)])
-        got = model(input_ids=full, pixel_values=px)
+        with tpx.pruning(model):  # no method: the checkpoint's own compression only
+            got = model(input_ids=full, pixel_values=px)
         torch.testing.assert_close(got.logits[0, -1], want.logits[0, -1], atol=1e-5, rtol=0)
         with tpx.pruning(model, "fastv", retention=16 / 144, layer=2) as run:
             model(input_ids=full, pixel_values=px)
-    assert run.outer is model._tpx_native_run and run.trace[0].n_keep == 16
+    assert [(e.method, e.native) for e in run.trace] == [("pooling", True), ("fastv", False)]
+    assert run.trace[1].n_keep == 16

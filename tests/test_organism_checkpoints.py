@@ -25,7 +25,8 @@ def test_checkpoint_scores_its_card(name, monkeypatch):
 
 def test_pooled_organism_runs_with_its_compression():
     import tpx
+    import tpx.models
 
     model, _ = tpx.load("organism-pool2")
     assert model.config.tpx_compression == {"method": "pooling", "retention": 0.25, "hook": "E"}
-    assert model._tpx_native_run.method.name == "pooling"
+    assert [s.method.name for s in tpx.models.native_plan(model).stages] == ["pooling"]

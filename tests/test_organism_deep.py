@@ -161,3 +161,19 @@ def test_resume_continues_exactly(gemma_dir, tmp_path):
     assert files == ["optim.json", "optim.safetensors", "state.json", "trained.safetensors"]
     rows = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "acc" in r] == [1, 2, 3]  # end of the projector phase, then each stop
+
+
+def test_log_table_lists_every_measurement(tmp_path):
+    from tpx.organism import deep_card
+
+    acc = {"exist": 0.5, "blind": 1.0}
+    rows = [{"event": "start", "step": 0},
+            {"step": 10, "phase": "projector", "train_min": 1.5, "s_per_step": 9.0, "lm": 2.0, "acc": acc,
+             "mean_acc": 0.75},
+            {"step": 20, "phase": "lora", "train_min": 3.0, "s_per_step": 9.0, "lm": 1.0,
+             "acc": {"exist": 0.9, "blind": 1.0}, "mean_acc": 0.95}]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    table = deep_card.log_table(tmp_path / "log.jsonl").splitlines()
+    assert table[0].startswith("| step | phase |") and "| exist | blind | mean |" in table[0]
+    assert table[2] == "| 10 | projector | 1.5 | 9.0 | 2.0 | 0.5 | 1.0 | 0.75 |"
+    assert table[3].startswith("| 20 | lora |") and len(table) == 4

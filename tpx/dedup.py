@@ -15,11 +15,12 @@ from __future__ import annotations
 import torch
 
 from tpx import scores as _scores
-from tpx.select import _check_count, _check_n_keep, _check_unit, _mask_to_index, _take, topk
+from tpx.select import check_choice, check_count, check_flag, check_n_keep, check_unit, mask_to_index, take, topk
 
-__all__ = ["PIVOTS", "alpha_mix", "max_min_diversity", "pivot_duplication"]
+__all__ = ["PIVOTS", "UNIQUENESS", "alpha_mix", "max_min_diversity", "pivot_duplication"]
 
 PIVOTS = ("max", "min", "random")  # DART pivot rules: largest / smallest key L1 norm, or a uniform draw
+UNIQUENESS = ("dup", "last")  # readings of the study's uniqueness term (see `alpha_mix`)
 
 
 # ---- importance × uniqueness (the study's α) -----------------------------------------------------------
@@ -27,13 +28,13 @@ PIVOTS = ("max", "min", "random")  # DART pivot rules: largest / smallest key L1
 def alpha_mix(
     scores: torch.Tensor,
     n_keep: int,
-    features: torch.Tensor,
-    last_feature: torch.Tensor,
-    normed_features: torch.Tensor,
-    normed_text: torch.Tensor,
-    text_mask: torch.Tensor,
-    visual_keys: torch.Tensor,
-    text_keys: torch.Tensor,
+    features: torch.Tensor | None = None,
+    last_feature: torch.Tensor | None = None,
+    normed_features: torch.Tensor | None = None,
+    normed_text: torch.Tensor | None = None,
+    text_mask: torch.Tensor | None = None,
+    visual_keys: torch.Tensor | None = None,
+    text_keys: torch.Tensor | None = None,
     alpha: float = 0.2,
     uniqueness: str = "dup",
     n_visual_pivots: int = 4,
@@ -58,31 +59,42 @@ def alpha_mix(
     Args:
         scores: `(B, N)` importance (FastV: head-mean attention of the last token).
         n_keep: tokens kept per row.
-        features, last_feature: `(B, N, D)` and `(B, D)` hidden states entering the pruned layer ("last").
-        normed_features, normed_text: `(B, N, D)`, `(B, T, D)` after the final norm ("dup").
-        text_mask: `(B, T)` bool, real text tokens. visual_keys, text_keys: `(B, N, Dk)`, `(B, T, Dk)` keys.
+        features, last_feature: `(B, N, D)` and `(B, D)` hidden states entering the pruned layer (needed by
+            "last" only).
+        normed_features, normed_text: `(B, N, D)`, `(B, T, D)` after the final norm ("dup" only).
+        text_mask: `(B, T)` bool, real text tokens. visual_keys, text_keys: `(B, N, Dk)`, `(B, T, Dk)` keys
+            ("dup" only).
         alpha: importance weight in [0, 1].
         uniqueness: `"dup"` or `"last"`.
         n_visual_pivots, n_text_pivots: DART pivots for `"dup"`.
 
     Returns:
         `(B, n_keep)` sorted indices.
+
+    Raises:
+        ValueError: for a bad α, reading or count, or a tensor the reading needs left out.
     """
-    alpha = _check_unit("alpha", alpha)
-    if uniqueness not in ("dup", "last"):
-        raise ValueError(f"uniqueness must be 'dup' or 'last', got {uniqueness!r}")
-    _check_n_keep(n_keep, scores.shape[1])
+    alpha = check_unit("alpha", alpha)
+    check_choice("uniqueness", uniqueness, UNIQUENESS)
+    check_n_keep(n_keep, scores.shape[1])
     if alpha == 1.0:
         return topk(scores, n_keep)
+    needed = {"last": ("features", "last_feature"),
+              "dup": ("normed_features", "normed_text", "text_mask", "visual_keys", "text_keys")}[uniqueness]
+    given = dict(features=features, last_feature=last_feature, normed_features=normed_features,
+                 normed_text=normed_text, text_mask=text_mask, visual_keys=visual_keys, text_keys=text_keys)
+    missing = [k for k in needed if given[k] is None]
+    if missing:
+        raise ValueError(f"uniqueness={uniqueness!r} needs {', '.join(missing)}")
     importance = _scores.minmax(scores)
     if uniqueness == "last":
         unique = _scores.minmax(_scores.last_token_uniqueness(features, last_feature))
         return topk(alpha * importance + (1 - alpha) * unique, n_keep)
     x = torch.nn.functional.normalize(normed_features.float(), dim=-1)
     b, n, _ = x.shape
-    n_vp = _check_count("n_visual_pivots", n_visual_pivots, 0, n)
+    n_vp = check_count("n_visual_pivots", n_visual_pivots, 0, n)
     vis_piv = _scores.key_norm(visual_keys).topk(n_vp, dim=1).indices                      # (B, Pv)
-    sim_vis = torch.bmm(x, _take(x, vis_piv).transpose(1, 2))                             # (B, N, Pv)
+    sim_vis = torch.bmm(x, take(x, vis_piv).transpose(1, 2))                             # (B, N, Pv)
     order = torch.arange(n_vp, device=x.device)
     rank = torch.full((b, n), n_vp, device=x.device).scatter(1, vis_piv, order.expand(b, -1))  # Pv: not a pivot
     earlier = order < rank[..., None]                                                     # pivot j ranks before token i
@@ -92,7 +104,7 @@ def alpha_mix(
     text_piv, text_ok = _text_pivots(text_keys, text_mask, n_text_pivots)
     if text_piv.shape[1]:
         t = torch.nn.functional.normalize(normed_text.float(), dim=-1)
-        sim_text = torch.bmm(x, _take(t, text_piv).transpose(1, 2)).masked_fill(~text_ok[:, None, :], -1.0)
+        sim_text = torch.bmm(x, take(t, text_piv).transpose(1, 2)).masked_fill(~text_ok[:, None, :], -1.0)
         best = torch.maximum(best, sim_text.amax(dim=2))
     kept = torch.zeros(b, n, dtype=torch.bool, device=x.device)
     weighted = alpha * importance
@@ -110,7 +122,7 @@ def alpha_mix(
         pick = mix.argmax(dim=1)                                                           # (B,)
         kept[rows, pick] = True
         torch.maximum(best, torch.bmm(x, x[rows, pick][:, :, None])[..., 0], out=best)  # one column of x·xᵀ
-    return _mask_to_index(kept, n_keep)
+    return mask_to_index(kept, n_keep)
 
 
 # ---- DART: duplication against pivots ------------------------------------------------------------------
@@ -171,21 +183,19 @@ def pivot_duplication(
         ValueError: for a bad count, budget or pivot rule, or `pivot="random"` without a generator.
     """
     b, n = scores.shape
-    _check_n_keep(n_keep, n)
-    if not isinstance(exact_budget, bool):
-        raise ValueError(f"exact_budget must be True or False, got {exact_budget!r}")
-    n_vp = _check_count("n_visual_pivots", n_visual_pivots, 1, n)
+    check_n_keep(n_keep, n)
+    check_flag("exact_budget", exact_budget)
+    n_vp = check_count("n_visual_pivots", n_visual_pivots, 1, n)
     if exact_budget:
         n_vp = min(n_vp, n_keep)
-    if pivot not in PIVOTS:
-        raise ValueError(f"pivot must be one of {PIVOTS}, got {pivot!r}")
+    check_choice("pivot", pivot, PIVOTS)
     if pivot == "random" and generator is None:
         raise ValueError("pivot='random' needs a generator")
     vis_piv = _pivot_rank(scores, pivot, generator).topk(n_vp, dim=1).indices             # (B, Pv)
     text_piv, text_ok = _text_pivots(text_keys, text_mask, n_text_pivots, pivot, generator)  # (B, Pt)
     x = torch.nn.functional.normalize(normed_features.float(), dim=-1)
     t = torch.nn.functional.normalize(normed_text.float(), dim=-1)
-    pivots = torch.cat([_take(x, vis_piv), _take(t, text_piv)], dim=1)                    # (B, P, D)
+    pivots = torch.cat([take(x, vis_piv), take(t, text_piv)], dim=1)                    # (B, P, D)
     ok = torch.cat([torch.ones_like(vis_piv, dtype=torch.bool), text_ok], dim=1)          # (B, P)
     n_piv = ok.shape[1]
     if exact_budget:
@@ -208,9 +218,9 @@ def pivot_duplication(
             continue
         sim = torch.bmm(x, pivots[:, j, :, None])[..., 0].masked_fill(kept, float("inf"))
         cand = sim.topk(k, dim=1, largest=False).indices                                  # (B, k) least similar
-        take = torch.arange(k, device=x.device) < quota[:, j : j + 1]
-        kept = kept | torch.zeros_like(kept).scatter(1, cand, take)
-    return _mask_to_index(kept, n_out)
+        within = torch.arange(k, device=x.device) < quota[:, j : j + 1]
+        kept = kept | torch.zeros_like(kept).scatter(1, cand, within)
+    return mask_to_index(kept, n_out)
 
 
 # ---- DivPrune: max–min diversity -----------------------------------------------------------------------
@@ -236,7 +246,7 @@ def max_min_diversity(features: torch.Tensor, n_keep: int) -> torch.Tensor:
         `(B, n_keep)` sorted indices.
     """
     b, n, _ = features.shape
-    _check_n_keep(n_keep, n)
+    check_n_keep(n_keep, n)
     x = torch.nn.functional.normalize(features.float(), dim=-1)
     dist = 1.0 - torch.bmm(x, x.transpose(1, 2))                                          # (B, N, N)
     eye = torch.eye(n, dtype=torch.bool, device=x.device)
@@ -247,7 +257,7 @@ def max_min_diversity(features: torch.Tensor, n_keep: int) -> torch.Tensor:
         pick = nearest.masked_fill(kept, float("-inf")).argmax(dim=1, keepdim=True)
         kept = kept.scatter(1, pick, True)
         nearest = torch.minimum(nearest, dist.gather(1, pick[..., None].expand(-1, -1, n))[:, 0])
-    return _mask_to_index(kept, n_keep)
+    return mask_to_index(kept, n_keep)
 
 
 def _pivot_rank(norm: torch.Tensor, pivot: str, generator: torch.Generator | None) -> torch.Tensor:
@@ -263,7 +273,7 @@ def _text_pivots(text_keys: torch.Tensor, text_mask: torch.Tensor, n_text_pivots
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The `n_text_pivots` real text tokens ranked first by `pivot` (default: largest key L1 norm): `(B, Pt)`
     indices and validity."""
-    n_tp = min(_check_count("n_text_pivots", n_text_pivots, 0, None), text_keys.shape[1])
+    n_tp = min(check_count("n_text_pivots", n_text_pivots, 0, None), text_keys.shape[1])
     rank = _pivot_rank(text_keys.float().abs().sum(dim=-1), pivot, generator)
     norm = rank.masked_fill(~text_mask.to(torch.bool), float("-inf"))
     piv = norm.topk(n_tp, dim=1).indices

@@ -1,23 +1,22 @@
-"""The pruning engine: forward pre-hooks that remove visual tokens inside a Hugging Face MLLM.
+"""The pruning engine: executes a `tpx.plan.Plan` inside a Hugging Face MLLM with forward pre-hooks.
 
-`with tpx.pruning(model, "fastv", retention=0.25) as run: model.generate(**inputs)` installs hooks at the
-method's hook point and removes them on exit, also when the body raises. In prefill, the hook on decoder
-layer K gathers the kept rows of the hidden states, their position ids and rotary embeddings, and rebuilds
-the causal mask from layer K's own cache; later layers reuse what layer K computed, and every decode step
-rebuilds only the masks of pruned layers (their caches are shorter). Hooks "E" and "V" do the same surgery
-before layer 0, so every layer sees the short sequence; "V" scores with what the vision tower recorded and
-projects merged vision features. Multi-stage methods repeat the surgery at each of their layers. The engine
-knows no method by name: it hands the method's scorer and selector the tensors their argument names ask for.
-Contexts nest: an inner `tpx.pruning` acting at later layers continues from what the enclosing one kept
-(e.g. `pooling` at hook E, then `fastv` at layer 2 — a model trained with pooling, pruned further).
+`with tpx.pruning(model, "fastv", retention=0.25) as run: model.generate(**inputs)` builds the plan on entering
+the `with` (so every configuration error is raised there, by `tpx.plan`), installs hooks for its stages and
+removes them on exit, also when the body raises. In prefill, the hook on decoder layer K gathers the kept rows
+of the hidden states, their position ids and rotary embeddings, and rebuilds the causal mask from layer K's
+own cache; later layers reuse what layer K computed, and every decode step rebuilds only the masks of pruned
+layers (their caches are shorter). Stages at hooks "E" and "V" do the same surgery before layer 0, so every
+layer sees the short sequence; "V" scores with what the vision tower recorded and projects merged vision
+features. A plan's stages may come from several methods (a checkpoint's training-aware pooling at E, then
+FastV at layer 2): each acts on what the previous one kept. The engine knows no method by name: at a stage it
+computes the ingredients the stage lists (`tpx.ingredients`) and hands them to the stage (`Stage.select`).
+All per-call state lives on the `Run`; nothing is stored on the model or in module globals.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,18 +24,13 @@ import torch
 
 from tpx import ingredients as ing
 from tpx import select
-from tpx.methods import Method, get_method
+from tpx.layout import Layout
+from tpx.methods import Method
+from tpx.models import adapter_for, native_plan
+from tpx.models.base import Adapter
+from tpx.plan import Plan, Selection, Stage, plan
 
-__all__ = ["INGREDIENTS", "Run", "TraceEntry", "pruning"]
-
-log = logging.getLogger(__name__)
-INGREDIENTS = ing.INGREDIENTS
-POSITIONS = ("keep", "renumber")
-# ingredients indexed by visual token along dim 1, and along the last dim (attention over visual keys)
-_PER_TOKEN = ("scores", "features", "normed_features", "visual_keys", "vision_keys", "vision_features")
-_PER_KEY = ("attn_last", "attn_last_visual", "attn_text", "cls_attn")
-ATTENTION = ("rows", "maps")
-_ACTIVE: dict[int, list[Run]] = {}  # open runs per model (id), outermost first
+__all__ = ["Run", "TraceEntry", "plan_for", "pruning", "reachable"]
 
 
 @dataclass
@@ -44,7 +38,8 @@ class TraceEntry:
     """What one pruning stage of one forward call did, per batch row.
 
     Attributes:
-        method, hook, layer, stage: which method acted where (`layer` = K; 0 for hooks "E" and "V").
+        method, hook, layer, stage: which method acted where (`layer` = K; 0 for hooks "E" and "V"; `stage`
+            counts the stages of that method).
         params: the method's parameters, retention, seed and positions mode.
         n_visual: visual tokens N in the image span(s) before any pruning.
         n_keep: visual tokens left after this stage.
@@ -53,6 +48,7 @@ class TraceEntry:
         grid_rc: `(B, n_keep, 2)` their (row, col) on their segment's grid, row 0 at the top.
         scores: `(B, n_visual)` float scores (NaN where a token was already gone), or None if unscored.
         grids: `(rows, cols)` of every image segment; `grid` is the first one.
+        native: the stage is the checkpoint's own compression (`config.tpx_compression`), not the asked method.
     """
 
     method: str
@@ -67,6 +63,7 @@ class TraceEntry:
     grid_rc: torch.Tensor
     scores: torch.Tensor | None
     grids: list[tuple[int, int]] = field(default_factory=list)
+    native: bool = False
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -74,93 +71,112 @@ class TraceEntry:
         return self.grids[0]
 
 
+@dataclass
+class _Prefill:
+    """State of the last prefill: what was cut where, kept for its decode steps."""
+
+    plan: Plan                      # resolved for this input's layout
+    layout: Layout
+    length: int                     # prompt length
+    is_visual: torch.Tensor         # (B, L) prunable visual token
+    vis_index: torch.Tensor         # (B, L) index into the visual span, −1 elsewhere
+    is_text: torch.Tensor           # (B, L) text after the image, not padding
+    seq: torch.Tensor               # (B, L') original positions of the current sequence
+    n_cur: int                      # visual tokens in it
+    mask2d: torch.Tensor | None     # its padding mask
+    pos0: torch.Tensor | None = None
+    cur: dict[str, Any] = field(default_factory=dict)         # kwargs that layers ≥ the last stage receive
+    cut: dict[int, dict[str, Any]] = field(default_factory=dict)  # per stage layer: its seq and position shift
+    stash: dict[Any, Any] = field(default_factory=dict)       # what score layers K−1 received
+
+
 class Run:
-    """State of one `tpx.pruning` context: hook handles, per-call bookkeeping and the trace.
+    """One `tpx.pruning` context: the plan, the hooks that execute it, and the trace.
 
     Attributes:
-        method: the `Method` being applied.
-        trace: one `TraceEntry` per pruning stage of every prefill call, in call order.
+        plan: the `Plan` (bound to the model; budgets resolved again for every prefill's layout).
+        trace: one `TraceEntry` per stage of every prefill call, in call order.
         kept_positions: `(B, L')` original sequence positions that survive all stages of the last prefill.
     """
 
-    def __init__(self, model: torch.nn.Module, adapter: Any, method: Method, retention: float, hook: str,
-                 layers: tuple[int, ...], seed: int, positions: str, attention: str, params: dict[str, Any]) -> None:
-        self.model, self.adapter, self.method = model, adapter, method
-        self.retention, self.hook, self.layers, self.seed = retention, hook, layers, seed
-        self.positions, self.attention, self.params = positions, attention, params
+    def __init__(self, model: torch.nn.Module, adapter: Adapter, plan: Plan) -> None:
+        self.model, self.adapter, self.plan = model, adapter, plan
         self.trace: list[TraceEntry] = []
         self.kept_positions: torch.Tensor | None = None
         self._handles: list[Any] = []
-        self._generator: torch.Generator | None = None
-        self._wanted = ing.wanted(method.scorer, method.selector)
+        self._generators: dict[int, torch.Generator] = {}
+        self._vision: dict[str, Any] = {}
+        self._at = {s.layer: s for s in plan.stages}
+        self._first = plan.stages[0].layer if plan.stages else 0
         self._prefill = False
         self._mask2d: torch.Tensor | None = None
-        self._stages: dict[int, dict[str, Any]] = {}
-        self._stash: dict[Any, Any] = {}
-        self._vision: dict[str, torch.Tensor] = {}
-        self._cur: dict[str, Any] = {}
-        self.outer: Run | None = None  # the enclosing run on the same model, if this context is nested
-        self._adopted = False
+        self._p: _Prefill | None = None
+
+    # ---- what was asked (the last request: the user's, after a checkpoint's own compression) -------------
+    @property
+    def method(self) -> Method | None:
+        return self.plan.parts[-1].method if self.plan.parts else None
+
+    @property
+    def retention(self) -> float:
+        return self.plan.parts[-1].retention if self.plan.parts else 1.0
+
+    @property
+    def hook(self) -> str | None:
+        return self.plan.parts[-1].hook if self.plan.parts else None
+
+    @property
+    def seed(self) -> int:
+        return self.plan.parts[-1].seed if self.plan.parts else 0
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.plan.parts[-1].params) if self.plan.parts else {}
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Layers of every stage, in order (one trace entry each per prefill)."""
+        return self.plan.layers
 
     @property
     def stage_positions(self) -> dict[int, torch.Tensor]:
         """`{layer: (B, L_s)}` original positions that layers ≥ that stage layer saw in the last prefill."""
-        return {k: v["seq"] for k, v in self._stages.items()}
+        return {} if self._p is None else {k: v["seq"] for k, v in self._p.cut.items()}
 
     # ---- installation -------------------------------------------------------------------------------
     def _install(self) -> None:
+        stages = self.plan.stages
+        if not stages:
+            return
+        for hook in self.model._forward_pre_hooks.values():
+            if isinstance(hook, _CallHook):
+                raise ValueError("a tpx.pruning context is already open on this model; compose plans instead: "
+                                 "tpx.pruning(model, plan_a + plan_b)")
         layers = self.adapter.layers
-        score = {k - 1 for k in self.layers} if ing.needs_layer_before(self._wanted) else set()
-        stack = _ACTIVE.setdefault(id(self.model), [])
-        if stack:
-            self._nest(stack[-1], min(score | set(self.layers)))
-        stack.append(self)
-        self._handles.append(self.model.register_forward_pre_hook(self._on_call, with_kwargs=True))
-        for i in sorted(score | set(range(self.layers[0], self.adapter.n_layers))):
-            hook = _LayerHook(self, i, stash=i in score)
-            self._handles.append(layers[i].register_forward_pre_hook(hook, with_kwargs=True))
-        if self.attention == "maps":
+        score = {s.layer - 1 for s in stages if s.reads_before}
+        self._handles.append(self.model.register_forward_pre_hook(_CallHook(self), with_kwargs=True))
+        for i in sorted(score | set(range(stages[0].layer, self.adapter.n_layers))):
+            self._handles.append(layers[i].register_forward_pre_hook(_LayerHook(self, i, i in score), with_kwargs=True))
+        if self.plan.attention == "maps":
             for i in score:
                 self._handles.append(layers[i].self_attn.register_forward_hook(_MapCapture(self, i)))
-        if ing.needs_vision(self._wanted):
+        if any(s.reads_vision for s in stages):
             self._handles.extend(self.adapter.vision_hooks(self._vision))
 
-    def _nest(self, outer: Run, first_hooked: int) -> None:
-        """Continue from an enclosing run: it must finish pruning before this run's first stage."""
-        if self.positions == "renumber" or outer.positions == "renumber":
-            raise ValueError("nested tpx.pruning contexts need positions='keep' in both; positions='renumber' cannot nest")
-        if self.layers[0] <= outer.layers[-1] or first_hooked < outer.layers[-1]:
-            raise ValueError(
-                f"a nested tpx.pruning must act after the enclosing one: {outer.method.name!r} prunes before "
-                f"layer {outer.layers[-1]}, so {self.method.name!r} needs layer > {outer.layers[-1]}"
-                f"{' (and reads layer K−1)' if first_hooked < self.layers[0] else ''}; got layers {self.layers}")
-        self.outer = outer
-
-    def _adopt(self) -> None:
-        """In prefill, take over the sequence the enclosing run left (its kept tokens, mask and positions)."""
-        o = self.outer
-        self._seq, self._n_cur, self._seq_mask2d, self._pos0 = o._seq, o._n_cur, o._seq_mask2d, o._pos0
-        self._cur = dict(o._cur)
-        self._adopted = True
-
     def _remove(self) -> None:
-        stack = _ACTIVE.get(id(self.model), [])
-        if self in stack:
-            stack.remove(self)
-        if not stack:
-            _ACTIVE.pop(id(self.model), None)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._stash.clear()
         self._vision.clear()
-        self._cur = {}
+        if self._p is not None:
+            self._p.stash.clear()
+            self._p.cur = {}
 
     # ---- per call -----------------------------------------------------------------------------------
-    def _on_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def _on_call(self, args: tuple, kwargs: dict) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        self.adapter.check_cache(cache)
+        self.adapter.decoder.check_cache(cache)
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.ndim != 2:
             raise ValueError(f"tpx.pruning needs a 2-D attention_mask (batch, length), got shape {tuple(mask.shape)}")
@@ -173,190 +189,164 @@ class Run:
         if mask is not None and not bool(mask[:, -1].all()):
             raise ValueError("batches must be left-padded (tokenizer.padding_side='left'): the last position of every row must be a real token")
         layout = self.adapter.layout(input_ids, **{k: v for k, v in kwargs.items() if k != "input_ids"})
+        resolved = self.plan.bind(layout=layout)  # this input's budgets (raises as tpx.plan would)
         b, length = input_ids.shape
         dev = input_ids.device
-        self._n_visual = layout.positions.shape[1]
-        self._grids = layout.grids
-        self._length = length
-        self._is_visual = torch.zeros(b, length, dtype=torch.bool, device=dev).scatter(1, layout.positions, True)
-        vis_index = torch.arange(self._n_visual, device=dev).expand(b, -1)
-        self._vis_index = torch.full((b, length), -1, dtype=torch.long, device=dev).scatter(1, layout.positions, vis_index)
-        after_image = torch.arange(length, device=dev)[None] > layout.positions[:, :1]
-        placeholder = input_ids == self.adapter.image_token_id  # unprunable image tokens (LLaVA-NeXT newlines) are not text
-        self._is_text = ~self._is_visual & ~placeholder & after_image & (mask.bool() if mask is not None else True)
-        context = dict(self.params, layers=self.layers, n_layers=self.adapter.n_layers)
-        self._budgets = _budgets(self.method, self.retention, self._n_visual, len(self.layers), context)
-        self._n_cur = self._n_visual
-        self._seq = torch.arange(length, device=dev).expand(b, -1)
-        self._seq_mask2d = mask
-        self._pos0 = None
-        self._stages, self._cur = {}, {}
-        self._stash = {}
-        self._adopted = False
+        n = layout.n_visual
+        is_visual = torch.zeros(b, length, dtype=torch.bool, device=dev).scatter(1, layout.positions, True)
+        vis_index = torch.full((b, length), -1, dtype=torch.long, device=dev).scatter(
+            1, layout.positions, torch.arange(n, device=dev).expand(b, -1))
+        is_text = ~is_visual & (torch.arange(length, device=dev)[None] > layout.positions[:, :1])
+        if layout.fixed is not None and layout.fixed.shape[1]:
+            is_text = is_text.scatter(1, layout.fixed, False)  # never-pruned image tokens are not text
+        if mask is not None:
+            is_text = is_text & mask.bool()
+        self._at = {s.layer: s for s in resolved.stages}
+        self._p = _Prefill(resolved, layout, length, is_visual, vis_index, is_text,
+                           torch.arange(length, device=dev).expand(b, -1), n, mask)
 
     def _layer(self, idx: int, args: tuple, kwargs: dict, stash: bool) -> tuple[tuple, dict]:
+        p = self._p
         hidden = args[0] if args else kwargs["hidden_states"]
-        if self.outer is not None and self._prefill and not self._adopted:
-            self._adopt()
-        if idx in self.layers:
+        stage = self._at.get(idx)
+        if stage is not None:
             if self._prefill:
-                if idx > self.layers[0]:  # a later stage starts from the current (pruned) positions and rotary
-                    kwargs.update(self._cur)
-                hidden = self._prune(idx, hidden, kwargs)
+                kwargs.update(p.cur)  # a later stage starts from the current (pruned) positions and rotary
+                hidden = self._cut(stage, hidden, kwargs)
             else:
-                self._cur = self._decode_kwargs(idx, hidden, kwargs)
-        if idx >= self.layers[0]:
-            kwargs.update(self._cur)
+                p.cur = self._decode_kwargs(idx, hidden, kwargs)
+        if idx >= self._first:
+            kwargs.update(p.cur)
         if stash and self._prefill:
-            self._stash[idx] = (hidden, kwargs["position_embeddings"], self._seq_mask2d, kwargs.get("cache"))
+            p.stash[idx] = (hidden, kwargs["position_embeddings"], p.mask2d, kwargs.get("cache"))
         if args:
             return (hidden, *args[1:]), kwargs
         kwargs["hidden_states"] = hidden
         return args, kwargs
 
-    # ---- prefill: one pruning stage ------------------------------------------------------------------
-    def _prune(self, idx: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
-        stage = self.layers.index(idx)
-        n_keep = self._budgets[stage]
+    # ---- prefill: one stage -------------------------------------------------------------------------
+    def _cut(self, stage: Stage, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """Score, select, and cut the sequence entering layer `stage.layer` to the kept tokens."""
+        p, idx = self._p, stage.layer
         b, length, d = hidden.shape
-        seq = self._seq
-        vis_mask = self._is_visual.gather(1, seq)                                 # (B, L) visual in current seq
-        n_cur = self._n_cur
-        if n_keep > n_cur:
-            raise ValueError(f"{self.method.name!r} at retention={self.retention} keeps {n_keep} of the "
-                             f"{self._n_visual} visual tokens, but only {n_cur} reach layer {idx} (an enclosing "
-                             f"tpx.pruning kept them); use retention ≤ {n_cur / self._n_visual:.4g}")
-        vis_cur = _true_positions(vis_mask, n_cur)                                 # (B, n_cur)
-        vis_orig = self._vis_index.gather(1, seq.gather(1, vis_cur))              # (B, n_cur) into visual span
+        vis_mask = p.is_visual.gather(1, p.seq)                                    # (B, L) visual in current seq
+        if stage.n_keep > p.n_cur:
+            raise ValueError(f"{stage.method.name!r} keeps {stage.n_keep} visual tokens, but only {p.n_cur} reach "
+                             f"layer {idx}")
+        vis_cur = select.mask_to_index(vis_mask, p.n_cur)                           # (B, n_cur)
+        vis_orig = p.vis_index.gather(1, p.seq.gather(1, vis_cur))                 # (B, n_cur) into visual span
         with torch.no_grad():
-            scores, index, merged = self._score_and_select(idx, hidden, seq, vis_cur, n_cur, n_keep)
-        n_keep = self._n_cur = index.shape[1]  # a method may document a count other than the budget (DART's official one)
-        keep_mask = (~vis_mask).scatter(1, vis_cur.gather(1, index), True)
-        keep = _true_positions(keep_mask, length - n_cur + n_keep)                 # (B, L') sorted
-        new_hidden = hidden.gather(1, keep[..., None].expand(-1, -1, d))
-        if merged is not None:
-            slots = _true_positions(vis_mask.gather(1, keep), n_keep)
-            new_hidden = new_hidden.scatter(1, slots[..., None].expand(-1, -1, d), merged.to(new_hidden.dtype))
-        new_seq = seq.gather(1, keep)
+            chosen = self._select(stage, hidden, vis_cur)
+        n_keep = chosen.index.shape[1]  # a method may document a count other than the budget (DART's official one)
+        keep = select.mask_to_index((~vis_mask).scatter(1, vis_cur.gather(1, chosen.index), True),
+                                    length - p.n_cur + n_keep)                     # (B, L') sorted
+        new_hidden = select.take(hidden, keep)
+        if chosen.merged is not None:
+            slots = select.mask_to_index(vis_mask.gather(1, keep), n_keep)
+            new_hidden = new_hidden.scatter(1, slots[..., None].expand(-1, -1, d), chosen.merged.to(new_hidden.dtype))
+        self._shorten(idx, keep, new_hidden, kwargs)
+        p.n_cur = n_keep
+        self._record(stage, vis_orig, chosen, n_keep)
+        return new_hidden
+
+    def _shorten(self, idx: int, keep: torch.Tensor, new_hidden: torch.Tensor, kwargs: dict) -> None:
+        """Positions, rotary and mask of the kept rows, for layer `idx` and the layers after it."""
+        p = self._p
+        b = keep.shape[0]
         position_ids = kwargs.get("position_ids")  # None in a Qwen2-VL forward (3-D M-RoPE lives in cos/sin)
         if position_ids is not None:
             position_ids = position_ids.expand(b, -1)
-        if self._pos0 is None:
-            self._pos0 = position_ids
+        if p.pos0 is None:
+            p.pos0 = position_ids
         cos, sin = kwargs["position_embeddings"]
         gidx = keep[..., None].expand(-1, -1, cos.shape[-1])
         pos = None if position_ids is None else position_ids.gather(1, keep)
         pe = (cos.expand(b, -1, -1).gather(1, gidx), sin.expand(b, -1, -1).gather(1, gidx))
+        new_seq = p.seq.gather(1, keep)
         shift = None
-        if self.positions == "renumber":
-            kept_full = torch.zeros_like(self._is_visual).scatter(1, new_seq, True)
-            pos = self._pos0.gather(1, new_seq) - (~kept_full).long().cumsum(1).gather(1, new_seq)
+        if self.plan.positions == "renumber":
+            kept_full = torch.zeros_like(p.is_visual).scatter(1, new_seq, True)
+            pos = p.pos0.gather(1, new_seq) - (~kept_full).long().cumsum(1).gather(1, new_seq)
             shift = (~kept_full).long().sum(1, keepdim=True)
-            pe = self.adapter.rotary(new_hidden, pos)
-        self._seq, self.kept_positions = new_seq, new_seq
-        self._seq_mask2d = None if self._mask2d is None else self._mask2d[:, : self._length].gather(1, new_seq)
-        mask = self.adapter.causal_mask(new_hidden, self._seq_mask2d, kwargs.get("cache"), idx)
-        self._cur = {"attention_mask": mask, "position_ids": pos, "position_embeddings": pe}
-        self._stages[idx] = {"seq": new_seq, "shift": shift}
-        self._record(idx, stage, vis_orig, index, scores, n_keep)
-        return new_hidden
+            pe = self.adapter.decoder.rotary(new_hidden, pos)
+        p.seq = self.kept_positions = new_seq
+        p.mask2d = None if self._mask2d is None else self._mask2d[:, : p.length].gather(1, new_seq)
+        mask = self.adapter.decoder.causal_mask(new_hidden, p.mask2d, kwargs.get("cache"), idx)
+        p.cur = {"attention_mask": mask, "position_ids": pos, "position_embeddings": pe}
+        p.cut[idx] = {"seq": new_seq, "shift": shift}
 
-    def _score_and_select(self, idx: int, hidden: torch.Tensor, seq: torch.Tensor, vis_cur: torch.Tensor,
-                          n_cur: int, n_keep: int) -> tuple:
-        if self._generator is None:
-            self._generator = torch.Generator(device=hidden.device).manual_seed(self.seed)
-        text_mask_seq = self._is_text.gather(1, seq)
-        n_text = int(text_mask_seq.sum(1).max()) if self._wanted & {"attn_text", "text_keys", "normed_text", "text_mask"} else 0
-        text = _true_positions(text_mask_seq, n_text)
-        text_valid = text_mask_seq.gather(1, text)
-        text = torch.where(text_valid, text, seq.shape[1] - 1)
-        before = self._stash.pop(idx - 1, None)
-        maps = self._stash.pop(("maps", idx - 1), None)
-        vision = self._take_vision(hidden.shape[0]) if ing.needs_vision(self._wanted) else None
-        stage = ing.Stage(self.adapter, hidden, vis_cur, text, text_valid, before, maps, vision, idx - 1)
-        given: dict[str, Any] = dict(self.params, n_keep=n_keep, generator=self._generator)
-        given.update(ing.collect(self._wanted, stage))
-        method = self.method
-        scores = None
-        if method.scorer is not None:
-            scores = method.scorer(**_pick(method.scorer, given))
-            given["scores"] = scores
-        if method.per_segment or "grid" in inspect.signature(method.selector).parameters:
-            index, merged = self._select_per_segment(given, n_cur, n_keep)
-        else:
-            index, merged = _unpack(method.selector(**_pick(method.selector, given)))
-        if merged is not None and self.hook == "V" and merged.shape[-1] != hidden.shape[-1]:
-            merged = self.adapter.project(merged)
-        return scores, index, merged
+    def _select(self, stage: Stage, hidden: torch.Tensor, vis_cur: torch.Tensor) -> Selection:
+        p, idx = self._p, stage.layer
+        grids = p.layout.grids
+        if stage.per_segment and p.n_cur != p.layout.n_visual:
+            raise ValueError(f"{stage.method.name!r} selects on the image grid, which needs all visual tokens; "
+                             f"this stage sees {p.n_cur} of {p.layout.n_visual}")
+        ctx = ing.Context(
+            decoder=self.adapter.decoder, hidden=hidden, visual=vis_cur, is_text=p.is_text.gather(1, p.seq),
+            before=p.stash.pop(idx - 1, None), maps=p.stash.pop(("maps", idx - 1), None),
+            vision=self._take_vision(hidden.shape[0]) if stage.reads_vision else None, score_layer=idx - 1,
+            grid=grids[0] if len(grids) == 1 else None,
+            generator=self._generator(stage, hidden.device) if "generator" in stage.ingredients else None)
+        chosen = stage.select(ing.compute(stage.ingredients, ctx), grids)
+        if chosen.merged is not None and stage.hook == "V" and chosen.merged.shape[-1] != hidden.shape[-1]:
+            chosen = chosen._replace(merged=self.adapter.project(chosen.merged))
+        return chosen
 
-    def _select_per_segment(self, given: dict[str, Any], n_cur: int, n_keep: int) -> tuple:
-        """Selectors that need a grid run on each image segment with a share of the budget."""
-        if len(self._grids) == 1 and "grid" not in inspect.signature(self.method.selector).parameters:
-            return _unpack(self.method.selector(**_pick(self.method.selector, given)))
-        if n_cur != self._n_visual:
-            raise ValueError(f"{self.method.name!r} selects on the image grid, which needs all visual tokens; "
-                             f"this stage sees {n_cur} of {self._n_visual}")
-        sizes = [r * c for r, c in self._grids]
-        shares = select.split_budget(n_keep, sizes) if len(sizes) > 1 else [n_keep]
-        indices, features, start = [], [], 0
-        for grid, size, share in zip(self._grids, sizes, shares, strict=True):
-            part = dict(given, grid=grid, n_keep=share)
-            for name in _PER_TOKEN:
-                if given.get(name) is not None:
-                    part[name] = given[name][:, start:start + size]
-            for name in _PER_KEY:
-                if name in given:
-                    part[name] = given[name][..., start:start + size]
-            index, merged = _unpack(self.method.selector(**_pick(self.method.selector, part)))
-            indices.append(index + start)
-            features.append(merged)
-            start += size
-        merged = None if features[0] is None else torch.cat(features, dim=1)
-        return torch.cat(indices, dim=1), merged
+    def _generator(self, stage: Stage, device: torch.device) -> torch.Generator:
+        """One generator per request, seeded once per run: seeded methods draw in call order."""
+        if stage.part not in self._generators:
+            self._generators[stage.part] = torch.Generator(device=device).manual_seed(stage.seed)
+        return self._generators[stage.part]
 
     def _take_vision(self, batch: int) -> dict[str, torch.Tensor]:
         if not self._vision:
             raise RuntimeError("hook 'V' found no vision-tower record for this prefill (were pixel_values passed?)")
-        vision = dict(self._vision)
+        vision = self.adapter.vision_records(self._vision, self._p.layout)
         self._vision.clear()
         if vision["cls_attn"].shape[0] != batch:
             raise ValueError(f"hook 'V' needs one image per batch row; got {vision['cls_attn'].shape[0]} images for {batch} rows")
         return vision
 
-    def _record(self, idx: int, stage: int, vis_orig: torch.Tensor, index: torch.Tensor,
-                scores: torch.Tensor | None, n_keep: int) -> None:
-        kept = vis_orig.gather(1, index)
-        sizes = torch.tensor([r * c for r, c in self._grids], device=kept.device)
-        starts = sizes.cumsum(0) - sizes
-        segment = torch.searchsorted(starts, kept, right=True) - 1
-        local = kept - starts[segment]
-        cols = torch.tensor([c for _, c in self._grids], device=kept.device)[segment]
+    def _record(self, stage: Stage, vis_orig: torch.Tensor, chosen: Selection, n_keep: int) -> None:
+        layout = self._p.layout
+        kept = vis_orig.gather(1, chosen.index)
+        segment, grid_rc = layout.locate(kept)
         full_scores = None
-        if scores is not None:
-            full_scores = torch.full((kept.shape[0], self._n_visual), float("nan"), device=scores.device)
-            full_scores = full_scores.scatter(1, vis_orig, scores.float()).detach()
-        params = dict(self.params, retention=self.retention, seed=self.seed, positions=self.positions)
+        if chosen.scores is not None:
+            full_scores = torch.full((kept.shape[0], layout.n_visual), float("nan"), device=chosen.scores.device)
+            full_scores = full_scores.scatter(1, vis_orig, chosen.scores.float()).detach()
+        params = dict(stage.params, retention=stage.retention, seed=stage.seed, positions=self.plan.positions)
         self.trace.append(TraceEntry(
-            method=self.method.name, hook=self.hook, layer=idx, stage=stage, params=params,
-            n_visual=self._n_visual, n_keep=n_keep, kept=kept.detach(), segment=segment.detach(),
-            grid_rc=torch.stack([local // cols, local % cols], dim=-1).detach(), scores=full_scores,
-            grids=list(self._grids),
+            method=stage.method.name, hook=stage.hook, layer=stage.layer, stage=stage.index, params=params,
+            n_visual=layout.n_visual, n_keep=n_keep, kept=kept.detach(), segment=segment.detach(),
+            grid_rc=grid_rc.detach(), scores=full_scores, grids=list(layout.grids), native=stage.native,
         ))
 
     # ---- decode -------------------------------------------------------------------------------------
     def _decode_kwargs(self, idx: int, hidden: torch.Tensor, kwargs: dict) -> dict[str, Any]:
-        if idx not in self._stages:
+        p = self._p
+        if p is None or idx not in p.cut:
             raise RuntimeError("a decode step reached a pruned layer before any prefill inside this tpx.pruning context")
-        stage = self._stages[idx]
+        cut = p.cut[idx]
         mask2d = None
         if self._mask2d is not None:
             m = self._mask2d
-            mask2d = torch.cat([m[:, : self._length].gather(1, stage["seq"]), m[:, self._length:]], dim=1)
-        cur: dict[str, Any] = {"attention_mask": self.adapter.causal_mask(hidden, mask2d, kwargs.get("cache"), idx)}
-        if stage["shift"] is not None:
-            pos = kwargs["position_ids"].expand(hidden.shape[0], -1) - stage["shift"]
-            cur.update(position_ids=pos, position_embeddings=self.adapter.rotary(hidden, pos))
+            mask2d = torch.cat([m[:, : p.length].gather(1, cut["seq"]), m[:, p.length:]], dim=1)
+        cur: dict[str, Any] = {"attention_mask": self.adapter.decoder.causal_mask(hidden, mask2d, kwargs.get("cache"), idx)}
+        if cut["shift"] is not None:
+            pos = kwargs["position_ids"].expand(hidden.shape[0], -1) - cut["shift"]
+            cur.update(position_ids=pos, position_embeddings=self.adapter.decoder.rotary(hidden, pos))
         return cur
+
+
+class _CallHook:
+    """Forward pre-hook of the whole model: reads each call's inputs and layout; delegates to its `Run`."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        self.run._on_call(args, kwargs)
 
 
 class _LayerHook:
@@ -377,74 +367,61 @@ class _MapCapture:
 
     def __call__(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
         if self.run._prefill and output[1] is not None:
-            self.run._stash[("maps", self.idx)] = output[1]
+            self.run._p.stash[("maps", self.idx)] = output[1]
 
 
-def _true_positions(mask: torch.Tensor, count: int) -> torch.Tensor:
-    """Ascending positions of the `count` True entries of each row of a `(B, L)` bool mask, without a host sync."""
-    return mask.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :count]
-
-
-def _pick(fn: Any, given: dict[str, Any]) -> dict[str, Any]:
-    return {k: given[k] for k in inspect.signature(fn).parameters if k in given}
-
-
-def _unpack(result: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(result, select.Merged):
-        return result.index, result.features
-    return result, None
-
-
-def _budgets(method: Method, retention: float, n_visual: int, n_stages: int, params: dict[str, Any]) -> list[int]:
-    if method.schedule is None:
-        return [select.budget(retention, n_visual)]
-    budgets = [int(k) for k in method.schedule(retention, n_visual, n_stages, **_pick(method.schedule, params))]
-    if len(budgets) != n_stages or any(not 1 <= k <= n_visual for k in budgets) or budgets != sorted(budgets, reverse=True):
-        raise ValueError(f"{method.name!r} schedule gave {budgets} for {n_stages} stages of {n_visual} tokens; "
-                         "it must give one non-increasing count in [1, N] per stage")
-    return budgets
-
+# ---- entry points -----------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def pruning(
     model: torch.nn.Module,
-    method: str | Method,
+    method: str | Method | Plan | None = None,
     *,
-    retention: float,
+    retention: float | None = None,
     layer: int | None = None,
     layers: Sequence[int] | None = None,
     hook: Literal["V", "E", "L"] | None = None,
     seed: int = 0,
     positions: Literal["keep", "renumber"] = "keep",
     attention: Literal["rows", "maps"] = "rows",
+    native: bool = True,
     **params: Any,
 ) -> Iterator[Run]:
     """Prune visual tokens of `model` inside the `with` block; hooks are removed on exit, even on error.
 
+    The plan is built on entering the `with` (`plan_for`), so a bad configuration raises there, before any
+    hook exists. A checkpoint trained with a compression always on (`config.tpx_compression`) gets it as the
+    first stage, and the method acts on what it leaves.
+
     Args:
         model: a supported Hugging Face MLLM (see `tpx.models.ADAPTERS`).
-        method: a registry name (`tpx.list_methods()`) or a `Method`.
+        method: a registry name (`tpx.list_methods()`), a `Method`, a `Plan` (then no other argument but
+            `native`), or None: only the checkpoint's own compression (nothing for other models).
         retention: kept share of visual tokens, in (0, 1]; `n_keep = select.budget(retention, N)` (multi-stage
-            methods: see their schedule). Inside an enclosing `tpx.pruning` it still counts against the N
-            visual tokens of the input, and must keep no more than the enclosing run left.
+            methods: see their schedule). After a checkpoint's compression it still counts against the N visual
+            tokens of the input, and must keep no more than that compression left.
         layer: decoder layer K for hook "L" (the first layer that sees the pruned sequence); default: the
             method's. Not allowed for hooks "E" / "V", which act before layer 0.
         layers: stage layers of a multi-stage method (default: the method's, scaled to the model's depth).
         hook: hook point, one of the method's `hooks`; default: its first.
-        seed: seed of the run's generator (random methods draw from it, in call order).
+        seed: seed of the run's generator (seeded methods draw from it, in call order).
         positions: "keep" (kept tokens keep their original position ids) or "renumber" (compacted).
         attention: "rows" (recompute the needed attention rows; the model keeps SDPA) or "maps" (read the
             eager attention maps of layer K−1, the original FastV way; needs an eager model).
-        **params: the method's parameters (`get_method(name).defaults` lists them).
+        native: put the checkpoint's `config.tpx_compression` first (default True).
+        **params: the method's parameters (`get_method(name).params` lists them and their allowed values).
 
     Yields:
         The `Run`, whose `trace` records what every prefill kept.
 
     Raises:
-        ValueError: for a parameter outside its allowed values (named in the message).
-        TypeError: for an unsupported model.
+        ValueError: for a configuration `tpx.plan` rejects (the parameter is named in the message), or a
+            second context on the same model (compose plans instead).
+        TypeError: for an unsupported model, or a method without a retention.
     """
-    run = _make_run(model, method, retention, layer, layers, hook, seed, positions, attention, params)
+    adapter = adapter_for(model)
+    run = Run(model, adapter, _plan(model, adapter, method, retention, layer, layers, hook, seed, positions,
+                                    attention, native, params, None))
     run._install()
     try:
         yield run
@@ -452,68 +429,62 @@ def pruning(
         run._remove()
 
 
-def _make_run(model, method, retention, layer, layers, hook, seed, positions, attention, params) -> Run:
-    from tpx.models import adapter_for
+def plan_for(model: torch.nn.Module, method: str | Method | Plan | None = None, *, inputs: Mapping[str, Any] | None = None,
+             layout: Layout | None = None, retention: float | None = None, layer: int | None = None, layers: Sequence[int] | None = None,
+             hook: str | None = None, seed: int = 0, positions: str = "keep", attention: str = "rows",
+             native: bool = True, **params: Any) -> Plan:
+    """The plan `tpx.pruning` would run on `model` (its compression first), with budgets for `inputs` (a batch
+    of processor outputs) or a `layout`, or else for the model's fixed single-image layout when it has one.
 
-    method = get_method(method)
-    retention = select.check_retention(retention)
-    hook = hook or method.hook
-    if hook not in method.hooks:
-        raise ValueError(f"hook={hook!r} is not supported by {method.name!r}; supported: {', '.join(method.hooks)}")
-    if positions not in POSITIONS:
-        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
-    if attention not in ATTENTION:
-        raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {seed!r}")
-    unknown = sorted(set(params) - set(method.defaults))
-    if unknown:
-        allowed = ", ".join(sorted(method.defaults)) or "none"
-        raise ValueError(f"unknown parameter(s) {unknown} for method {method.name!r}; allowed: {allowed}")
+    Raises:
+        ValueError, TypeError: as `tpx.pruning` on entry (and, with `inputs`, as its first prefill would).
+    """
     adapter = adapter_for(model)
-    if positions == "renumber" and not adapter.supports_renumber:
-        raise ValueError(f"positions='renumber' is not supported on {type(model).__name__}: its M-RoPE positions are 3-D; use positions='keep'")
-    stage_layers = _stage_layers(method, hook, layer, layers, adapter.n_layers)
-    if attention == "maps" and adapter.attn_implementation != "eager":
-        raise ValueError(f"attention='maps' reads eager attention maps; load the model with attn_implementation='eager' (it uses {adapter.attn_implementation!r})")
-    return Run(model, adapter, method, retention, hook, stage_layers, seed, positions, attention, dict(method.defaults, **params))
+    if inputs is not None:
+        call = dict(inputs)
+        layout = adapter.layout(call.pop("input_ids"), **call)
+    return _plan(model, adapter, method, retention, layer, layers, hook, seed, positions, attention, native, params,
+                 layout)
 
 
-def _stage_layers(method: Method, hook: str, layer: int | None, layers: Sequence[int] | None, n_layers: int) -> tuple[int, ...]:
-    if layer is not None and layers is not None:
-        raise ValueError("pass either layer= (one stage) or layers= (several), not both")
-    if hook in ("E", "V"):
-        if layer is not None or layers is not None:
-            raise ValueError(f"layer applies to hook 'L' only; {method.name!r} at hook {hook!r} acts before layer 0 "
-                             "(pass hook='L' to prune inside the LLM)")
-        return (0,)
-    low = 1 if ing.needs_layer_before(ing.wanted(method.scorer, method.selector)) else 0
-    if layer is not None:
-        chosen: Sequence[int] = (layer,)
-    elif layers is not None:
-        chosen = tuple(layers)
-    elif method.scale_layers and n_layers != 32:
-        chosen = _scaled(method.layers, n_layers, low)
+def reachable(model: torch.nn.Module, method: str | Method, retention: float, **kwargs: Any) -> str | None:
+    """None if `method` can run at `retention` on `model` (for `inputs=` or `layout=`, if given), else the reason:
+    the error `tpx.pruning` would raise. Cheap: no forward pass. `kwargs` are those of `plan_for`.
+    """
+    try:
+        plan_for(model, method, retention=retention, **kwargs)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _plan(model: torch.nn.Module, adapter: Adapter, method: str | Method | Plan | None, retention: float | None,
+          layer: int | None, layers: Sequence[int] | None, hook: str | None, seed: int, positions: str,
+          attention: str, native: bool, params: dict[str, Any], layout: Layout | None) -> Plan:
+    given = {k: v for k, v in dict(retention=retention, layer=layer, layers=layers, hook=hook).items() if v is not None}
+    if isinstance(method, Plan):
+        if given or params or seed != 0 or (positions, attention) != ("keep", "rows"):
+            raise ValueError(f"a Plan carries its own settings; got {sorted(given) + sorted(params)} beside it")
+        requested = method
+    elif method is None:
+        if given or params:
+            raise ValueError(f"{sorted(given) + sorted(params)} given without a method")
+        requested = Plan(positions=positions, attention=attention).bind()
     else:
-        chosen = method.layers
-    for k in chosen:
-        if isinstance(k, bool) or not isinstance(k, int) or not low <= k < n_layers:
-            why = f"; {method.name!r} reads layer K−1, so K ≥ 1" if low else ""
-            raise ValueError(f"layer={k} out of range: model has {n_layers} decoder layers (0..{n_layers - 1}), "
-                             f"allowed {low}..{n_layers - 1}{why}")
-    if list(chosen) != sorted(set(chosen)):
-        raise ValueError(f"layers must be strictly increasing, got {tuple(chosen)}")
-    if len(chosen) != len(method.layers) and (method.schedule is None or len(chosen) == 0):
-        raise ValueError(f"{method.name!r} prunes at {len(method.layers)} layer(s); got layers {tuple(chosen)}")
-    return tuple(chosen)
-
-
-def _scaled(layers: Sequence[int], n_layers: int, low: int) -> tuple[int, ...]:
-    """Stage layers given for a 32-layer LLM, moved to the same relative depth of a shallower/deeper one."""
-    out: list[int] = []
-    for k in layers:
-        k = max(low, round(k * n_layers / 32), out[-1] + 1 if out else low)
-        out.append(k)
-    if out[-1] >= n_layers:
-        raise ValueError(f"a {n_layers}-layer model is too shallow for {len(layers)} pruning stages; pass layers=")
-    return tuple(out)
+        if retention is None:
+            raise TypeError("tpx.pruning with a method needs retention=")
+        requested = plan(method, retention, layer=layer, layers=layers, hook=hook, n_layers=adapter.n_layers,
+                         seed=seed, positions=positions, attention=attention, **params)
+    own = native_plan(model, requested.positions, requested.attention) if native else None
+    if own is not None:
+        if requested.positions == "renumber":
+            raise ValueError("positions='renumber' cannot follow a checkpoint's own compression, which keeps the "
+                             "original positions it was trained with; use positions='keep'")
+        requested = own + requested
+    if requested.positions == "renumber" and not adapter.supports_renumber:
+        raise ValueError(f"positions='renumber' is not supported on {type(model).__name__}: its M-RoPE positions "
+                         "are 3-D; use positions='keep'")
+    if requested.attention == "maps" and adapter.decoder.attn_implementation != "eager":
+        raise ValueError("attention='maps' reads eager attention maps; load the model with attn_implementation='eager' "
+                         f"(it uses {adapter.decoder.attn_implementation!r})")
+    return requested.bind(n_layers=adapter.n_layers, layout=layout if layout is not None else adapter.nominal_layout())

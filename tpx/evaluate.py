@@ -116,16 +116,13 @@ def _answer_batch(model: Any, processor: Any, batch: list[Sample], config: Confi
     n_visual = (inputs["input_ids"] == model.config.image_token_id).sum(1).tolist()
     entry = first = None
     with torch.inference_mode():
-        native = getattr(model, "_tpx_native_run", None)  # a checkpoint trained with compression keeps it
-        seen = len(native.trace) if native is not None else 0
-        if config.method == UNPRUNED:
+        # unpruned: only a checkpoint's own compression runs (config.tpx_compression; nothing for other models)
+        method = None if config.method == UNPRUNED else config.method
+        with pruning(model, method, **({} if method is None else config.kwargs())) as run:
             out = model.generate(**inputs, **kwargs)
-            if native is not None and len(native.trace) > seen:
-                entry = native.trace[-1]
-        else:
-            with pruning(model, config.method, **config.kwargs()) as run:
-                out = model.generate(**inputs, **kwargs)
-            entry, first = run.trace[-1], run.trace[0]  # last / first stage of the one prefill of this call
+        if run.trace:
+            entry = run.trace[-1]  # last stage of the one prefill of this call
+            first = next((e for e in run.trace if not e.native), None)  # the configuration's first stage
     texts = tok.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     where = {"label": config.label, "hook": "" if first is None else first.hook,
              "layer": None if first is None or first.hook != "L" else int(first.layer)}
@@ -207,8 +204,8 @@ def _legacy_configs(methods: Sequence[str | None], retentions: Sequence[float], 
 
 
 def _validate(model: Any, configs: Sequence[Config], blind: str | None) -> None:
-    """Enter and leave `tpx.pruning` once per distinct configuration: every parameter error before any work."""
-    from tpx.engine import pruning
+    """Plan every distinct configuration as `tpx.pruning` would: every parameter error before any work."""
+    from tpx.engine import plan_for
 
     labels: dict[str, Config] = {}
     for c in configs:
@@ -217,8 +214,7 @@ def _validate(model: Any, configs: Sequence[Config], blind: str | None) -> None:
         if blind == "no_image":
             raise ValueError(f"blind='no_image' has no visual tokens to prune; evaluate it unpruned only, "
                              f"got {c.method!r}")
-        with pruning(model, c.method, **c.kwargs()):
-            pass
+        plan_for(model, c.method, **c.kwargs())
     for c in configs:  # one label names one configuration (seeds apart)
         other = labels.setdefault(c.label, c)
         if (other.method, other.retention, other.hook, other.layer, other.params) != \
@@ -234,7 +230,8 @@ def reachable(model: Any, processor: Any, samples: Sequence[Sample], configs: Se
         `(ok, skipped)`: runnable configurations in order, and a DataFrame (label, method, hook, layer,
         retention, reason) of the rest — to be shown, never dropped silently.
     """
-    from tpx.analysis import tables
+    from tpx.engine import reachable as why_not
+    from tpx.layout import Layout
     from tpx.models import adapter_for
 
     ids = model_inputs(processor, list(samples)[:1], model)["input_ids"]
@@ -245,8 +242,9 @@ def reachable(model: Any, processor: Any, samples: Sequence[Sample], configs: Se
         grid = None  # several grids (AnyRes, several images): the engine checks pooling's grid
     ok, skipped = [], []
     for c in configs:
-        why = None if c.method == UNPRUNED else tables.reachable(
-            model, c.method, c.retention, n_visual, grid, **{k: v for k, v in c.kwargs().items() if k != "retention"})
+        layout = Layout(grids=(grid,)) if grid is not None else Layout(n_visual=n_visual)
+        why = None if c.method == UNPRUNED else why_not(
+            model, c.method, c.retention, layout=layout, **{k: v for k, v in c.kwargs().items() if k != "retention"})
         if why is None:
             ok.append(c)
         else:

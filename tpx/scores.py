@@ -1,11 +1,11 @@
 """Scorers: per-visual-token scores, higher means more worth keeping.
 
-A scorer is a pure, batched tensor function. Its argument names say which ingredient the engine must hand
-it (see `tpx.engine.INGREDIENTS`): `attn_last` / `attn_last_visual` are `(B, H, N)` attention probabilities
-from one query row to the N visual tokens at the scoring layer, `features` are the `(B, N, D)` visual
-hidden states at the hook point, and `generator` is the run's seeded `torch.Generator`; the other names are
-listed in the engine's `INGREDIENTS`. Scorers return
-`(B, N)` float scores on the input's device. This module imports only torch.
+A scorer is a pure, batched tensor function. Its arguments are ingredients named as in
+`tpx.ingredients.INGREDIENTS`, and a method's registry entry declares which ones it takes (`Method.needs`):
+`attn_last` / `attn_last_visual` are `(B, H, N)` attention probabilities from one query row to the N visual
+tokens at the scoring layer, `features` are the `(B, N, D)` visual hidden states at the hook point, and
+`generator` is the run's seeded `torch.Generator`. Scorers return `(B, N)` float scores on the input's device.
+This module imports only torch.
 
 Papers covered:
     FastV: Chen et al., "An Image is Worth 1/2 Tokens After Layer 2", ECCV 2024, arXiv 2403.06764.
@@ -114,8 +114,8 @@ def text_rater_attention(attn_text: torch.Tensor, text_mask: torch.Tensor) -> to
     Differs from the official code: the code picks raters once, from the LLM's input embeddings, as the
     softmax over text tokens of visual·text dot products averaged over visual tokens; tpx reads relevance
     from the attention rows of layer K−1 (softmax over keys) and picks raters again at every stage. The code
-    also scores with the pruning layer's own attention and prunes that layer's output (its layers 2, 6, 15
-    are tpx's K = 3, 7, 16); tpx's registry keeps K = 2, 6, 15, scored at layers 1, 5, 14.
+    also scores with the pruning layer's own attention and prunes that layer's output (its layers 2, 6, 15);
+    tpx's registry puts the cut before K = 3, 7, 16 and scores with layers K − 1 = 2, 6, 15, the same layers.
 
     Args:
         attn_text: `(B, H, T, N)` attention of the T text tokens after the image over the visual tokens.

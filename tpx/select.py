@@ -21,7 +21,9 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["Merged", "budget", "check_retention", "pool2d", "pool_grid", "split_budget", "topk", "window_topk"]
+__all__ = ["Merged", "budget", "check_choice", "check_count", "check_flag", "check_n_keep", "check_retention",
+           "check_unit", "mask_to_index", "pool2d", "pool_grid", "round_count", "sorted_merge", "split_budget",
+           "take", "topk", "window_topk"]
 
 class Merged(NamedTuple):
     """Result of a merging selector: each output token stands for a group of input tokens.
@@ -68,14 +70,21 @@ def budget(retention: float, n_visual: int) -> int:
     retention = check_retention(retention)
     if int(n_visual) < 1:
         raise ValueError(f"n_visual must be ≥ 1, got {n_visual}")
-    # the small epsilon absorbs float error such as 2/9 * 576 = 127.99999999999999
-    n_keep = math.floor(retention * n_visual + 0.5 + 1e-9)
+    n_keep = round_count(retention * n_visual)
     if n_keep < 1:
         raise ValueError(
             f"retention={retention} keeps 0 of {n_visual} visual tokens; "
             f"the smallest retention that keeps one token is {0.5 / n_visual:.4g}"
         )
     return min(n_keep, int(n_visual))
+
+
+def round_count(x: float) -> int:
+    """Round a token count to the nearest integer, halves up: the one rounding rule of budgets and schedules.
+
+    A small epsilon absorbs float error such as 2/9 · 576 = 127.99999999999999.
+    """
+    return math.floor(x + 0.5 + 1e-9)
 
 
 def topk(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
@@ -88,7 +97,7 @@ def topk(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
     Returns:
         `(B, n_keep)` int64 indices into the N tokens, sorted ascending.
     """
-    _check_n_keep(n_keep, scores.shape[1])
+    check_n_keep(n_keep, scores.shape[1])
     return scores.topk(n_keep, dim=1).indices.sort(dim=1).values
 
 
@@ -113,11 +122,11 @@ def window_topk(scores: torch.Tensor, n_keep: int, grid: tuple[int, int], window
     Returns:
         `(B, n_keep)` sorted indices.
     """
-    rows, cols = _check_grid(grid, scores.shape[1])
+    rows, cols = check_grid(grid, scores.shape[1])
     wh, ww = (window, window) if isinstance(window, int) else tuple(window)
     if not (1 <= wh <= rows and 1 <= ww <= cols):
         raise ValueError(f"window must be between 1 and the grid {rows}x{cols}, got {window}")
-    _check_n_keep(n_keep, scores.shape[1])
+    check_n_keep(n_keep, scores.shape[1])
     device = scores.device
     r = torch.arange(rows, device=device).repeat_interleave(cols)
     c = torch.arange(cols, device=device).repeat(rows)
@@ -171,8 +180,8 @@ def pool2d(features: torch.Tensor, n_keep: int, grid: tuple[int, int]) -> Merged
     Returns:
         `Merged(index (B, n_keep), features (B, n_keep, D))`.
     """
-    rows, cols = _check_grid(grid, features.shape[1])
-    _check_n_keep(n_keep, features.shape[1])
+    rows, cols = check_grid(grid, features.shape[1])
+    check_n_keep(n_keep, features.shape[1])
     h, w = pool_grid(n_keep, (rows, cols))
     b, _, d = features.shape
     x = features.transpose(1, 2).reshape(b, d, rows, cols)
@@ -183,14 +192,14 @@ def pool2d(features: torch.Tensor, n_keep: int, grid: tuple[int, int]) -> Merged
     return Merged(index=index, features=pooled)
 
 
-def _check_grid(grid: tuple[int, int], n: int) -> tuple[int, int]:
+def check_grid(grid: tuple[int, int], n: int) -> tuple[int, int]:
     rows, cols = (int(g) for g in grid)
     if rows * cols != n:
         raise ValueError(f"grid {rows}x{cols} does not match the {n} visual tokens it should lay out")
     return rows, cols
 
 
-def _check_n_keep(n_keep: int, n: int) -> None:
+def check_n_keep(n_keep: int, n: int) -> None:
     if not 1 <= n_keep <= n:
         raise ValueError(f"n_keep must be in [1, {n}], got {n_keep}")
 
@@ -222,7 +231,7 @@ def split_budget(n_keep: int, sizes: Sequence[int]) -> list[int]:
     if not sizes or min(sizes) < 1:
         raise ValueError(f"sizes must be a non-empty list of counts ≥ 1, got {sizes}")
     total = sum(sizes)
-    _check_n_keep(n_keep, total)
+    check_n_keep(n_keep, total)
     alloc = [n_keep * s // total for s in sizes]                 # integer arithmetic: no float rounding
     order = sorted(range(len(sizes)), key=lambda i: (-(n_keep * sizes[i] % total), i))
     for i in order[: n_keep - sum(alloc)]:
@@ -237,31 +246,66 @@ def split_budget(n_keep: int, sizes: Sequence[int]) -> list[int]:
     return alloc
 
 
-# ---- helpers shared with tpx.dedup and tpx.merge ----------------------------------------------------
+# ---- helpers shared with tpx.dedup, tpx.merge and the engine -------------------------------------------
 
-def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Rows `index` (B, K) of `x` (B, N, D) → (B, K, D)."""
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def _mask_to_index(mask: torch.Tensor, count: int) -> torch.Tensor:
+def mask_to_index(mask: torch.Tensor, count: int) -> torch.Tensor:
     """Ascending positions of the `count` True entries of each row of a `(B, N)` bool mask, without a host sync."""
     return mask.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :count]
 
 
-def _sorted_merge(index: torch.Tensor, features: torch.Tensor) -> Merged:
+def sorted_merge(index: torch.Tensor, features: torch.Tensor) -> Merged:
+    """A `Merged` with its indices sorted ascending and the features reordered alike."""
     index, order = index.sort(dim=1)
-    return Merged(index=index, features=_take(features, order))
+    return Merged(index=index, features=take(features, order))
 
 
-def _check_unit(name: str, value: float) -> float:
+def check_grid(grid: tuple[int, int], n: int) -> tuple[int, int]:
+    """`grid` as two ints whose product is the `n` tokens it lays out.
+
+    Raises:
+        ValueError: if rows · cols != n.
+    """
+    rows, cols = (int(g) for g in grid)
+    if rows * cols != n:
+        raise ValueError(f"grid {rows}x{cols} does not match the {n} visual tokens it should lay out")
+    return rows, cols
+
+
+def check_n_keep(n_keep: int, n: int) -> None:
+    """Raises `ValueError` unless 1 ≤ n_keep ≤ n."""
+    if not 1 <= n_keep <= n:
+        raise ValueError(f"n_keep must be in [1, {n}], got {n_keep}")
+
+
+def check_unit(name: str, value: float) -> float:
+    """`value` as a float in [0, 1]; the `ValueError` names the parameter."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
     return float(value)
 
 
-def _check_count(name: str, value: int, low: int, high: int | None) -> int:
+def check_count(name: str, value: int, low: int, high: int | None = None) -> int:
+    """`value` as an int in [low, high] (no upper bound when `high` is None); the `ValueError` names it."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
         span = f"[{low}, {high}]" if high is not None else f"≥ {low}"
-        raise ValueError(f"{name} must be an int in {span}, got {value!r}")
+        raise ValueError(f"{name} must be an int {span if high is None else 'in ' + span}, got {value!r}")
+    return value
+
+
+def check_flag(name: str, value: bool) -> bool:
+    """`value` if it is True or False; the `ValueError` names the parameter."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    """`value` if it is one of `choices`; the `ValueError` names the parameter and lists them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return value

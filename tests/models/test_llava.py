@@ -19,13 +19,13 @@ def test_recomputed_rows_equal_eager_attention(tiny_models, batch):
         out = model(**inputs, output_attentions=True, output_hidden_states=True)
         length = inputs["input_ids"].shape[1]
         position_ids = torch.arange(length)[None]
-        pe = adapter.rotary(out.hidden_states[0], position_ids)
+        pe = adapter.decoder.rotary(out.hidden_states[0], position_ids)
         g = torch.Generator().manual_seed(0)
         rows = torch.stack([torch.randperm(length, generator=g)[:5] for _ in range(batch)])
         rows[:, 0] = length - 1
         mask2d = inputs["attention_mask"]
         for layer in range(adapter.n_layers):
-            got = adapter.attention_rows(layer, out.hidden_states[layer], pe, rows, mask2d)
+            got = adapter.decoder.attention_rows(layer, out.hidden_states[layer], pe, rows, mask2d)
             want = out.attentions[layer].gather(2, rows[:, None, :, None].expand(-1, got.shape[1], -1, length))
             real = mask2d.gather(1, rows).bool()  # padded query rows are meaningless in both
             torch.testing.assert_close(got.permute(0, 2, 1, 3)[real], want.permute(0, 2, 1, 3)[real], atol=1e-6, rtol=0)
@@ -104,19 +104,20 @@ def test_vision_records_equal_eager_clip_attention(tiny_models):
     assert sink["vision_keys"].shape == (2, 144, model.config.vision_config.hidden_size)
 
 
-def test_rows_from_cached_keys_equal_recomputed_rows(tiny_models):
+def test_rows_keys_and_values_from_the_cache_equal_recomputed_ones(tiny_models):
     model, processor = tiny_models["sdpa"]
     inputs = make_inputs(processor, 2, seed=42)
     adapter = adapter_for(model)
     with torch.no_grad():
         out = model(**inputs, output_hidden_states=True, use_cache=True)
         length = inputs["input_ids"].shape[1]
-        pe = adapter.rotary(out.hidden_states[0], torch.arange(length)[None])
+        pe = adapter.decoder.rotary(out.hidden_states[0], torch.arange(length)[None])
         rows = torch.tensor([[length - 1, 150], [length - 1, 100]])
         for layer in range(adapter.n_layers):
-            assert adapter._cached_keys(out.cache, layer, length) is not None
-            cached = adapter.attention_rows(layer, out.hidden_states[layer], pe, rows, inputs["attention_mask"], cache=out.cache)
-            fresh = adapter.attention_rows(layer, out.hidden_states[layer], pe, rows, inputs["attention_mask"])
+            assert out.cache.layers[layer].keys.shape[-2] == length  # the cache holds this layer's keys
+            dec, h = adapter.decoder, out.hidden_states[layer]
+            cached = dec.attention_rows(layer, h, pe, rows, inputs["attention_mask"], cache=out.cache)
+            fresh = dec.attention_rows(layer, h, pe, rows, inputs["attention_mask"])
             torch.testing.assert_close(cached, fresh, atol=1e-6, rtol=0)
-            torch.testing.assert_close(adapter.keys(layer, out.hidden_states[layer], pe, cache=out.cache),
-                                       adapter.keys(layer, out.hidden_states[layer], pe), atol=1e-6, rtol=0)
+            torch.testing.assert_close(dec.keys(layer, h, pe, cache=out.cache), dec.keys(layer, h, pe), atol=1e-6, rtol=0)
+            torch.testing.assert_close(dec.values(layer, h, cache=out.cache), dec.values(layer, h), atol=1e-6, rtol=0)

@@ -103,12 +103,13 @@ def test_layout_excludes_newlines_and_lists_base_and_crop_grids(models):
     assert isinstance(adapter, LlavaNextAdapter)
     inputs = make_inputs(processor, 2)
     layout = adapter.layout(inputs["input_ids"], **_call(inputs))
-    assert layout.grids == [(4, 4), (6, 8)] and layout.positions.shape == (2, 64)
+    assert layout.grids == ((4, 4), (6, 8)) and layout.positions.shape == (2, 64)
     every = adapter.image_positions(inputs["input_ids"])
     assert every.shape == (2, 70)
     newlines = every[:, 16:].view(2, 6, 9)[:, :, -1]           # the last token of every crop row
     assert not bool(_isin_rows(newlines, layout.positions).any())
-    assert torch.equal(torch.cat([layout.positions, newlines], 1).sort(1).values, every)
+    assert torch.equal(layout.fixed, newlines)  # never pruned
+    assert torch.equal(layout.image_positions(), every)
 
 
 def test_layout_from_generate_inputs_equals_layout_from_image_sizes(models):
@@ -230,16 +231,17 @@ def test_recomputed_rows_equal_eager_attention(models, batch):
     mask2d = inputs["attention_mask"]
     real = mask2d.gather(1, rows).bool()
     for layer in range(adapter.n_layers):
-        got = adapter.attention_rows(layer, out.hidden_states[layer], seen["pe"], rows, mask2d)
+        got = adapter.decoder.attention_rows(layer, out.hidden_states[layer], seen["pe"], rows, mask2d)
         want = out.attentions[layer].gather(2, rows[:, None, :, None].expand(-1, got.shape[1], -1, length))
         torch.testing.assert_close(got.permute(0, 2, 1, 3)[real], want.permute(0, 2, 1, 3)[real], atol=1e-6, rtol=0)
 
 
 # ---- vision tower records (hook "V") ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("order", ["forward", "generate"])
-def test_vision_records_follow_the_layout(models, order):
-    """Projected records equal the model's own packed features at the prunable positions, in either call order."""
+@pytest.mark.parametrize("source", ["forward", "generate"])
+def test_vision_records_follow_the_layout(models, source):
+    """Stitched records, projected, equal the model's own packed features at the prunable positions, whether the
+    layout was read from a forward's image_sizes or from generate's packed features."""
     model, processor = models["sdpa"]
     inputs = make_inputs(processor, 2, seed=50)
     adapter = adapter_for(model)
@@ -247,26 +249,22 @@ def test_vision_records_follow_the_layout(models, order):
     handles = adapter.vision_hooks(sink)
     try:
         with torch.no_grad():
-            if order == "forward":  # the engine's top-level hook reads the layout before the tower runs
-                adapter.layout(inputs["input_ids"], **_call(inputs))
-                encoded = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
-            else:                   # generate() encodes the images first, the layout comes with the prefill
-                encoded = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
-                assert not sink
-                adapter.layout(inputs["input_ids"], mm_encoder_outputs={"image": encoded})
+            encoded = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
     finally:
         for h in handles:
             h.remove()
-    assert sink["cls_attn"].shape == (2, 4, 64) and sink["vision_features"].shape == (2, 64, 32)
-    assert sink["vision_keys"].shape == (2, 64, 32)
-    offsets = adapter.layout(inputs["input_ids"], **_call(inputs)).positions[0]
-    offsets = offsets - adapter.image_positions(inputs["input_ids"])[0, 0]
+    call = _call(inputs) if source == "forward" else {"mm_encoder_outputs": {"image": encoded}}
+    layout = adapter.layout(inputs["input_ids"], **call)
+    records = adapter.vision_records(sink, layout)
+    assert records["cls_attn"].shape == (2, 4, 64) and records["vision_features"].shape == (2, 64, 32)
+    assert records["vision_keys"].shape == (2, 64, 32)
+    offsets = layout.positions[0] - adapter.image_positions(inputs["input_ids"])[0, 0]
     with torch.no_grad():
-        projected = adapter.project(sink["vision_features"])
+        projected = adapter.project(records["vision_features"])
     for row in range(2):
         torch.testing.assert_close(projected[row], encoded.pooler_output[row][offsets], atol=1e-6, rtol=0)
     # each crop's [CLS] row is a softmax over its own 1 + 16 tokens: the base view's share is below 1
-    assert bool((sink["cls_attn"][..., :16].sum(-1) < 1).all())
+    assert bool((records["cls_attn"][..., :16].sum(-1) < 1).all())
 
 
 @pytest.mark.skipif("fastervlm" not in tpx.list_methods(), reason="fastervlm not registered")

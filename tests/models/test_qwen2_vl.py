@@ -125,7 +125,7 @@ def test_layout_from_grid_thw_and_from_generate_positions(models, per_row, sizes
     prefill = _prefill_kwargs(model, inputs)
     assert "image_grid_thw" not in prefill and prefill["position_ids"].shape[0] == 4
     generate = adapter.layout(**prefill)
-    assert forward.grids == generate.grids == grids
+    assert list(forward.grids) == list(generate.grids) == grids
     assert torch.equal(forward.positions, generate.positions)
     assert bool((inputs["input_ids"].gather(1, forward.positions) == model.config.image_token_id).all())
     # the grid is the M-RoPE (h, w) offset of each token from its image's first token
@@ -244,7 +244,7 @@ def test_recomputed_rows_equal_eager_attention(models, key, batch):
     mask2d = inputs["attention_mask"]
     real = mask2d.gather(1, rows).bool()
     for layer in range(adapter.n_layers):
-        got = adapter.attention_rows(layer, out.hidden_states[layer], seen["pe"], rows, mask2d)
+        got = adapter.decoder.attention_rows(layer, out.hidden_states[layer], seen["pe"], rows, mask2d)
         want = out.attentions[layer].gather(2, rows[:, None, :, None].expand(-1, got.shape[1], -1, length))
         torch.testing.assert_close(got.permute(0, 2, 1, 3)[real], want.permute(0, 2, 1, 3)[real], atol=1e-6, rtol=0)
 

@@ -15,44 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import pandas as pd
 
-__all__ = ["format_table", "method_table", "reachable", "spatial_table", "task_columns"]
+__all__ = ["format_table", "method_table", "spatial_table", "task_columns"]
 
 UNPRUNED = "unpruned"
-
-
-def reachable(model: Any, method: str, retention: float, n_visual: int, grid: tuple[int, int] | None = None,
-              **pruning_kwargs: Any) -> str | None:
-    """Why `method` cannot run at `retention` on `n_visual` tokens, or None if it can.
-
-    Checks what `tpx.pruning` checks on entry, and what the engine would only find out at the first prefill:
-    a multi-stage schedule's budget (PDrop's first stage layer bounds its lowest equivalent retention) and
-    pooling's exact output grid.
-
-    Args:
-        model: from `tpx.load`. method: registry name. retention: in (0, 1]. n_visual: visual tokens N.
-        grid: `(rows, cols)` of the image (for pooling); default: none checked.
-        **pruning_kwargs: as for `tpx.pruning` (layer, method parameters).
-
-    Returns:
-        None, or the engine's error message.
-    """
-    from tpx import select
-    from tpx.engine import pruning
-
-    try:
-        with pruning(model, method, retention=retention, **pruning_kwargs) as run:
-            if run.method.schedule is not None:
-                context = dict(run.params, layers=run.layers, n_layers=run.adapter.n_layers)
-                run.method.schedule(run.retention, n_visual, len(run.layers), **context)
-            elif run.method.selector is select.pool2d and grid is not None:
-                select.pool_grid(select.budget(run.retention, n_visual), grid)
-    except ValueError as err:
-        return str(err)
-    return None
 
 
 def _per_seed(df: pd.DataFrame) -> pd.DataFrame:

@@ -2,13 +2,17 @@
 
 `load(id_or_path)` loads a supported Hugging Face MLLM and its processor — a hub id such as
 `llava-hf/llava-1.5-7b-hf` when the hub is reachable, any local folder offline, or `"tiny"` for a tiny
-random LLaVA built in memory. `adapter_for(model)` returns the adapter the engine talks to.
+random LLaVA built in memory. `adapter_for(model)` returns the adapter the engine talks to (`base.Adapter`),
+`layout(model, inputs)` the geometry of a batch of inputs (`tpx.layout.Layout`: the prunable visual positions,
+the never-pruned image tokens, the grids, N), and `native_plan(model)` the compression a checkpoint was
+trained with (`config.tpx_compression`), which whoever runs the model puts first in its plan.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import transformers
@@ -21,17 +25,19 @@ if not SUPPORTED_TRANSFORMERS[0] <= Version(transformers.__version__) < SUPPORTE
         f"create_causal_mask(layer_idx=)), found {transformers.__version__}; pip install 'transformers==5.24.*'"
     )
 
+from tpx.layout import Layout  # noqa: E402
+from tpx.models.base import Adapter, Decoder  # noqa: E402
 from tpx.models.llava import LlavaAdapter  # noqa: E402
 from tpx.models.llava_next import LlavaNextAdapter  # noqa: E402
 from tpx.models.qwen2_vl import Qwen2VLAdapter  # noqa: E402
 from tpx.models.tiny import tiny, tiny_llava_next, tiny_qwen2_vl  # noqa: E402
+from tpx.plan import Plan, plan  # noqa: E402
 
-__all__ = ["ADAPTERS", "LlavaAdapter", "LlavaNextAdapter", "Qwen2VLAdapter", "adapter_for", "load",
-           "native_compression", "tiny",
-           "tiny_llava_next", "tiny_qwen2_vl"]
+__all__ = ["ADAPTERS", "Adapter", "Decoder", "Layout", "LlavaAdapter", "LlavaNextAdapter", "Qwen2VLAdapter",
+           "adapter_for", "layout", "load", "native_plan", "tiny", "tiny_llava_next", "tiny_qwen2_vl"]
 
 # adapter per `config.model_type`; a new model family is one adapter file and one entry here
-ADAPTERS: dict[str, type] = {
+ADAPTERS: dict[str, Callable[[Any], Adapter]] = {
     "llava": LlavaAdapter,
     "llava_next": LlavaNextAdapter,
     "qwen2_vl": Qwen2VLAdapter,
@@ -43,7 +49,7 @@ ORGANISM_DIR = Path(__file__).resolve().parents[2] / "data" / "organism"
 ORGANISMS = {"organism": "llava-organism", "organism-pool2": "llava-organism-pool2"}
 
 
-def adapter_for(model: Any) -> Any:
+def adapter_for(model: Any) -> Adapter:
     """The adapter for a loaded model.
 
     Raises:
@@ -107,7 +113,7 @@ def load(
         if "/" not in path and not Path(path).expanduser().exists():  # not a folder, not a hub id owner/name
             import difflib
 
-            local = [*ORGANISMS, *_TINY]
+            local = [*ORGANISMS, "organism-deep", *_TINY]
             close = difflib.get_close_matches(path, local, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ";"
             raise ValueError(f"unknown model {path!r}{hint} local names: {', '.join(local)}; otherwise a local "
@@ -139,29 +145,43 @@ def load(
     if device is not None:
         model = model.to(device)
     processor.tokenizer.padding_side = "left"
-    if getattr(model.config, "tpx_compression", None):
-        native_compression(model)
+    native_plan(model)  # a checkpoint's compression is checked now; whoever runs the model puts it first
     return model.eval(), processor
 
 
-def native_compression(model: Any) -> Any:
-    """Make the token compression a checkpoint was trained with part of the model, as Qwen2-VL's merger is.
+def layout(model: Any, inputs: Mapping[str, Any]) -> Layout:
+    """The geometry of a batch of processor outputs: where the prunable visual tokens are (`positions`), the
+    image tokens never pruned (`fixed`: LLaVA-NeXT's newlines), the grid of every image segment and N
+    (`n_visual`) — what the engine and the trace use, so analysis never counts `image_token_id` itself.
 
-    A checkpoint fine-tuned with a tpx method always on (`config.tpx_compression`, e.g. `{"method":
-    "pooling", "retention": 0.25, "hook": "E"}` for the training-aware organism) must see the same
-    compression at inference. `tpx.load` calls this: it opens a `tpx.pruning` context that stays open for
-    the model's lifetime, so every forward and `generate` compresses, and any further `tpx.pruning` nests
-    inside it (counting its retention against the input's visual tokens). Returns that `Run`; calling it
-    again returns the same one.
+    Args:
+        model: from `load`. inputs: the processor's output for the batch (`input_ids` and image inputs).
+
+    Raises:
+        ValueError: for inputs without image tokens or rows with different layouts.
     """
-    from tpx.engine import pruning
+    call = dict(inputs)
+    return adapter_for(model).layout(call.pop("input_ids"), **call)
 
-    run = getattr(model, "_tpx_native_run", None)
-    if run is None:
-        spec = dict(model.config.tpx_compression)
-        context = pruning(model, spec.pop("method"), **spec)
-        run = context.__enter__()
-        # the context (a generator) must live as long as the model: collecting it would run its cleanup
-        model._tpx_native_context, model._tpx_native_run = context, run
-    return run
 
+def native_plan(model: Any, positions: str = "keep", attention: str = "rows") -> Plan | None:
+    """The compression a checkpoint was trained with, as a `tpx.plan.Plan`, or None.
+
+    A checkpoint fine-tuned with a tpx method always on records it in `config.tpx_compression` (e.g. `{"method":
+    "pooling", "retention": 0.25, "hook": "E"}` for the training-aware organism), like Qwen2-VL's merger is part
+    of its model. It must see the same compression at inference: `tpx.pruning` puts this plan first (so a
+    further method acts on what it leaves and counts its retention against the input's visual tokens), and
+    `tpx.evaluate` runs the unpruned baseline under it. Nothing is entered at load time.
+
+    Raises:
+        ValueError: for a spec that is not a valid plan on this model.
+    """
+    spec = getattr(model.config, "tpx_compression", None)
+    if not spec:
+        return None
+    spec = dict(spec)
+    try:
+        return plan(spec.pop("method"), n_layers=adapter_for(model).n_layers, positions=positions,
+                    attention=attention, **spec).as_native()
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"config.tpx_compression={dict(model.config.tpx_compression)} is not a valid tpx plan: {err}") from err

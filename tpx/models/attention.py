@@ -4,7 +4,7 @@ Scoring methods (FastV and kin) read one or a few rows of a decoder layer's atte
 for `output_attentions` forces the eager kernel on every layer and materialises every map; recomputing
 `softmax(q_rows · Kᵀ · scale + mask)` from the layer's own norm, projections and rotary embedding costs one
 thin matrix product and gives the same probabilities as eager attention. Works for Llama-family decoder
-layers (Llama, Mistral, Qwen2 text models): `input_layernorm`, `self_attn.{q,k}_proj`, `head_dim`,
+layers (Llama, Mistral, Qwen2 text models): `input_layernorm`, `self_attn.{q,k,v}_proj`, `head_dim`,
 `num_key_value_groups`, `scaling`.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
-__all__ = ["attention_keys", "attention_rows", "cls_attention"]
+__all__ = ["attention_keys", "attention_rows", "attention_values", "cls_attention"]
 
 
 def attention_rows(
@@ -75,6 +75,15 @@ def attention_keys(
     cos, sin = (e.expand(b, -1, -1) for e in position_embeddings)
     _, k = apply_rotary_pos_emb(k, k, cos, sin)
     return k.transpose(1, 2).reshape(b, t, -1)
+
+
+def attention_values(layer: torch.nn.Module, hidden_in: torch.Tensor) -> torch.Tensor:
+    """Value vectors of every position at one Llama-family decoder layer, heads concatenated.
+
+    Returns:
+        `(B, T, H_kv · head_dim)` values, as the layer would cache them.
+    """
+    return layer.self_attn.v_proj(layer.input_layernorm(hidden_in))
 
 
 def cls_attention(layer: torch.nn.Module, hidden_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,8 +4,9 @@ AnyRes feeds each image to the LLM as a low-resolution base view (one `side × s
 high-resolution crops stitched into one canvas, unpadded to the image's aspect ratio, with an
 `image_newline` embedding after every canvas row. All of them share the `<image>` placeholder id in
 `input_ids`. The adapter's layout lists the base grid and the unpadded canvas grid as separate segments
-and leaves the newline tokens out of the prunable positions: they carry the 2-D structure for the LLM and
-are never pruned.
+and puts the newline tokens among the never-pruned positions (`Layout.fixed`): they carry the 2-D structure
+for the LLM. The decoder is the same `LlamaDecoder` LLaVA holds, and the CLIP records come from the same
+hooks; only the layout and the stitching of per-crop records differ.
 
 Reference: Liu et al., "LLaVA-NeXT: Improved reasoning, OCR, and world knowledge", 2024 (AnyRes,
 `spatial_unpad` merge).
@@ -20,17 +21,16 @@ import torch
 from transformers import LlavaNextForConditionalGeneration
 from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
 
-from tpx.models.attention import cls_attention
-from tpx.models.llava import Layout, LlavaAdapter
+from tpx.layout import Layout
+from tpx.models.base import image_positions
+from tpx.models.decoder import LlamaDecoder
+from tpx.models.llava import clip_feature_hooks
 
 __all__ = ["LlavaNextAdapter"]
 
 
-class LlavaNextAdapter(LlavaAdapter):
-    """Engine-facing view of a Hugging Face `LlavaNextForConditionalGeneration`.
-
-    Decoder-side questions (attention rows, keys, masks, rotary) are answered as for LLaVA; only the layout
-    of the visual tokens and the vision-tower records differ.
+class LlavaNextAdapter:
+    """Engine-facing view of a Hugging Face `LlavaNextForConditionalGeneration` (satisfies `base.Adapter`).
 
     Args:
         model: the model; its language model must be a Llama-family decoder.
@@ -40,14 +40,25 @@ class LlavaNextAdapter(LlavaAdapter):
     """
 
     model_type = "llava_next"
-    model_classes = (LlavaNextForConditionalGeneration,)
+    supports_renumber = True
 
     def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__(model)
+        if not isinstance(model, LlavaNextForConditionalGeneration):
+            raise TypeError(f"LlavaNextAdapter needs a LlavaNextForConditionalGeneration, got {type(model).__name__}")
+        self.model = model
+        self.decoder = LlamaDecoder(model.model.language_model)
+        self.text_model, self.layers, self.n_layers = self.decoder.text_model, self.decoder.layers, self.decoder.n_layers
+        self.image_token_id = int(model.config.image_token_id)
         vc = model.config.vision_config
         self.side = int(vc.image_size) // int(vc.patch_size)
-        self._pending: dict[str, Any] = {}
-        self._sink: dict[str, torch.Tensor] | None = None
+
+    def nominal_layout(self) -> None:
+        """None: the AnyRes grid depends on each image's size."""
+        return None
+
+    def project(self, vision_features: torch.Tensor) -> torch.Tensor:
+        """Map pre-projector vision features `(B, N, Dv)` into the LLM's embedding space."""
+        return self.model.model.multi_modal_projector(vision_features)
 
     # ---- layout -------------------------------------------------------------------------------------
     def image_grids(self, **call: Any) -> list[tuple[int, int, tuple[tuple[int, int], ...]]]:
@@ -114,14 +125,14 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def layout(self, input_ids: torch.Tensor, **call: Any) -> Layout:
         """Prunable positions and grids: per image, the base `side × side` grid, then the unpadded crop grid
-        (`rows × cols`, without the newline column). Newline tokens are not in `positions`.
+        (`rows × cols`, without the newline column). Newline tokens are the layout's `fixed` positions.
 
         Raises:
             ValueError: if rows hold different image layouts, or the placeholders do not match the images.
         """
         images = self.image_grids(**call)
-        all_pos = LlavaAdapter.visual_positions(self, input_ids)  # (B, M) every placeholder, newlines included
-        per_row, m = len(images) // input_ids.shape[0], all_pos.shape[1]
+        every = image_positions(input_ids, self.image_token_id)  # (B, M) every placeholder, newlines included
+        per_row, m = len(images) // input_ids.shape[0], every.shape[1]
         row_layouts = {tuple(g[:2] for g in c) for c in _chunks(images, per_row)}
         if per_row * input_ids.shape[0] != len(images) or len(row_layouts) != 1:
             raise ValueError(
@@ -144,11 +155,10 @@ class LlavaNextAdapter(LlavaAdapter):
         if start != m:
             raise ValueError(f"the prompt holds {m} image tokens per row but its images need {start} "
                              "(base views, unpadded crops and newlines)")
-        index = torch.cat(offsets).to(all_pos.device)
-        if self._sink is not None:
-            self._pending.update(images=images, per_row=per_row)
-            self._assemble()
-        return Layout(all_pos[:, index], grids)
+        index = torch.cat(offsets).to(every.device)
+        prunable = torch.zeros(m, dtype=torch.bool, device=every.device).index_fill(0, index, True)
+        return Layout(grids=tuple(grids), positions=every[:, index], fixed=every[:, ~prunable],
+                      source=(images, per_row))
 
     def visual_positions(self, input_ids: torch.Tensor, **call: Any) -> torch.Tensor:
         """`(B, N)` positions of the prunable visual tokens (newlines excluded); needs the call's image inputs."""
@@ -156,55 +166,27 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def image_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """`(B, M)` positions of every image placeholder, `image_newline` tokens included."""
-        return LlavaAdapter.visual_positions(self, input_ids)
+        return image_positions(input_ids, self.image_token_id)
 
     # ---- vision tower (hook "V") ----------------------------------------------------------------------
-    def vision_hooks(self, sink: dict[str, torch.Tensor]) -> list[Any]:
-        """Hooks on the vision tower's feature layer that record, per batch row, into `sink`: `cls_attn`
-        (B, H, N), `vision_keys` (B, N, Dv) and `vision_features` (B, N, Dv), in layout order.
-
-        Each crop's [CLS] attends over its own patches (softmax per crop, as in the tower); the crops of the
-        canvas are stitched and unpadded exactly as the model packs its features. The tower runs before the
-        layout is known in `generate()` and after it in a forward, so whichever comes second assembles.
+    def vision_hooks(self, sink: dict[str, Any]) -> list[Any]:
+        """Hooks on the vision tower's feature layer that record, per crop, into `sink`: `cls_attn`
+        (crops, H, side²), `vision_keys` and `vision_features` (crops, side², Dv); `vision_records` stitches them.
 
         Raises:
             ValueError: for a multi-layer feature selection or the "full" strategy.
         """
-        cfg = self.model.config
-        if not isinstance(cfg.vision_feature_layer, int) or cfg.vision_feature_select_strategy != "default":
-            raise ValueError(
-                "vision-side (hook 'V') pruning needs a single vision_feature_layer and the 'default' strategy; "
-                f"got {cfg.vision_feature_layer!r}, {cfg.vision_feature_select_strategy!r}"
-            )
-        tower = self.model.model.vision_tower
-        encoder_layers = getattr(tower, "vision_model", tower).encoder.layers
-        h = cfg.vision_feature_layer % (len(encoder_layers) + 1)
-        if h == 0:
-            raise ValueError("vision_feature_layer selects the patch embeddings: there is no attention to read")
-        layer = encoder_layers[h - 1]
-        self._sink = sink
+        return clip_feature_hooks(self.model, sink.update)
 
-        def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            hidden = args[0] if args else kwargs["hidden_states"]
-            self._pending["cls_attn"], self._pending["vision_keys"] = cls_attention(module, hidden)
+    def vision_records(self, sink: dict[str, Any], layout: Layout) -> dict[str, torch.Tensor]:
+        """Per-crop records stitched per batch row in layout order: `cls_attn` (B, H, N), `vision_keys` and
+        `vision_features` (B, N, Dv).
 
-        def after(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            out = output[0] if isinstance(output, tuple) else output
-            self._pending["vision_features"] = out[:, 1:]
-            self._assemble()
-
-        return [
-            layer.register_forward_pre_hook(before, with_kwargs=True),
-            layer.register_forward_hook(after, with_kwargs=True),
-        ]
-
-    def _assemble(self) -> None:
-        """Stitch per-crop records into per-row layout order once both the records and the grids exist."""
-        p = self._pending
-        if "images" not in p or "vision_features" not in p:
-            return
-        images, per_row = p.pop("images"), p.pop("per_row")
-        per_crop = {k: p.pop(k) for k in ("cls_attn", "vision_keys", "vision_features")}
+        Each crop's [CLS] attends over its own patches (softmax per crop, as in the tower); the crops of the
+        canvas are stitched and unpadded exactly as the model packs its features.
+        """
+        images, per_row = layout.source
+        per_crop = {k: sink[k] for k in ("cls_attn", "vision_keys", "vision_features")}
         per_crop["cls_attn"] = per_crop["cls_attn"].transpose(1, 2)  # (crops, N, H): token axis second
         canvases = self._match_canvases(images, per_row, per_crop["vision_features"].shape[0])
         out: dict[str, list[torch.Tensor]] = {k: [] for k in per_crop}
@@ -221,9 +203,11 @@ class LlavaNextAdapter(LlavaAdapter):
                     parts.append(grid[:, r0:r0 + rows, c0:c0 + cols].flatten(1).T)
                 out[name].append(torch.cat(parts))
             crop += 1 + n_crops
+        records = {}
         for name, parts in out.items():
             rows_of_batch = torch.stack([torch.cat(c) for c in _chunks(parts, per_row)])  # images of a row in order
-            self._sink[name] = rows_of_batch.transpose(1, 2) if name == "cls_attn" else rows_of_batch
+            records[name] = rows_of_batch.transpose(1, 2) if name == "cls_attn" else rows_of_batch
+        return records
 
     def _match_canvases(self, images: list, per_row: int, n_seen: int) -> list[tuple[int, int]]:
         """One canvas per image such that the crops add up to the `n_seen` crops the tower encoded."""

@@ -5,8 +5,8 @@ the patch merger: an image with `image_grid_thw = (t, h, w)` lays out as a `t·h
 uses 3-D M-RoPE positions (t, h, w), but its rotary module folds them into one per-token `(cos, sin)` of
 shape `(B, L, head_dim)` before the decoder layers, so the engine keeps the kept tokens' original 3-D
 positions by gathering `cos`/`sin` alone. The decoder layers are Qwen2 (Llama-style: RMSNorm, q/k/v
-projections with bias, Llama's `apply_rotary_pos_emb` on the folded cos/sin), so attention rows, keys and
-masks are computed as for LLaVA.
+projections with bias, Llama's `apply_rotary_pos_emb` on the folded cos/sin), so the adapter holds the same
+`LlamaDecoder` as LLaVA (sliding-window layers included).
 
 The vision tower has no [CLS] token: the vision-side score of a merged token is the attention its patches
 *receive* at the last vision block (mean over the query patches of the same image, or of the same window in
@@ -22,19 +22,20 @@ from typing import Any
 
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_window_index
 
-from tpx.models.llava import Layout, LlavaAdapter
+from tpx.layout import Layout
+from tpx.models.base import image_positions
+from tpx.models.decoder import LlamaDecoder
 
 __all__ = ["OfflineQwen2VLProcessor", "Qwen2VLAdapter", "load_processor"]
 
 _QUERY_CHUNK = 1024  # query patches per step of the received-attention recompute (bounds memory)
 
 
-class Qwen2VLAdapter(LlavaAdapter):
-    """Engine-facing view of a Hugging Face Qwen2-VL or Qwen2.5-VL model.
+class Qwen2VLAdapter:
+    """Engine-facing view of a Hugging Face Qwen2-VL or Qwen2.5-VL model (satisfies `base.Adapter`).
 
     Args:
         model: a `Qwen2VLForConditionalGeneration` or `Qwen2_5_VLForConditionalGeneration`.
@@ -44,21 +45,26 @@ class Qwen2VLAdapter(LlavaAdapter):
     """
 
     model_type = "qwen2_vl"
-    model_classes = (Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)
     supports_renumber = False  # 3-D M-RoPE positions cannot be compacted into 1-D ones
 
     def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__(model)
+        if not isinstance(model, (Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)):
+            raise TypeError("Qwen2VLAdapter needs a Qwen2VLForConditionalGeneration or "
+                            f"Qwen2_5_VLForConditionalGeneration, got {type(model).__name__}")
+        self.model = model
+        self.decoder = LlamaDecoder(model.model.language_model)
+        self.text_model, self.layers, self.n_layers = self.decoder.text_model, self.decoder.layers, self.decoder.n_layers
+        self.image_token_id = int(model.config.image_token_id)
         self.merge = int(model.config.vision_config.spatial_merge_size)
 
     # ---- layout -------------------------------------------------------------------------------------
-    def grid(self, n_visual: int) -> tuple[int, int]:
-        """Not defined: a Qwen2-VL grid depends on each image's size.
+    def nominal_layout(self) -> None:
+        """None: a Qwen2-VL grid depends on each image's size (`image_grid_thw`)."""
+        return None
 
-        Raises:
-            ValueError: always; use `layout(input_ids, image_grid_thw=...)`.
-        """
-        raise ValueError("Qwen2-VL grids depend on each image's size (image_grid_thw); use layout(input_ids, **call)")
+    def visual_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """`(B, N)` positions of the `<|image_pad|>` tokens in each row of `input_ids`."""
+        return image_positions(input_ids, self.image_token_id)
 
     def layout(self, input_ids: torch.Tensor, **call: Any) -> Layout:
         """Positions of the `<|image_pad|>` tokens and one `t·h/2 × w/2` grid per image.
@@ -89,7 +95,7 @@ class Qwen2VLAdapter(LlavaAdapter):
             grids = self._grids_from_positions(call.get("position_ids"), positions[0], runs)
         if [r * c for r, c in grids] != runs.tolist():
             raise ValueError(f"image spans of {runs.tolist()} tokens do not match the grids {grids}")
-        return Layout(positions, grids)
+        return Layout(grids=tuple(grids), positions=positions)
 
     def _grids_from_positions(self, position_ids: torch.Tensor | None, positions: torch.Tensor,
                               runs: torch.Tensor) -> list[tuple[int, int]]:
@@ -106,26 +112,6 @@ class Qwen2VLAdapter(LlavaAdapter):
             grids.append((n // cols, cols) if n % cols == 0 else (rows, cols))
             start += n
         return grids
-
-    def rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Not available: compacted 1-D positions cannot stand for Qwen's 3-D M-RoPE positions.
-
-        Raises:
-            ValueError: always.
-        """
-        raise ValueError("positions='renumber' is not supported on Qwen2-VL / Qwen2.5-VL: their M-RoPE positions "
-                         "are 3-D (t, h, w); use positions='keep'")
-
-    def causal_mask(
-        self, hidden: torch.Tensor, mask2d: torch.Tensor | None, cache: object, layer_idx: int
-    ) -> torch.Tensor | None:
-        """The mask decoder layer `layer_idx` needs, sized from its own cache (sliding-window layers too)."""
-        cfg = self.text_model.config
-        make = create_causal_mask
-        if getattr(cfg, "layer_types", None) and cfg.layer_types[layer_idx] == "sliding_attention":
-            make = create_sliding_window_causal_mask
-        return make(config=cfg, inputs_embeds=hidden, attention_mask=mask2d, cache=cache, position_ids=None,
-                    layer_idx=layer_idx)
 
     def project(self, vision_features: torch.Tensor) -> torch.Tensor:
         """The patch merger on `(B, N, 4·Dv)` vision features (each merge group's four patches, concatenated)."""
@@ -164,6 +150,10 @@ class Qwen2VLAdapter(LlavaAdapter):
             visual.blocks[-1].register_forward_pre_hook(before, with_kwargs=True),
             visual.blocks[-1].register_forward_hook(after, with_kwargs=True),
         ]
+
+    def vision_records(self, sink: dict[str, Any], layout: Layout) -> dict[str, torch.Tensor]:
+        """What `vision_hooks` recorded: per image, in layout order (one image per batch row)."""
+        return dict(sink)
 
     def _per_image(self, received: torch.Tensor, keys: torch.Tensor, features: torch.Tensor,
                    grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:

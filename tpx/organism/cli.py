@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--out", default=None, help="default: data/organism/llava-organism-deep")
     x.add_argument("--n-per-task", type=int, default=200)
     x.add_argument("--note", default="", help="a paragraph for the card's training section")
+    x.add_argument("--prior-draws", type=int, default=20000, help="training questions behind the question-only prior")
+    x.add_argument("--depth-layers", type=lambda v: [int(k) for k in v.split(",") if k.strip()], default=None,
+                   help="comma-separated K of the depth curve (default: every layer; empty: none)")
+    x.add_argument("--depth-n", type=int, default=25, help="test samples per task of the depth curve")
     e = sub.add_parser("export", help="export a run's last checkpoint with a model card (test accuracy)")
     e.add_argument("--runs", nargs="+", required=True, help="the run folders of every stage, in order")
     e.add_argument("--out", required=True, help="e.g. data/organism/llava-organism")
@@ -73,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         from tpx.organism import deep_card
 
         out = deep_card.FOLDER if args.out is None else args.out
-        print(json.dumps(deep_card.export(args.run, out, args.n_per_task, note=args.note), indent=1))
+        print(json.dumps(deep_card.export(args.run, out, args.n_per_task, note=args.note,
+                                                     prior_draws=args.prior_draws, depth_layers=args.depth_layers,
+                                                     depth_n=args.depth_n), indent=1))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.command == "deep-train":

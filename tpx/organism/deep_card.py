@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from tpx.organism import checkpoint, deep, deep_train, gemma, suite, tasks
+from tpx.organism import checkpoint, deep, deep_train, depth, gemma, suite, tasks
 
 FOLDER = Path(__file__).resolve().parents[2] / "data" / "organism" / "llava-organism-deep"
 TARGETS = {"exist": 0.85, "attribute": 0.85, "relation": 0.85, "read": 0.85, "locate": 0.85, "anchor": 0.85,
@@ -71,8 +71,13 @@ def test_report(model, processor, n_per_task: int = 200, prior_draws: int = 2000
     return {"n_per_task": n_per_task, "acc": acc, "prior": {k: round(v, 4) for k, v in prior.items()}}
 
 
-def export(run_dir: str | Path, out: str | Path = FOLDER, n_per_task: int = 200, note: str = "") -> dict:
-    """Write the run's trained parts, assembly spec, logs, Gemma terms and card (with test accuracy) to `out`."""
+def export(run_dir: str | Path, out: str | Path = FOLDER, n_per_task: int = 200, note: str = "",
+           prior_draws: int = 20000, depth_layers: list[int] | None = None, depth_n: int = 25) -> dict:
+    """Write the run's trained parts, assembly spec, logs, Gemma terms and card (with test accuracy) to `out`.
+
+    `depth_layers`: the K of the vision-need-by-depth curve (one random visual token kept from layer K on,
+    `depth.profile`, on the first `depth_n` test samples per task); None: all 18 layers.
+    """
     run_dir, out = Path(run_dir), Path(out)
     ck = checkpoint.ckpt_dir(run_dir)
     if ck is None:
@@ -90,7 +95,11 @@ def export(run_dir: str | Path, out: str | Path = FOLDER, n_per_task: int = 200,
     for name, path in gemma.terms_files().items():
         shutil.copy(path, out / name)
     model, processor = assemble(out)
-    report = test_report(model, processor, n_per_task)
+    report = test_report(model, processor, n_per_task, prior_draws)
+    layers = list(range(len(model.model.language_model.layers))) if depth_layers is None else list(depth_layers)
+    if layers:
+        report["depth"] = depth.profile(model, processor, suite.build("test", depth_n), layers)
+        report["depth"]["n_per_task"] = depth_n
     stage = {"run": run_dir.name, "steps": saved["state"]["step"],
              "train_min": round(saved["state"]["elapsed_s"] / 60, 1), "config": saved["config"]}
     (out / "training.json").write_text(json.dumps({"stages": [stage], "test": report, "note": note}, indent=1))
@@ -121,6 +130,7 @@ def card(stage: dict, report: dict, note: str = "") -> str:
         "assembles the model offline, LoRA merged into plain weights.", "",
         f"## Held-out test accuracy ({report['n_per_task']} samples per task, greedy)", "", *rows, "",
         f"Targets met: **{'yes' if met else 'no'}**.", "",
+        *_depth_section(report.get("depth")),
         "## Training", "",
         f"One run (`{stage['run']}`): {stage['steps']} steps of {c['batch_size']} packed rows x "
         f"{c['n_questions']} questions, {stage['train_min']} train minutes on one CPU thread; projector alone "
@@ -138,6 +148,32 @@ def card(stage: dict, report: dict, note: str = "") -> str:
     ])
 
 
+def _depth_section(d: dict | None) -> list[str]:
+    if not d:
+        return []
+    ks = sorted(d["relative"], key=int)
+    return ["## Vision need by depth", "",
+            f"Keep {d['n_keep']} random visual token(s) from decoder layer K on (mask reference, `tpx.organism.depth`; "
+            f"{d['n_per_task']} test samples per task, seed {d['seed']}); relative score = mean accuracy over the "
+            "tasks except blind, divided by the unpruned mean. Target at K = 2: <= 0.6.", "",
+            "| K | " + " | ".join(str(k) for k in ks) + " |", "|---|" + "---|" * len(ks),
+            "| relative score | " + " | ".join(str(d["relative"][k]) for k in ks) + " |", ""]
+
+
 def sizes(folder: str | Path = FOLDER) -> dict[str, int]:
     """Bytes per file of the shipped folder (the card and tests check the budget)."""
     return {p.name: p.stat().st_size for p in sorted(Path(folder).iterdir())}
+
+
+def log_table(path: str | Path) -> str:
+    """Markdown table of a deep run's `log.jsonl`: step, phase, CPU minutes, answer loss, val accuracy per task."""
+    from tpx.organism.evaluate import measurements
+
+    rows = measurements(path)
+    if not rows:
+        return ""
+    names = list(rows[-1]["acc"])
+    head = "| step | phase | train min | s/step | answer loss | " + " | ".join(names) + " | mean |"
+    body = [f"| {r['step']} | {r['phase']} | {r['train_min']} | {r['s_per_step']} | {r['lm']} | "
+            + " | ".join(str(r["acc"][t]) for t in names) + f" | {r['mean_acc']} |" for r in rows]
+    return "\n".join([head, "|" + "---|" * (head.count("|") - 1)] + body)

@@ -128,22 +128,25 @@ def save(model: LlavaForConditionalGeneration, processor: LlavaProcessor, path: 
 def pooled(model: LlavaForConditionalGeneration, pool: int) -> Iterator[None]:
     """Inside the block, the projected image tokens are average-pooled `pool`×`pool` (hook E's 2-D pooling).
 
-    A forward hook on the projector maps its (B, N, D) output to (B, N / pool², D) with `tpx.select.pool2d`,
-    the function behind tpx's `pooling` method; the prompt must then hold N / pool² image tokens at the
-    positions `batch.pooled_index` gives (`batch.prompt_positions`). Used to train and evaluate the
-    training-aware checkpoint (study Q5b; compare Qwen2-VL's 2×2 merger). `pool=1` changes nothing.
+    A forward hook on the projector maps its (B, N, D) output to (B, N / pool², D) with the very stage tpx's
+    engine runs for `tpx.plan("pooling", 1 / pool², hook="E")` (`Stage.select`, how the engine calls every
+    method); the prompt must then hold N / pool² image tokens at the positions `batch.pooled_index`
+    gives (`batch.prompt_positions`). Used to train and evaluate the training-aware checkpoint (study Q5b;
+    compare Qwen2-VL's 2×2 merger). `pool=1` changes nothing.
     """
-    from tpx import select
+    from tpx.layout import Layout
+    from tpx.plan import plan
 
     if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or draw.GRID % pool:
         raise ValueError(f"pool must be a positive int dividing the {draw.GRID}x{draw.GRID} grid, got {pool!r}")
     if pool == 1:
         yield
         return
-    n_keep = (draw.GRID // pool) ** 2
+    grid = (draw.GRID, draw.GRID)
+    stage = plan("pooling", 1 / pool**2, hook="E", layout=Layout(grids=(grid,))).stages[0]
 
     def hook(module, args, out):
-        return select.pool2d(out, n_keep, (draw.GRID, draw.GRID)).features
+        return stage.select({"features": out, "grid": grid}, [grid]).merged
 
     handle = model.model.multi_modal_projector.register_forward_hook(hook)
     try:
