@@ -115,7 +115,8 @@ def test_readme_states_the_organism_architecture_from_its_config():
     import json
     from pathlib import Path
 
-    from tpx.reproduce import ARCH_MARKERS, architecture
+    from tpx.organism.card import architecture
+    from tpx.reproduce import ARCH_MARKERS
 
     root = Path(__file__).resolve().parents[1]
     config = json.loads((root / "data/organism/llava-organism/config.json").read_text())

@@ -102,19 +102,6 @@ ARCH_MARKERS = ("<!-- architecture:start (generated from data/organism/llava-org
                 "`python -m tpx reproduce`) -->", "<!-- architecture:end -->")
 
 
-def architecture(config: dict) -> str:
-    """One line describing a LLaVA-style checkpoint's towers, read from its `config.json` (never typed by hand)."""
-    v, t = config["vision_config"], config["text_config"]
-    grid = v["image_size"] // v["patch_size"]
-    kv = t.get("num_key_value_heads") or t["num_attention_heads"]
-    return (f"vision tower {v.get('model_type', 'vision')}: {v['num_hidden_layers']} layers, hidden {v['hidden_size']}, "
-            f"{v['num_attention_heads']} heads, {v['image_size']}-pixel images in {v['patch_size']}-pixel patches "
-            f"({grid}×{grid} = {grid * grid} visual tokens); language model {t.get('model_type', 'text')}: "
-            f"{t['num_hidden_layers']} decoder layers, hidden {t['hidden_size']}, {t['num_attention_heads']} query / "
-            f"{kv} key-value heads, MLP {t['intermediate_size']}, vocabulary {t['vocab_size']:,}, RoPE θ "
-            f"{(t.get('rope_parameters') or {}).get('rope_theta', t.get('rope_theta', '?'))}")
-
-
 def update_architecture(readme: str | os.PathLike, config_path: str | os.PathLike) -> bool:
     """Rewrite the line between `ARCH_MARKERS` in `readme` from `config_path`; True if the file changed."""
     import json
@@ -126,6 +113,8 @@ def update_architecture(readme: str | os.PathLike, config_path: str | os.PathLik
         return False
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
+    from tpx.organism.card import architecture
+
     new = f"{head}{start}{architecture(json.loads(Path(config_path).read_text()))}{end}{tail}"
     if new != text:
         readme.write_text(new)
