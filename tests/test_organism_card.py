@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tpx.organism import card, train as T
 from tpx.organism.cli import main
 
