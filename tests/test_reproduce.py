@@ -97,7 +97,7 @@ def test_cli_reproduce_exit_status_and_table(lab, capsys):
     assert "no notebooks" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command, module", [("evaluate", "tpx.evaluate"), ("organism", "tpx.organism.cli")])
+@pytest.mark.parametrize("command, module", [("evaluate", "tpx.evaluate_cli"), ("organism", "tpx.organism.cli")])
 def test_cli_passes_arguments_through(monkeypatch, command, module):
     seen = []
     monkeypatch.setitem(sys.modules, module, types.SimpleNamespace(main=lambda argv: seen.append(argv) or 3))
@@ -106,9 +106,9 @@ def test_cli_passes_arguments_through(monkeypatch, command, module):
 
 
 def test_cli_missing_module_exits_2(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "tpx.evaluate", None)  # makes the import fail as if the file were absent
+    monkeypatch.setitem(sys.modules, "tpx.evaluate_cli", None)  # makes the import fail as if the file were absent
     assert main(["evaluate"]) == 2
-    assert "tpx.evaluate is not available" in capsys.readouterr().err
+    assert "tpx.evaluate_cli is not available" in capsys.readouterr().err
 
 
 def test_readme_states_the_organism_architecture_from_its_config():
