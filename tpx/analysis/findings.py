@@ -178,7 +178,8 @@ def render(records: Sequence[Mapping[str, Any]]) -> str:
             sides += f"; relative to {_side(r['configs']['baseline'])}"
         level = f" ({100 * r['level']:.1f} % CI)" if abs(r["level"] - stats.LEVEL) > 1e-9 else ""
         est = f"{r['estimate']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] {r['unit']}{level}"
-        lines.append(f"| {r['question']} | {r['claim']} | {sides} | {est} | {r['n_per_task']} | {r['study']} | "
+        claim = r["claim"] + ("" if r.get("headline", True) else " *(control)*")
+        lines.append(f"| {r['question']} | {claim} | {sides} | {est} | {r['n_per_task']} | {r['study']} | "
                      f"**{r['verdict']}** |")
     return "\n".join(lines)
 
