@@ -1,5 +1,6 @@
 """Token accounting of training-aware compression (FastV†: TRR = TACR × TFRR)."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -54,3 +55,64 @@ def test_tacr_and_pruning_retention_per_model_family():
         pruning_retention(qwen, 1 / 3)
     with pytest.raises(ValueError, match="total retention"):
         pruning_retention(llava, 0)
+
+
+# ---- Q5a: time against FLOPs over timing repeats ------------------------------------------------------------
+
+def _reps(times: dict[str, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"repeat": r, "label": k, "prefill_ms": t, "e2e_ms": 2 * t}
+                         for k, ts in times.items() for r, t in enumerate(ts)])
+
+
+def test_repeat_shares_pair_each_repeat_with_its_reference():
+    from tpx.analysis.accounting import repeat_shares
+
+    shares = repeat_shares(_reps({"unpruned": [100, 200], "fastv": [50, 80]}), "unpruned")
+    assert shares["fastv"].tolist() == [50, 40] and shares["unpruned"].tolist() == [100, 100]
+    assert repeat_shares(_reps({"unpruned": [100, 200], "fastv": [50, 80]}), "unpruned", "e2e_ms")["fastv"].tolist() == [50, 40]
+    with pytest.raises(ValueError, match="no timing rows labelled 'x'"):
+        repeat_shares(_reps({"unpruned": [1, 2]}), "x")
+
+
+def test_time_flops_gap_and_maps_cost_have_the_known_sign():
+    from tpx.analysis import stats
+    from tpx.analysis.accounting import maps_cost, repeat_shares, time_flops_gap
+
+    rng = np.random.default_rng(0)
+    n = 20
+    shares = repeat_shares(_reps({"unpruned": list(100 + rng.normal(0, 5, n)),
+                                  "fastv": list(50 + rng.normal(0, 2, n)),
+                                  "fastv maps": list(70 + rng.normal(0, 2, n))}), "unpruned")
+    gap = time_flops_gap(shares, "fastv", 30.0)
+    assert gap.n_per_task == {"repeats": n} and 15 < gap.estimate < 25 and gap.ci_low > 0
+    assert stats.verdict(gap.ci_low, gap.ci_high, 1) == "agrees"
+    cost = maps_cost(shares, "fastv maps", "fastv")
+    assert cost.ci_low > 0 and cost.estimate == pytest.approx((shares["fastv maps"] - shares["fastv"]).mean())
+    same = maps_cost(shares, "fastv", "fastv")
+    assert same.estimate == 0 and stats.verdict(same.ci_low, same.ci_high, 1) == "inconclusive"
+
+
+def test_stage_excess_fits_a_line_per_repeat():
+    from tpx.analysis.accounting import repeat_shares, stage_excess
+
+    # every repeat: time = 20 + 0.8 FLOPs for unpruned (100) and random (25); fastv on the line, pdrop 8 above
+    reps = _reps({"unpruned": [100, 120, 90], "random": [40, 48, 36], "fastv": [52, 62.4, 46.8], "pdrop": [60, 72, 54]})
+    flops = {"unpruned": 100, "random": 25, "fastv": 40, "pdrop": 40}
+    est = stage_excess(repeat_shares(reps, "unpruned"), flops, ["pdrop"], "fastv", ["unpruned", "random"], n_boot=200)
+    assert est.estimate == pytest.approx(60 - 52) and est.ci_low == pytest.approx(8) and est.ci_high == pytest.approx(8)
+    with pytest.raises(ValueError, match="two FLOPs values"):
+        stage_excess(repeat_shares(reps, "unpruned"), flops, ["pdrop"], "fastv", ["fastv", "pdrop"])
+
+
+def test_measured_config_names_hook_and_k():
+    from tpx.analysis.accounting import measured_config
+
+    measured = pd.DataFrame([dict(method="fastv", attn_implementation="sdpa", retention=0.25, stages=[(2, 144)]),
+                             dict(method="pooling", attn_implementation="sdpa", retention=0.25, stages=[(0, 144)]),
+                             dict(method="pdrop", attn_implementation="eager", retention=0.25, stages=[(2, 300), (4, 100)])])
+    fv = measured_config(measured, "fastv")
+    assert (fv["hook"], fv["layer"], fv["retention"], fv["label"]) == ("L", 2, 0.25, "fastv (sdpa)")
+    assert measured_config(measured, "pooling")["hook"] == "E" and measured_config(measured, "pooling")["layer"] is None
+    assert measured_config(measured, "pdrop", "eager", "x")["params"]["stages"] == [(2, 300), (4, 100)]
+    with pytest.raises(ValueError, match="no measured row"):
+        measured_config(measured, "pdrop")

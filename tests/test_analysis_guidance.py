@@ -28,7 +28,7 @@ def test_square_grid():
         guidance.square_grid(2880 + 1)
 
 
-def test_score_table_and_group_gap():
+def test_score_table():
     df = pd.DataFrame({"method": ["fastv"] * 4 + ["fastv_vis"] * 4 + ["random"] * 2,
                        "task": ["a", "a", "b", "b"] * 2 + ["a", "b"],
                        "score": [1, 1, 1, 0, 0, 1, 0, 0, 1, 0]})
@@ -37,11 +37,6 @@ def test_score_table_and_group_gap():
     assert row.score == pytest.approx(50.0) and row.n == 2
     assert row.se == pytest.approx(100 * math.sqrt(0.5) / math.sqrt(2))
     assert list(t.method.unique()) == ["fastv", "fastv_vis", "random"]  # order of appearance
-    g = guidance.group_gap(df, ["fastv"], ["fastv_vis"])
-    assert g["first"] == pytest.approx(75.0) and g["second"] == pytest.approx(25.0) and g["gap"] == pytest.approx(50.0)
-    assert g["se"] == pytest.approx(math.hypot(50 / 2, 50 / 2))
-    with pytest.raises(ValueError, match="no rows"):
-        guidance.group_gap(df, ["sparsevlm"], ["random"])
 
 
 @pytest.fixture(scope="module")
@@ -87,34 +82,11 @@ def test_panel_maps(anchors):
         assert float(freq[~named].sum()) == 0.0  # all kept cells lie in the named panel
 
 
-def test_evaluate_methods_on_the_tiny_model(tiny_models, anchors):
-    model, processor = tiny_models["sdpa"]
-    df = guidance.evaluate_methods(model, processor, anchors[:2], [None, "fastv", "fastervlm", "sparsevlm", "random"],
-                                   [0.25], seeds=[0, 1], layer=1, progress=False, batch_size=2, max_new_tokens=1)
-    assert df.groupby("method", sort=False).size().to_dict() == {
-        "unpruned": 2, "fastv": 2, "fastervlm": 2, "sparsevlm": 2, "random": 4}
-    assert set(df[df.method == "fastv"].n_keep) == {36} and set(df[df.method == "random"].seed) == {0, 1}
-    with pytest.raises(ValueError, match="pdrop.*cannot run at retention=0.1"):
-        guidance.evaluate_methods(model, processor, anchors[:1], ["pdrop"], [0.1], progress=False, max_new_tokens=1)
-    f = guidance.panel_frame(df, anchors)
-    assert f["share"].between(0, 1).all() and len(guidance.panel_maps(f)) == 4
-
-
 def test_panel_masks_tile_the_organism_grid(anchors):
     masks = guidance.panel_masks(anchors[0], (12, 12))
     assert list(masks) == ["A", "B", "C", "D"] and all(int(m.sum()) == 36 for m in masks.values())
     assert bool(torch.stack(list(masks.values())).sum(0).eq(1).all())  # every cell in exactly one panel
     assert masks["C"][6:, :6].all()
-
-
-def test_verdict():
-    assert guidance.verdict({"gap": 5.0, "se": 2.0}) == "agrees"
-    assert guidance.verdict({"gap": -5.0, "se": 2.0}) == "disagrees"
-    assert guidance.verdict({"gap": 3.0, "se": 2.0}) == "inconclusive"
-    assert guidance.verdict({"gap": 3.0, "se": 2.0}, "none") == "agrees"
-    assert guidance.verdict({"gap": 5.0, "se": 2.0}, "none") == "disagrees"
-    with pytest.raises(ValueError, match="claim"):
-        guidance.verdict({"gap": 0.0, "se": 1.0}, "negative")
 
 
 def test_layout_puts_unpruned_first_and_picks_the_retention():
@@ -123,3 +95,37 @@ def test_layout_puts_unpruned_first_and_picks_the_retention():
     out = guidance.layout(t, "haystack", 0.25)
     assert list(out.index) == ["unpruned", "fastv"] and list(out.columns) == [1, 2]
     assert out.loc["fastv", 2] == pytest.approx(20.25) and out.loc["unpruned", 1] == 91.0
+
+
+def test_swap_question_names_another_panel_and_recomputes_the_answer():
+    samples = load_samples("organism", n=40, tasks=["anchor"])
+    originals, swaps = guidance.swapped(samples, seed=0)
+    assert len(swaps) == len(originals) > 30
+    for s, t in zip(originals, swaps):
+        assert t.id == s.id + guidance.SWAP and t.image is s.image and t.metadata["panel"] != s.metadata["panel"]
+        new = t.metadata["panel"]
+        assert f"in panel {new} ," in t.question and t.prompt.endswith(t.question) or t.question in t.prompt
+        inside = [o for o in s.metadata["objects"] if o["panel"] == new]
+        if "is there" in t.question:
+            colour, shape = t.question.split()[-3:-1]
+            assert t.answer == ("yes" if any(o["colour"] == colour and o["shape"] == shape for o in inside) else "no")
+        else:
+            shape = t.question.split()[-2]
+            assert [o["colour"] for o in inside if o["shape"] == shape] == [t.answer]
+    again = guidance.swapped(samples, seed=0)[1]
+    assert [t.question for t in again] == [t.question for t in swaps]  # seeded
+    with pytest.raises(ValueError, match="anchor"):
+        guidance.swap_question(load_samples("organism", n=1, tasks=["exist"])[0], None)
+
+
+def test_kept_overlap_table():
+    rows = pd.DataFrame([
+        {"benchmark": "organism", "task": "anchor", "id": "a/0", "label": "x", "method": "fastv", "hook": "L",
+         "layer": 2, "retention": 0.25, "seed": 0, "n_visual": 8, "kept": [0, 1, 2, 3]},
+        {"benchmark": "organism", "task": "anchor", "id": "a/0/swap", "label": "x", "method": "fastv", "hook": "L",
+         "layer": 2, "retention": 0.25, "seed": 0, "n_visual": 8, "kept": [2, 3, 4, 5]},
+        {"benchmark": "organism", "task": "anchor", "id": "a/0", "label": "unpruned", "method": "unpruned", "hook": "",
+         "layer": None, "retention": 1.0, "seed": 0, "n_visual": 8, "kept": None},
+    ])
+    t = guidance.kept_overlap_table(rows)
+    assert len(t) == 1 and t.iloc[0]["id"] == "a/0" and t.iloc[0]["overlap"] == pytest.approx(2 / 6)

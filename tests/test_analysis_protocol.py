@@ -120,59 +120,9 @@ def test_time_fit_and_excess():
     with pytest.raises(ValueError, match="two FLOPs values"):
         protocol.time_fit(table, calibrate=("unpruned",))
     assert table["prefill IQR %"].tolist() == pytest.approx([5, 2, 3])
-    assert [protocol.verdict(e, 2) for e in (3, -3, 1.5)] == ["agrees", "disagrees", "inconclusive (within noise)"]
 
 
 def test_visual_per_layer():
     df = pd.DataFrame([measured("pdrop", "sdpa", [(1, 8), (3, 2)], 1, 1, n_visual=16)])
     per_layer = protocol.visual_per_layer(df, 4)
     assert per_layer.n_visual.tolist() == [16, 8, 8, 2] and per_layer.layer.tolist() == [0, 1, 2, 3]
-
-
-def test_right_padded_moves_padding_to_the_end():
-    inputs = {"input_ids": torch.tensor([[0, 0, 5, 6], [7, 8, 9, 10]]),
-              "attention_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]), "pixel_values": torch.ones(2)}
-    out = protocol._right_padded(inputs)
-    assert out["input_ids"].tolist() == [[5, 6, 0, 0], [7, 8, 9, 10]]
-    assert out["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
-    assert out["pixel_values"] is inputs["pixel_values"]
-
-
-# ---- runs on the tiny model ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def samples():
-    from tpx.data import load_samples
-
-    return load_samples("organism", n=2, tasks=["exist", "locate"])
-
-
-RUN = dict(max_new_tokens=2, progress=False)
-
-
-def test_evaluate_grid_runs_deterministic_methods_once(tiny, samples):
-    df = protocol.evaluate_grid(*tiny, samples, ["fastv", "random"], [0.25], [0, 1], batch_size=4, **RUN)
-    configs = set(df[["method", "seed"]].itertuples(index=False, name=None))
-    assert configs == {("unpruned", 0), ("fastv", 0), ("random", 0), ("random", 1)}
-
-
-def test_blind_runs_and_batch_sizes(tiny, samples):
-    blind = protocol.blind_runs(*tiny, samples, batch_size=4, **RUN)
-    assert sorted(set(blind.blind)) == ["", "blank", "no_image"] and len(blind) == 3 * len(samples)
-    assert list(protocol.vision_need(blind).columns) == ["image", "blank", "no_image", "need"]
-    sizes = protocol.batch_size_runs(*tiny, samples, [1, 4], [None, "fastv"], 0.25, **RUN)
-    table = protocol.batch_size_table(sizes)
-    assert (table.xs(4, level="batch_size")["agree"] >= 0).all() and len(table) == 4
-    reused = protocol.batch_size_runs(*tiny, samples, [4], [None, "fastv"], 0.25, reuse=sizes[sizes.batch_size == 1],
-                                      reuse_batch_size=4, **RUN)
-    assert reused.drop(columns="batch_size").equals(sizes[sizes.batch_size == 1].drop(columns="batch_size"))
-
-
-def test_padding_check_refuses_pruned_right_padding(tiny, samples):
-    df = protocol.padding_check(*tiny, samples, [None, "fastv"], 0.25, batch_size=4, max_new_tokens=2,
-                                progress=False)
-    table = protocol.padding_table(df)
-    assert "left-padded" in table.loc[("fastv", "right"), "error"]
-    assert table.loc[("fastv", "left"), "error"] == "" and table.loc[("unpruned", "right"), "error"] == ""
-    assert table.loc[("unpruned", "left"), "agree"] == 100

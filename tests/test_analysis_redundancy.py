@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import cosine
 
+from tpx import probes
 from tpx.analysis import redundancy
 from tpx.data import load_samples
 
@@ -92,8 +93,10 @@ def test_pivot_variants_and_which_methods_need_seeds():
         "dart": {"method": "dart", "pivot": "max"}, "dart:random": {"method": "dart", "pivot": "random"}}
     with pytest.raises(ValueError, match="pivots"):
         redundancy.pivot_variants(["median"])
-    assert redundancy.is_random("random") and redundancy.is_random("dart", pivot="random")
-    assert not any(redundancy.is_random(m) for m in ("fastv", "dart", "pooling", "divprune"))
+    from tpx.grid import seeded
+
+    assert seeded("random") and seeded("dart", {"pivot": "random"})
+    assert not any(seeded(m) for m in ("fastv", "dart", "pooling", "divprune"))
 
 
 # ---- the loop on the tiny model ------------------------------------------------------------------------
@@ -105,13 +108,17 @@ def table():
     model, processor = load("tiny")
     samples = load_samples("organism", n=2, tasks=["exist", "count", "locate"])
     entries = {"fastv": {"method": "fastv"}, "random": {"method": "random"}} | redundancy.pivot_variants(["max", "random"])
-    df = redundancy.run_methods(model, processor, samples, entries, [0.25, 0.5], seeds=[0, 1], layer=1,
-                                batch_size=4, max_new_tokens=2, progress=False)
-    feats = redundancy.visual_features(model, processor, samples, 1, batch_size=4, progress=False)
+    from tpx.evaluate import evaluate
+    from tpx.grid import grid
+
+    cells = grid(entries, [0.25, 0.5], hooks=["L"], layers=[1], seeds=[0, 1])
+    df = evaluate(model, processor, samples, configs=cells, batch_size=4, max_new_tokens=2, progress=False)
+    df = df.assign(method=df["label"])
+    feats = probes.visual_features(model, processor, samples, 1, batch_size=4, progress=False)
     return df, feats, samples, model, processor
 
 
-def test_run_methods_labels_entries_and_runs_seeds_only_where_they_matter(table):
+def test_grid_labels_entries_and_runs_seeds_only_where_they_matter(table):
     df, _, samples, _, _ = table
     counts = df.groupby("method")["seed"].nunique().to_dict()
     assert counts == {"unpruned": 1, "fastv": 1, "random": 2, "dart": 1, "dart:random": 2}
@@ -129,7 +136,7 @@ def test_visual_features_are_the_hidden_states_entering_the_layer(table):
     positions = (inputs["input_ids"][0] == model.config.image_token_id).nonzero()[:, 0]
     assert torch.allclose(feats[samples[0].id], hidden[0, positions], atol=1e-5)
     with pytest.raises(ValueError, match="layer=9"):
-        redundancy.visual_features(model, processor, samples, 9)
+        probes.visual_features(model, processor, samples, 9)
 
 
 def test_duplication_column_summary_and_overlap_matrix(table):

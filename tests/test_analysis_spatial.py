@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tpx import probes
 from tpx.analysis import spatial
 
 
@@ -83,9 +84,9 @@ def test_kept_matrix_and_frequency_maps():
 
 def test_visual_distances_left_padded():
     ids = torch.tensor([[0, 0, 5, 9, 9, 7, 8], [0, 5, 9, 9, 7, 7, 8]])  # 9 = image token, 0 = padding
-    assert spatial.visual_distances(ids, 9).tolist() == [[3, 2], [4, 3]]
+    assert probes.visual_distances(ids, 9).tolist() == [[3, 2], [4, 3]]
     with pytest.raises(ValueError, match="same, non-zero number"):
-        spatial.visual_distances(torch.tensor([[9, 1], [1, 1]]), 9)
+        probes.visual_distances(torch.tensor([[9, 1], [1, 1]]), 9)
 
 
 def test_last_token_attention_on_a_tiny_model():
@@ -94,9 +95,9 @@ def test_last_token_attention_on_a_tiny_model():
 
     model, processor = load("tiny")
     samples = load_samples("organism", n=1, tasks=["exist", "count", "read"])
-    scores, dist = spatial.last_token_attention(model, processor, samples, layer=1, batch_size=2, progress=False)
+    scores, dist = probes.last_token_attention(model, processor, samples, layer=1, batch_size=2, progress=False)
     assert scores.shape == dist.shape == (3, 144)
     assert bool((scores >= 0).all()) and bool((scores.sum(1) <= 1 + 1e-5).all())
     assert bool((dist[:, :-1] - dist[:, 1:] == 1).all())  # consecutive visual tokens, one position apart
-    inv_freq = spatial.rope_frequencies(model)
+    inv_freq = probes.rope_frequencies(model)
     assert inv_freq.ndim == 1 and inv_freq[0] == pytest.approx(1.0)

@@ -97,6 +97,7 @@ def test_interval_covers_the_truth_at_about_its_level():
     (0.5, 2.0, 1, "agrees"), (-2.0, -0.5, 1, "disagrees"), (-0.5, 2.0, 1, "inconclusive"),
     (-2.0, -0.5, -1, "agrees"), (0.5, 2.0, -1, "disagrees"), (0.0, 2.0, 1, "inconclusive"),
     (float("nan"), 1.0, 1, "inconclusive"),
+    (-1.5, 1.5, 0, "agrees"), (0.5, 2.5, 0, "disagrees"), (-3.0, 1.0, 0, "inconclusive"),
 ])
 def test_verdict_rule(low, high, direction, expected):
     assert stats.verdict(low, high, direction) == expected
@@ -104,7 +105,7 @@ def test_verdict_rule(low, high, direction, expected):
 
 def test_verdict_rejects_bad_input():
     with pytest.raises(ValueError, match="direction"):
-        stats.verdict(0.0, 1.0, 0)
+        stats.verdict(0.0, 1.0, 2)
     with pytest.raises(ValueError, match="ci_low"):
         stats.verdict(2.0, 1.0, 1)
 
@@ -125,3 +126,15 @@ def test_bootstrap_is_seeded():
     c = stats.compare(rows, "x", "y", seed=8)
     assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
     assert (a.ci_low, a.ci_high) != (c.ci_low, c.ci_high)
+
+
+def test_difference_of_independent_estimates():
+    rng = np.random.default_rng(5)
+    tasks = np.repeat(["a"], 100)
+    a = stats.score(_rows({"x": (rng.random(100) < 0.8).astype(float)}, tasks), "x", seed=1)
+    b = stats.score(_rows({"x": (rng.random(100) < 0.5).astype(float)}, tasks), "x", seed=2)
+    d = stats.difference(a, b)
+    assert d.estimate == pytest.approx(a.estimate - b.estimate)
+    assert d.ci_low < d.estimate < d.ci_high
+    # independent: the CI is wider than either one's
+    assert d.ci_high - d.ci_low > max(a.ci_high - a.ci_low, b.ci_high - b.ci_low)

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from tpx.analysis import tables
-from tpx.data import load_samples
 
 
 def _rows(method, retention, seed, task, scores, kept=None):
@@ -69,46 +68,10 @@ def test_spatial_table_per_method():
 
 
 def test_seeded():
-    assert tables.seeded("random") and not tables.seeded("fastv") and not tables.seeded("pooling")
-    assert not tables.seeded("dart")
+    from tpx.grid import seeded
 
-
-def test_reachable_names_the_reason(tiny):
-    model, _ = tiny
-    n = 144  # the tiny LLaVA's 12x12 grid
-    assert tables.reachable(model, "fastv", 0.25, n) is None
-    assert tables.reachable(model, "sparsevlm", 1 / 9, n) is None
-    assert "pdrop can reach" in tables.reachable(model, "pdrop", 1 / 9, n)
-    assert tables.reachable(model, "pdrop", 1 / 3, n) is None
-    assert "pooling cannot keep" in tables.reachable(model, "pooling", 13 / 144, n, (12, 12))
-    assert "layer=9 out of range" in tables.reachable(model, "fastv", 0.25, n, layer=9)
-
-
-def test_evaluate_methods_grid(tiny):
-    model, processor = tiny
-    samples = load_samples("organism", n=1, tasks=["exist", "count"])
-    df, skipped = tables.evaluate_methods(model, processor, samples, ["fastv", "random", "pdrop", "pooling"],
-                                          [1 / 3, 1 / 9], seeds=[0, 1], layer=1, batch_size=2, max_new_tokens=1,
-                                          progress=False)
-    configs = set(map(tuple, df[["method", "retention", "seed"]].drop_duplicates().to_numpy().tolist()))
-    assert configs == {("unpruned", 1.0, 0), ("fastv", 1 / 3, 0), ("fastv", 1 / 9, 0), ("random", 1 / 3, 0),
-                       ("random", 1 / 3, 1), ("random", 1 / 9, 0), ("random", 1 / 9, 1), ("pdrop", 1 / 3, 0),
-                       ("pooling", 1 / 3, 0), ("pooling", 1 / 9, 0)}
-    assert skipped[["method", "retention"]].to_numpy().tolist() == [["pdrop", 1 / 9]]
-    assert "pdrop" in skipped["reason"].iloc[0]
-    assert len(df) == len(samples) * len(configs)
-    fastv_rows = df[df["method"] == "fastv"]
-    assert (fastv_rows["n_keep"] == fastv_rows["retention"].map({1 / 3: 48, 1 / 9: 16})).all()
-
-
-def test_compare_means_and_standard_error():
-    df = pd.DataFrame({"method": ["fastv"] * 2 + ["random"] * 4, "retention": [0.25] * 6,
-                       "kept_row": [0.8, 0.6, 0.5, 0.5, 0.4, 0.6]})
-    c = tables.compare(df, "kept_row", "fastv", "random", 0.25)
-    assert c["method"] == pytest.approx(0.7) and c["diff"] == pytest.approx(0.2)
-    assert c["se"] == pytest.approx(math.sqrt(0.02 / 2 + (0.02 / 3) / 4))
-    with pytest.raises(ValueError, match="need rows"):
-        tables.compare(df, "kept_row", "fastv", "pooling", 0.25)
+    assert seeded("random") and not seeded("fastv") and not seeded("pooling")
+    assert not seeded("dart")
 
 
 def test_task_columns_in_order(df):

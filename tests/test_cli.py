@@ -16,6 +16,7 @@ import torch
 import tpx
 from tpx import __main__ as cli
 from tpx import evaluate as ev
+from tpx import evaluate_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,8 +91,8 @@ def test_param_values_are_literals(monkeypatch, capsys):
         seen.update(kwargs)
         return pd.DataFrame()
 
-    monkeypatch.setattr(ev, "evaluate", fake)
-    monkeypatch.setattr(ev, "summarize", lambda df: pd.DataFrame(
+    monkeypatch.setattr(evaluate_cli, "evaluate", fake)
+    monkeypatch.setattr(evaluate_cli, "summarize", lambda df: pd.DataFrame(
         {"benchmark": ["organism"], "task": ["exist"], "method": ["unpruned"], "score": [1.0]}))
     cli.main(["evaluate", "--model", "tiny", "--n", "1", "--method", "pdrop,unpruned", "--no-progress", "--param",
               "ratios=(0.5, 0.25, 0.125)", "--param", "uniqueness=last", "--param", "alpha=0.3", "--layer", "1"])

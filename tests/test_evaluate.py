@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from tpx import evaluate as ev
+from tpx import evaluate_cli
 from tpx.data import SHORT_ANSWER, Sample, load_samples
 from tpx.evaluate import evaluate, score, summarize
 
@@ -158,9 +159,22 @@ def test_summarize():
     assert out.loc["organism", "task"] == "exist" and out.loc["organism", "score"] == 100.0
 
 
+def test_summarize_reports_the_mean_and_spread_over_seeds():
+    rows = [dict(id=str(i), benchmark="organism", task="exist", method="random", label="random", retention=0.25,
+                 seed=s, answer="", reference="", score=float(i < k), image_id=None)
+            for s, k in ((0, 2), (1, 3), (2, 4)) for i in range(4)]  # 50, 75, 100 %
+    out = summarize(pd.DataFrame(rows))
+    assert len(out) == 1
+    row = out.iloc[0]
+    assert row.score == pytest.approx(75.0) and row.score_std == pytest.approx(25.0)
+    assert (row.score_min, row.score_max, row.n_seeds, row.n) == (50.0, 100.0, 3, 4)
+    per_seed = summarize(pd.DataFrame(rows), by_seed=True)
+    assert per_seed["score"].tolist() == [50.0, 75.0, 100.0] and per_seed["seed"].tolist() == [0, 1, 2]
+
+
 def test_cli_writes_csv(tmp_path, capsys):
     out = tmp_path / "r.csv"
-    assert ev.main(["--model", "tiny", "--benchmark", "organism", "--task", "exist,count", "--n", "2", "--method",
+    assert evaluate_cli.main(["--model", "tiny", "--benchmark", "organism", "--task", "exist,count", "--n", "2", "--method",
                     "unpruned,fastv", "--retention", "0.25,0.5", "--max-new-tokens", "3", "--out", str(out),
                     "--no-progress"]) == 0
     df = pd.read_csv(out)
@@ -183,6 +197,6 @@ def test_two_processes_gather_one_table(tmp_path):
                          text=True, timeout=120, cwd=ROOT)
     assert two.returncode == 0, two.stderr[-2000:]
     assert "on 2 process(es)" in two.stderr, two.stderr[-3000:]
-    assert ev.main(args + ["--out", str(tmp_path / "one.csv")]) == 0
+    assert evaluate_cli.main(args + ["--out", str(tmp_path / "one.csv")]) == 0
     one, two = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "two.csv")
     pd.testing.assert_frame_equal(one, two)

@@ -80,3 +80,17 @@ def test_runner_refuses_keywords_beside_configs_and_ambiguous_labels(tiny):
     twice = [Config("fastv", 0.25, layer=1, label="x"), Config("fastv", 0.25, layer=2, label="x")]
     with pytest.raises(ValueError, match="label 'x' names two configurations"):
         evaluate(model, processor, samples, configs=twice, progress=False)
+
+
+def test_reachable_skips_cells_with_the_plans_reason(tiny):
+    from tpx.evaluate import reachable
+
+    model, processor = tiny
+    samples = load_samples("organism", n=1, tasks=["exist"])
+    cells = [Config(UNPRUNED), Config("fastv", 0.25), Config("sparsevlm", 1 / 9), Config("pdrop", 1 / 9),
+             Config("pdrop", 1 / 3), Config("pooling", 13 / 144), Config("fastv", 0.25, layer=9, label="fastv @L9")]
+    ok, skipped = reachable(model, processor, samples, cells)
+    assert ok == [cells[0], cells[1], cells[2], cells[4]]
+    reasons = dict(zip(skipped["label"], skipped["reason"]))
+    assert "pdrop can reach" in reasons["pdrop"] and "pooling cannot keep" in reasons["pooling"]
+    assert "layer=9 out of range" in reasons["fastv @L9"]

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tpx.organism import card, train as T
 from tpx.organism.cli import main
 
@@ -65,3 +67,17 @@ def test_pooled_export_loads_with_its_compression(tmp_path, monkeypatch):
             model(input_ids=full, pixel_values=px)
     assert [e.method for e in run.native_trace] == ["pooling"] and [e.method for e in run.trace] == ["fastv"]
     assert run.trace[0].n_keep == 16
+
+
+@pytest.mark.parametrize("name", ["llava-organism", "llava-organism-pool2"])
+def test_shipped_cards_state_the_architecture_from_config(name):
+    import json
+    from pathlib import Path
+
+    from tpx.organism.card import architecture
+
+    folder = Path(__file__).resolve().parents[1] / "data" / "organism" / name
+    config = json.loads((folder / "config.json").read_text())
+    card = (folder / "README.md").read_text()
+    assert f"Architecture (from `config.json`): {architecture(config)}." in card
+    assert f"hidden {config['text_config']['hidden_size']}," in card

@@ -97,7 +97,7 @@ def test_cli_reproduce_exit_status_and_table(lab, capsys):
     assert "no notebooks" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command, module", [("evaluate", "tpx.evaluate"), ("organism", "tpx.organism.cli")])
+@pytest.mark.parametrize("command, module", [("evaluate", "tpx.evaluate_cli"), ("organism", "tpx.organism.cli")])
 def test_cli_passes_arguments_through(monkeypatch, command, module):
     seen = []
     monkeypatch.setitem(sys.modules, module, types.SimpleNamespace(main=lambda argv: seen.append(argv) or 3))
@@ -106,6 +106,52 @@ def test_cli_passes_arguments_through(monkeypatch, command, module):
 
 
 def test_cli_missing_module_exits_2(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "tpx.evaluate", None)  # makes the import fail as if the file were absent
+    monkeypatch.setitem(sys.modules, "tpx.evaluate_cli", None)  # makes the import fail as if the file were absent
     assert main(["evaluate"]) == 2
-    assert "tpx.evaluate is not available" in capsys.readouterr().err
+    assert "tpx.evaluate_cli is not available" in capsys.readouterr().err
+
+
+def test_readme_states_the_organism_architecture_from_its_config():
+    import json
+    from pathlib import Path
+
+    from tpx.organism.card import architecture
+    from tpx.reproduce import ARCH_MARKERS
+
+    root = Path(__file__).resolve().parents[1]
+    config = json.loads((root / "data/organism/llava-organism/config.json").read_text())
+    text = (root / "README.md").read_text()
+    line = text.split(ARCH_MARKERS[0], 1)[1].split(ARCH_MARKERS[1], 1)[0]
+    assert line == architecture(config)
+    assert f"hidden {config['text_config']['hidden_size']}" in line
+
+
+def test_schedule_waits_for_declared_notebooks(tmp_path):
+    import threading
+    import time
+
+    import nbformat
+
+    from tpx.reproduce import _schedule
+
+    paths = []
+    for name, after in (("01_a.ipynb", []), ("02_b.ipynb", ["01_a.ipynb"]), ("03_c.ipynb", []), ("04_d.ipynb", ["01_a.ipynb"])):
+        nb = nbformat.v4.new_notebook()
+        if after:
+            nb.metadata["tpx"] = {"after": after}
+        nbformat.write(nb, tmp_path / name)
+        paths.append(tmp_path / name)
+    events, lock = [], threading.Lock()
+
+    def run(path):
+        with lock:
+            events.append(("start", path.name))
+        time.sleep(0.2 if path.name == "01_a.ipynb" else 0.05)
+        with lock:
+            events.append(("end", path.name))
+        return (path.name,)
+
+    assert _schedule(paths, run, 2) == [(p.name,) for p in paths]
+    first_end = events.index(("end", "01_a.ipynb"))
+    assert events.index(("start", "02_b.ipynb")) > first_end and events.index(("start", "04_d.ipynb")) > first_end
+    assert events.index(("start", "03_c.ipynb")) < first_end  # the free slot is used meanwhile

@@ -59,11 +59,9 @@ def test_alpha_heatmap_shares_one_diverging_scale_and_boxes_best():
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from tpx.analysis import sweep
-
     tables = {u: pd.DataFrame({"unpruned": [80.0, 60.0], 0.0: [70.0, 50.0 + k], 1.0: [75.0, 40.0]}, index=["exist", "read"])
               for k, u in enumerate(["last", "dup"])}
-    best = {u: sweep.best_alpha(t) for u, t in tables.items()}
+    best = {u: pd.DataFrame({"near": [[1.0], [0.0]]}, index=["exist", "read"]) for u in tables}
     fig = viz.alpha_heatmap(tables, best, title="t")
     panels = [ax for ax in fig.axes if ax.images]
     assert len(panels) == 2 and len({(ax.images[0].norm.vmin, ax.images[0].norm.vmax) for ax in panels}) == 1
@@ -81,6 +79,9 @@ def test_alpha_curves_and_alpha_kept(tiny_models):
 
     fig = viz.alpha_curves({"last": pd.Series({0.0: 90.0, 1.0: 80.0}), "dup": pd.Series({0.0: 95.0, 1.0: 80.0})})
     assert len(fig.axes[0].lines) == 4  # two readings, unpruned, FastV point
+    band = pd.DataFrame({"estimate": [90.0, 80.0], "ci_low": [85.0, 75.0], "ci_high": [95.0, 85.0]}, index=[0.0, 1.0])
+    fig = viz.alpha_curves({"dup": band})
+    assert len(fig.axes[0].lines) == 3 and len(fig.axes[0].collections) == 1  # one CI band
     model, processor = tiny_models["sdpa"]
     s = load_samples("organism", n=1, tasks=["count"])[0]
     fig = widgets.alpha_figure(model, processor, s.image, s.prompt, alpha=0.3, uniqueness="last", reference=s.answer)

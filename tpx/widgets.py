@@ -229,7 +229,7 @@ def overlap_figure(df: Any, methods: list[str], retention: float, pivot: str = "
     """The kept-set agreement matrix of `methods` at one retention, with DART under pivot rule `pivot`.
 
     Args:
-        df: `tpx.analysis.redundancy.run_methods` table holding every method and the DART pivot variants.
+        df: `tpx.evaluate.evaluate` rows (method = label) holding every method and the DART pivot variants.
         methods: labels to compare; "dart" stands for DART under `pivot` (`tpx.analysis.redundancy.pivot_label`).
         retention: one of the table's retentions.
         pivot: DART pivot rule ("max", "min", "random").

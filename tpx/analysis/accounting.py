@@ -1,4 +1,13 @@
-"""Token accounting for training-aware compression (study Q5b): how much a reduction really removes.
+"""Cost and token accounting (study Q5): what a reduction really saves (Q5a) and really removes (Q5b).
+
+**Q5a, time against FLOPs.** `tpx.timing.timing_repeats` times each configuration's prefill and end-to-end generation once
+per repeat, interleaved (every configuration runs back to back within a repeat, so slow phases of a shared
+machine hit all of them alike); `repeat_shares` turns the times into % of the reference run of the same repeat,
+and `time_flops_gap`, `maps_cost` and `stage_excess` are the study's three latency claims as paired
+bootstrap estimates over repeats (`tpx.analysis.stats.bootstrap`, one stratum: the repeats). The CIs cover the
+timing noise of this machine, not the spread between machines or kernels.
+
+**Q5b, training-aware compression.**
 
 Qwen2-VL merges 2×2 patches into one token while it is trained, so its visual tokens are already 4× denser
 than the image patches; pruning a share of them removes more information than the same share of
@@ -16,11 +25,16 @@ So FastV† ↓88.9% on a 2×2-merged model keeps raw / 9 tokens: TACR 4 × TFRR
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["pruning_retention", "reduction", "tacr", "token_table"]
+from tpx.analysis import stats
+
+__all__ = ["maps_cost", "measured_config", "pruning_retention", "reduction", "repeat_shares", "stage_excess", "tacr",
+           "time_flops_gap", "token_table"]
 
 
 def tacr(model: Any) -> float:
@@ -107,3 +121,95 @@ def token_table(frames: dict[str, pd.DataFrame], raw: int, natives: dict[str, in
                              score=100 * acc["mean"].mean(), n=int(acc["size"].sum())))
     out = pd.DataFrame(rows)
     return out[["model", "method", "retention", "kept", "TACR", "TFRR", "TRR", "reduction_pct", "task", "score", "n"]]
+
+
+# ---- Q5a: time against FLOPs, over timing repeats -------------------------------------------------------------
+
+def measured_config(measured: pd.DataFrame, method: str, attention: str = "sdpa",
+                    label: str | None = None) -> dict[str, Any]:
+    """One side of a latency record, read off `tpx.latency.measure` rows: method, hook, K, retention, label, and
+    the stages it pruned at [(layer, n_keep)] (K is the first stage's layer at hook "L").
+
+    Raises:
+        ValueError: no row of that method under that attention implementation.
+    """
+    from tpx.analysis.findings import config
+    from tpx.methods import get_method
+
+    part = measured[(measured["method"] == method) & (measured["attn_implementation"] == attention)]
+    if part.empty:
+        raise ValueError(f"no measured row of {method!r} with attention {attention!r}")
+    row = part.iloc[0]
+    hook = get_method(method).hooks[0] if method != "unpruned" else None
+    stages = [tuple(int(x) for x in st) for st in row["stages"]]
+    layer = stages[0][0] if hook == "L" and stages else None
+    return config(method, hook=hook, layer=layer, retention=float(row["retention"]),
+                  label=label or f"{method} ({attention})", stages=stages)
+
+
+def repeat_shares(reps: pd.DataFrame, reference: str, column: str = "prefill_ms") -> pd.DataFrame:
+    """Each configuration's time in % of the reference configuration's time in the same repeat.
+
+    Returns:
+        Wide table: index repeat, one column per label (the reference is 100 throughout).
+
+    Raises:
+        ValueError: the reference label has no rows.
+    """
+    wide = reps.pivot(index="repeat", columns="label", values=column)
+    if reference not in wide.columns:
+        raise ValueError(f"no timing rows labelled {reference!r}; labels: {list(wide.columns)}")
+    return 100 * wide.div(wide[reference], axis=0)
+
+
+def _over_repeats(values: pd.Series | np.ndarray, *, level: float, n_boot: int, seed: int) -> stats.Estimate:
+    v = np.asarray(values, dtype=float)[:, None]
+    return stats.bootstrap(v, np.array(["repeats"] * len(v)), lambda m: m[..., 0].mean(-1), n_boot, seed, level)
+
+
+def time_flops_gap(shares: pd.DataFrame, label: str, flops_pct: float, *, level: float = stats.LEVEL,
+                   n_boot: int = stats.N_BOOT, seed: int = 0) -> stats.Estimate:
+    """Measured time share − FLOPs share of one configuration (points of the reference), CI over repeats.
+
+    Positive: the method saves less time than its FLOPs say (the study's Q5a). FLOPs are analytic (no noise).
+    """
+    return _over_repeats(shares[label] - flops_pct, level=level, n_boot=n_boot, seed=seed)
+
+
+def maps_cost(shares: pd.DataFrame, maps: str, rows: str, *, level: float = stats.LEVEL, n_boot: int = stats.N_BOOT,
+              seed: int = 0) -> stats.Estimate:
+    """Time share of a configuration reading eager attention maps − the same method recomputing rows under
+    SDPA (points of the reference), paired by repeat. Positive: attention maps cost time."""
+    return _over_repeats(shares[maps] - shares[rows], level=level, n_boot=n_boot, seed=seed)
+
+
+def stage_excess(shares: pd.DataFrame, flops_pct: Mapping[str, float], multi: Sequence[str], single: str,
+                 calibrate: Sequence[str], *, level: float = stats.LEVEL, n_boot: int = stats.N_BOOT,
+                 seed: int = 0) -> stats.Estimate:
+    """Mean excess time of the multi-stage configurations − that of the single-stage one, CI over repeats.
+
+    In each repeat a line time % = a + b · FLOPs % is fitted through the `calibrate` configurations (the
+    reference and pruning that costs nearly nothing to select, e.g. random and pooling before layer 0; as
+    `tpx.analysis.protocol.time_fit`), and a configuration's excess is its distance above that line. Positive:
+    several pruning stages cost more than their FLOPs say (the study's SparseVLM vs FastV).
+
+    Args:
+        shares: `repeat_shares`. flops_pct: label → FLOPs % of every label used.
+        multi: multi-stage labels (averaged). single: the single-stage label. calibrate: ≥ 2 FLOPs values.
+
+    Raises:
+        ValueError: fewer than two distinct FLOPs values among `calibrate`.
+    """
+    x = np.array([flops_pct[c] for c in calibrate], dtype=float)
+    if len(set(np.round(x, 6))) < 2:
+        raise ValueError(f"stage_excess needs calibration configurations at two FLOPs values, "
+                         f"got {dict(zip(calibrate, x))}")
+    y = shares[list(calibrate)].to_numpy(dtype=float)
+    slope = ((x - x.mean()) * (y - y.mean(1, keepdims=True))).sum(1) / ((x - x.mean()) ** 2).sum()
+    intercept = y.mean(1) - slope * x.mean()
+
+    def excess(label: str) -> np.ndarray:
+        return shares[label].to_numpy(dtype=float) - (intercept + slope * flops_pct[label])
+
+    effect = np.mean([excess(m) for m in multi], axis=0) - excess(single)
+    return _over_repeats(effect, level=level, n_boot=n_boot, seed=seed)

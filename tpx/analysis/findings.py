@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from tpx.analysis import stats
 
-__all__ = ["MARKERS", "Finding", "config", "finding", "load", "render", "save", "update_readme"]
+__all__ = ["MARKERS", "Finding", "compared", "frame", "config", "configs_of", "finding", "load", "render", "save", "update_readme"]
 
-MARKERS = ("<!-- findings:start (generated from figures/findings.json by `python -m tpx findings`) -->",
+MARKERS = ("<!-- findings:start (generated from figures/findings.json by `python -m tpx reproduce`; do not edit) -->",
            "<!-- findings:end -->")
 FILE = "findings.json"
 
@@ -49,6 +51,7 @@ class Finding:
     rule: str = stats.RULE
     family: str = ""
     notes: str = ""
+    headline: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -62,7 +65,7 @@ def config(method: str, *, hook: str | None = None, layer: int | None = None, re
 
 def finding(notebook: str, key: str, question: str, claim: str, model: str, configs: Mapping[str, Mapping],
             estimate: stats.Estimate, *, direction: int, study: str, unit: str = "points", family: str = "",
-            notes: str = "", **extra: Any) -> Finding:
+            notes: str = "", headline: bool = True, **extra: Any) -> Finding:
     """A record from an `Estimate`; its verdict is computed by `stats.verdict` (the fixed rule).
 
     Args:
@@ -78,11 +81,56 @@ def finding(notebook: str, key: str, question: str, claim: str, model: str, conf
     return Finding(notebook, key, question, claim, model, {k: dict(v) for k, v in configs.items()},
                    _num(estimate.estimate), _num(estimate.ci_low), _num(estimate.ci_high), estimate.level,
                    _num(estimate.p), unit, n, direction, stats.verdict(estimate.ci_low, estimate.ci_high, direction),
-                   study, stats.RULE, family, notes, dict(extra))
+                   study, stats.RULE, family, notes, headline, dict(extra))
+
+
+def configs_of(rows: pd.DataFrame, label: str) -> dict[str, Any]:
+    """The configuration behind a label, read off its rows: method, hook, K, retention, label."""
+    part = rows[rows["label"] == label]
+    if part.empty:
+        raise ValueError(f"no rows labelled {label!r}")
+    first = part.iloc[0]
+    layer = first.get("layer")
+    return {"method": str(first["method"]), "hook": (str(first.get("hook")) or None) if first.get("hook") else None,
+            "layer": None if layer is None or pd.isna(layer) else int(layer),
+            "retention": float(first["retention"]), "label": label}
+
+
+def compared(rows: Any, notebook: str, key: str, question: str, claim: str, model: str, a: str, b: str, *,
+             direction: int, study: str, baseline: str | None = None, value: str = "score", family: str = "",
+             family_size: int = 1, unit: str | None = None, notes: str = "", n_boot: int = stats.N_BOOT,
+             headline: bool = True, **extra: Any) -> Finding:
+    """The record of "a − b has the sign the study reports", from result rows: paired bootstrap CI (relative
+    to `baseline` when given), both sides' configurations read off the rows, the verdict by the fixed rule.
+
+    Args:
+        rows: result rows holding labels `a`, `b` (and `baseline`).
+        family_size: number of comparisons in the record's family; its CI is then Bonferroni-adjusted.
+        unit: default "points of relative score" with a baseline, else "points".
+        Others: as for `finding`.
+    """
+    level = stats.bonferroni_level(family_size)
+    est = stats.compare(rows, a, b, baseline=baseline, value=value, n_boot=n_boot, level=level)
+    configs = {"a": configs_of(rows, a), "b": configs_of(rows, b)}
+    if baseline is not None:
+        configs["baseline"] = configs_of(rows, baseline)
+    unit = unit or ("points of relative score (% of unpruned)" if baseline is not None else "points")
+    return finding(notebook, key, question, claim, model, configs, est, direction=direction, study=study,
+                   unit=unit, family=family, notes=notes, headline=headline, **extra)
 
 
 def _num(x: float) -> float:
     return round(float(x), 4) if math.isfinite(x) else float("nan")
+
+
+def frame(records: Sequence[Finding | Mapping[str, Any]]) -> pd.DataFrame:
+    """Records as a table for figures (`tpx.viz.effects`): name (claim, key), estimate, CI, n, verdict."""
+    rows = [asdict(r) if isinstance(r, Finding) else dict(r) for r in records]
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return pd.DataFrame(columns=["name", "estimate", "ci_low", "ci_high", "n_per_task", "verdict"])
+    out.insert(0, "name", out["key"])
+    return out
 
 
 def load(path: str | Path) -> list[dict[str, Any]]:
@@ -130,7 +178,8 @@ def render(records: Sequence[Mapping[str, Any]]) -> str:
             sides += f"; relative to {_side(r['configs']['baseline'])}"
         level = f" ({100 * r['level']:.1f} % CI)" if abs(r["level"] - stats.LEVEL) > 1e-9 else ""
         est = f"{r['estimate']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] {r['unit']}{level}"
-        lines.append(f"| {r['question']} | {r['claim']} | {sides} | {est} | {r['n_per_task']} | {r['study']} | "
+        claim = r["claim"] + ("" if r.get("headline", True) else " *(control)*")
+        lines.append(f"| {r['question']} | {claim} | {sides} | {est} | {r['n_per_task']} | {r['study']} | "
                      f"**{r['verdict']}** |")
     return "\n".join(lines)
 

@@ -4,10 +4,12 @@ Text-guided methods score visual tokens with queries from the text (`fastv`: the
 text "raters"); vision-only ones do not read the question (`fastv_vis`: the last visual token, which comes
 before the question in the prompt; `fastervlm`: [CLS] attention in the vision tower). The study's claim: the two
 kinds score alike on common VQA suites, and guidance pays on a task where the question decides where to look,
-its Visual Haystack table. These functions run the comparison (`evaluate_methods`), tabulate it with standard
-errors (`score_table`, `group_gap`) and measure where kept tokens fall when the question names a region of the
-image: the share inside the named panel against the panel's area share, which a position-blind method gets
-(`panel_frame`, `panel_maps`). Pure pandas and torch on `tpx.evaluate.evaluate` rows; no model code.
+its Visual Haystack table. These functions tabulate the comparison (`score_table`, `layout`; differences and
+their CIs come from `tpx.analysis.stats`), measure where kept tokens fall when the question names a region of
+the image — the share inside the named panel against the panel's area share, which a position-blind method
+gets (`panel_frame`, `panel_maps`) — and build the question-swap control: the same image asked about another
+panel, and how much of the kept set moves (`swap_question`, `kept_overlap_table`). Pure pandas and torch on
+`tpx.evaluate.evaluate` rows; no model code.
 
 Reference: Wen et al., Findings of ACL 2025, arXiv 2502.11501, Q3 (Visual Haystack table, FastV_VIS);
 Wu et al., "Visual Haystacks", arXiv 2407.13766 (the benchmark); FastV: Chen et al., ECCV 2024, arXiv
@@ -16,50 +18,22 @@ Wu et al., "Visual Haystacks", arXiv 2407.13766 (the benchmark); FastV: Chen et 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["TEXT_GUIDED", "VISION_ONLY", "evaluate_methods", "group_gap", "layout", "panel_frame", "panel_maps",
-           "panel_mask", "panel_masks", "score_table", "square_grid", "verdict"]
+__all__ = ["TEXT_GUIDED", "VISION_ONLY", "kept_overlap_table", "layout", "panel_frame", "panel_maps", "panel_mask",
+           "panel_masks", "score_table", "square_grid", "swap_question", "swapped"]
 
 TEXT_GUIDED = ("fastv", "sparsevlm")        # visual scores from text-token queries
 VISION_ONLY = ("fastv_vis", "fastervlm")    # the same machinery without the question: last visual token, [CLS]
 UNPRUNED = "unpruned"
-
-
-def evaluate_methods(model: Any, processor: Any, samples: Sequence[Any], methods: Sequence[str | None],
-                     retentions: Sequence[float], seeds: Sequence[int] = (0,), *, layer: int | None = None,
-                     progress: bool = True, **evaluate_kwargs: Any) -> pd.DataFrame:
-    """The unpruned baseline and every method at every retention, as `tpx.analysis.tables.evaluate_methods` runs them.
-
-    `layer` goes only to single-stage hook-"L" methods (FastV's K) and only seeded methods (`random`) run
-    every seed. The guidance comparisons need every (method, retention) cell, so one a method cannot reach is
-    an error here rather than a skipped row.
-
-    Args:
-        model, processor: from `tpx.load`. samples: from `tpx.data.load_samples`.
-        methods: registry names; None or "unpruned" (the baseline, always included) is accepted and ignored.
-        retentions, seeds, layer, progress, **evaluate_kwargs: as for `tpx.analysis.tables.evaluate_methods`.
-
-    Returns:
-        The rows of every `evaluate` call, concatenated (see `evaluate`).
-
-    Raises:
-        ValueError: a method cannot run at one of the retentions (the engine's reason is given).
-    """
-    from tpx.analysis import tables
-
-    names = [m for m in methods if m not in (None, UNPRUNED)]
-    df, skipped = tables.evaluate_methods(model, processor, samples, names, retentions, seeds, layer=layer,
-                                          progress=progress, **evaluate_kwargs)
-    if len(skipped):
-        row = skipped.iloc[0]
-        raise ValueError(f"{row['method']!r} cannot run at retention={row['retention']:g}: {row['reason']}")
-    return df
 
 
 def score_table(df: pd.DataFrame, by: Sequence[str], value: str = "score", scale: float = 100.0) -> pd.DataFrame:
@@ -95,52 +69,6 @@ def layout(table: pd.DataFrame, column: str, retention: float, value: str = "sco
     out = part.pivot_table(index="method", columns=column, values=value, sort=False)
     order = [UNPRUNED] * (UNPRUNED in out.index) + [m for m in dict.fromkeys(part["method"]) if m != UNPRUNED]
     return out.reindex(order)
-
-
-def group_gap(df: pd.DataFrame, first: Sequence[str] = TEXT_GUIDED, second: Sequence[str] = VISION_ONLY,
-              value: str = "score", scale: float = 100.0) -> dict[str, float]:
-    """Mean of `value` over the answers of the methods in `first` minus that of `second`, with its error.
-
-    The two groups answer the same samples, so treating them as independent (as here) overstates the error:
-    a difference beyond 2 standard errors is a conservative call.
-
-    Returns:
-        {"first": mean, "second": mean, "gap": first − second, "se": standard error of the gap}, × scale.
-
-    Raises:
-        ValueError: a group has no rows in `df`.
-    """
-    stats = {}
-    for key, names in (("first", first), ("second", second)):
-        x = df.loc[df["method"].isin(list(names)), value].astype(float)
-        if x.empty:
-            raise ValueError(f"no rows of methods {list(names)} in df; "
-                             f"methods present: {sorted(df['method'].unique())}")
-        stats[key] = (scale * x.mean(), scale * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else math.nan)
-    return {"first": stats["first"][0], "second": stats["second"][0], "gap": stats["first"][0] - stats["second"][0],
-            "se": math.hypot(stats["first"][1], stats["second"][1])}
-
-
-def verdict(gap: dict[str, float], claim: str = "positive", z: float = 2.0) -> str:
-    """Whether a measured gap (`group_gap`) agrees with a paper's claim, judged against its standard error.
-
-    Args:
-        gap: {"gap": difference, "se": its standard error}.
-        claim: "positive" (the first group scores higher) or "none" (the groups score alike).
-        z: how many standard errors count as a difference.
-
-    Returns:
-        "agrees", "disagrees" or, for a positive claim whose gap is within `z` errors of 0, "inconclusive".
-
-    Raises:
-        ValueError: for an unknown claim.
-    """
-    big = abs(gap["gap"]) > z * gap["se"]
-    if claim == "positive":
-        return "inconclusive" if not big else "agrees" if gap["gap"] > 0 else "disagrees"
-    if claim == "none":
-        return "disagrees" if big else "agrees"
-    raise ValueError(f"claim must be 'positive' or 'none', got {claim!r}")
 
 
 def square_grid(n_visual: int) -> tuple[int, int]:
@@ -228,3 +156,82 @@ def panel_maps(frame: pd.DataFrame,
             p: keep_frequency(torch.as_tensor([list(k) for k in rows["kept"]], dtype=torch.long), g)
             for p, rows in sorted(part.groupby("panel"), key=lambda kv: kv[0])}
     return out
+
+
+# ---- the question-swap control ---------------------------------------------------------------------------
+
+_YES_NO = re.compile(r"^in panel (\w) , is there a (\w+) (\w+) \?$")
+_COLOUR = re.compile(r"^in panel (\w) , what colour is the (\w+) \?$")
+SWAP = "/swap"
+
+
+def swap_question(sample: Any, rng: np.random.Generator) -> Any | None:
+    """The same image with the question naming another panel, and the answer that panel gives.
+
+    A control for language guidance: a method that reads the question should keep other tokens when the named
+    panel changes; one that does not (FastV_VIS, [CLS]) keeps the same ones. Yes/no questions move to any other
+    filled panel (answer: whether the pair is there); colour questions to another panel holding exactly one
+    object of that shape. Returns None when no panel fits.
+
+    Args:
+        sample: an organism `anchor` sample (`metadata` with panels and objects).
+        rng: numpy generator choosing among the panels that fit.
+    """
+    m = sample.metadata
+    if "panels" not in m or "objects" not in m:
+        raise ValueError(f"sample {sample.id!r} has no panels/objects: swap_question needs organism anchor samples")
+    others = [p for p in sorted(m.get("filled") or m["panels"]) if p != m["panel"]]
+    inside = {p: [o for o in m["objects"] if o["panel"] == p] for p in m["panels"]}
+    if (hit := _YES_NO.match(sample.question)) is not None:
+        colour, shape = hit.group(2), hit.group(3)
+        new = str(rng.choice(others))
+        answer = "yes" if any(o["colour"] == colour and o["shape"] == shape for o in inside[new]) else "no"
+        question = f"in panel {new} , is there a {colour} {shape} ?"
+    elif (hit := _COLOUR.match(sample.question)) is not None:
+        shape = hit.group(2)
+        fit = [p for p in others if sum(o["shape"] == shape for o in inside[p]) == 1]
+        if not fit:
+            return None
+        new = str(rng.choice(fit))
+        answer = next(o["colour"] for o in inside[new] if o["shape"] == shape)
+        question = f"in panel {new} , what colour is the {shape} ?"
+    else:
+        raise ValueError(f"not an anchor question: {sample.question!r}")
+    meta = {**m, "panel": new, "panel_box": list(m["panels"][new]), "swapped_from": sample.id}
+    return dataclasses.replace(sample, id=sample.id + SWAP, question=question,
+                               prompt=sample.prompt.replace(sample.question, question), answers=[answer], metadata=meta)
+
+
+def swapped(samples: Sequence[Any], seed: int = 0) -> tuple[list[Any], list[Any]]:
+    """`(originals, swaps)`: the anchor samples that have a swap, and their swaps, in the same order."""
+    rng = np.random.default_rng(seed)
+    pairs = [(s, swap_question(s, rng)) for s in samples if "panel_box" in s.metadata]
+    pairs = [(s, t) for s, t in pairs if t is not None]
+    return [s for s, _ in pairs], [t for _, t in pairs]
+
+
+def kept_overlap_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (label, retention, original sample): Jaccard overlap of the kept sets under the two questions.
+
+    Args:
+        rows: `evaluate` rows of the originals and their swaps (ids ending in `SWAP`), pruned labels only.
+
+    Returns:
+        Rows with benchmark, task, id (the original's), label, method, hook, layer, retention, seed and
+        `overlap` in [0, 1] (1: the question did not change what was kept) — a per-sample value for
+        `tpx.analysis.stats`.
+    """
+    from tpx.analysis.redundancy import kept_overlap
+
+    pruned = rows[rows["kept"].notna()]
+    swap = pruned[pruned["id"].str.endswith(SWAP)].assign(id=lambda d: d["id"].str.removesuffix(SWAP))
+    orig = pruned[~pruned["id"].str.endswith(SWAP)]
+    keys = ["benchmark", "task", "id", "label", "retention", "seed"]
+    both = orig.merge(swap[keys + ["kept"]], on=keys, suffixes=("", "_swap"))
+    out = []
+    for (label, r), part in both.groupby(["label", "retention"], sort=False):
+        a = torch.as_tensor([list(k) for k in part["kept"]], dtype=torch.long)
+        b = torch.as_tensor([list(k) for k in part["kept_swap"]], dtype=torch.long)
+        n_visual = int(part["n_visual"].iloc[0])
+        out.append(part[keys + ["method", "hook", "layer"]].assign(overlap=kept_overlap(a, b, n_visual).tolist()))
+    return pd.concat(out, ignore_index=True)

@@ -4,8 +4,8 @@ The study asks that pruning be reported with measured latency rather than FLOPs 
 protocol that does not hide failures (Q5c): per-task scores next to the average (grounding collapses under
 pruning while the mean barely moves), random baselines over several seeds with their spread, and tasks that
 need the image at all. This module turns `tpx.latency.measure` and `tpx.evaluate.evaluate` rows into those
-tables; the runs that feed them (`evaluate_grid`, `blind_runs`, `batch_size_runs`, `padding_check`) are thin
-loops over `evaluate` and `generate`.
+tables; the runs that feed them (`tpx.probes.blind_runs`, `batch_size_runs`, `padding_check`) live with the
+other model runs in `tpx.probes`.
 
 Reference: Wen et al., Token Pruning in Multimodal Large Language Models: Are We Solving the Right Problem?,
 Findings of ACL 2025, arXiv 2502.11501, Q5 (Table 7 for latency).
@@ -13,7 +13,6 @@ Findings of ACL 2025, arXiv 2502.11501, Q5 (Table 7 for latency).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -21,9 +20,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-__all__ = ["average_hides", "batch_size_runs", "batch_size_table", "blind_runs", "evaluate_grid", "excess_time",
-           "padding_check", "padding_table", "seed_spread", "summary_table", "task_drops", "task_scores", "time_fit",
-           "verdict", "vision_need", "visual_per_layer"]
+__all__ = ["MEAN", "average_hides", "batch_size_table", "excess_time", "grounding_gap", "padding_table",
+           "seed_spread", "summary_table", "task_drops", "task_scores", "time_fit", "vision_need",
+           "visual_per_layer"]
 
 UNPRUNED = "unpruned"
 MEAN = "mean"  # the label of the unweighted mean over tasks, as benchmark-suite averages take it
@@ -91,15 +90,6 @@ def time_fit(table: pd.DataFrame, calibrate: Sequence[str] = ("unpruned", "rando
     return float(y.mean() - slope * x.mean()), slope
 
 
-def verdict(effect: float, noise: float) -> str:
-    """"agrees" when `effect` (signed so that > 0 is the paper's direction) exceeds `noise`, "disagrees" when it
-    is below −noise, else "inconclusive (within noise)": on a shared machine a difference smaller than the
-    timing spread (e.g. the median IQR of `measure`) is not resolved."""
-    if effect > noise:
-        return "agrees"
-    return "disagrees" if effect < -noise else "inconclusive (within noise)"
-
-
 def excess_time(table: pd.DataFrame, fit: tuple[float, float], column: str = "prefill time %") -> pd.Series:
     """Measured time minus the `time_fit` line at each row's FLOPs (% of the reference run; > 0: overhead)."""
     intercept, slope = fit
@@ -125,144 +115,6 @@ def visual_per_layer(df: pd.DataFrame, n_layers: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "attn_implementation", "layer", "n_visual"])
 
 
-# ---- runs ---------------------------------------------------------------------------------------------------
-
-def evaluate_grid(model: Any, processor: Any, samples: Sequence[Any], methods: Sequence[str],
-                  retentions: Sequence[float], seeds: Sequence[int], *, seeded: Sequence[str] = ("random",),
-                  **kwargs: Any) -> pd.DataFrame:
-    """`evaluate` the unpruned model once, deterministic methods with the first seed, `seeded` ones with all.
-
-    `evaluate` runs every method once per seed; a deterministic method would repeat identical work.
-
-    Args:
-        model, processor, samples: as for `tpx.evaluate.evaluate`.
-        methods, retentions, seeds: the grid (methods without None; the baseline is always added).
-        seeded: methods whose selection draws from the seed.
-        **kwargs: passed to `evaluate` (batch_size, max_new_tokens, progress, pruning parameters, ...).
-    """
-    from tpx.evaluate import evaluate
-
-    fixed = [m for m in methods if m not in seeded]
-    frames = [evaluate(model, processor, samples, [None, *fixed], retentions, list(seeds)[:1], **kwargs)]
-    drawn = [m for m in methods if m in seeded]
-    if drawn:
-        frames.append(evaluate(model, processor, samples, drawn, retentions, seeds, **kwargs))
-    return pd.concat(frames, ignore_index=True)
-
-
-def blind_runs(model: Any, processor: Any, samples: Sequence[Any], **kwargs: Any) -> pd.DataFrame:
-    """Unpruned answers with the image, without it (`blind="no_image"`) and with a blank image (`"blank"`).
-
-    Args:
-        **kwargs: passed to `evaluate` (batch_size, max_new_tokens, progress, ...).
-
-    Returns:
-        `evaluate` rows of the three runs; column `blind` is "", "no_image" or "blank".
-    """
-    from tpx.evaluate import BLIND, evaluate
-
-    return pd.concat([evaluate(model, processor, samples, [None], blind=b, **kwargs) for b in BLIND],
-                     ignore_index=True)
-
-
-def batch_size_runs(model: Any, processor: Any, samples: Sequence[Any], batch_sizes: Sequence[int],
-                    methods: Sequence[str | None], retention: float, seed: int = 0, *, progress: bool = True,
-                    reuse: pd.DataFrame | None = None, reuse_batch_size: int | None = None,
-                    **kwargs: Any) -> pd.DataFrame:
-    """The same configurations evaluated at several batch sizes (left padding), with a `batch_size` column.
-
-    Args:
-        batch_sizes: sizes to compare (the first is the reference of `batch_size_table`).
-        methods: None for the baseline and method names; retention, seed: one configuration each.
-        progress: a bar over batch sizes.
-        reuse, reuse_batch_size: `evaluate` rows of the same samples already answered at `reuse_batch_size`
-            (e.g. the main grid); that size takes its rows from them instead of answering again.
-        **kwargs: passed to `evaluate` (max_new_tokens, pruning parameters; no cache_dir: its key ignores
-            the batch size).
-    """
-    from tqdm.auto import tqdm
-
-    from tpx.evaluate import evaluate
-
-    frames = []
-    names = ["unpruned" if m is None else m for m in methods]
-    for size in tqdm(list(batch_sizes), desc="batch sizes", disable=not progress):
-        if reuse is not None and size == reuse_batch_size:
-            pruned = reuse.method.isin(names) & (reuse.retention == retention) & (reuse.seed == seed)
-            df = reuse[(reuse.method == UNPRUNED) & (UNPRUNED in names) | pruned]
-            if set(df.method) == set(names):
-                frames.append(df.assign(batch_size=size))
-                continue
-        df = evaluate(model, processor, samples, methods, [retention], [seed], batch_size=size, progress=False,
-                      **kwargs)
-        frames.append(df.assign(batch_size=size))
-    return pd.concat(frames, ignore_index=True)
-
-
-def _right_padded(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The same left-padded batch with every row's padding moved to its end."""
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    shift = (mask == 0).sum(1, keepdim=True)
-    index = (torch.arange(ids.shape[1], device=ids.device)[None] + shift) % ids.shape[1]
-    return {**inputs, "input_ids": ids.gather(1, index), "attention_mask": mask.gather(1, index)}
-
-
-def _answers(model: Any, processor: Any, batch: Sequence[Any], side: str, method: str | None, retention: float,
-             seed: int, max_new_tokens: int, pruning_kwargs: dict[str, Any]) -> list[str]:
-    from tpx.engine import pruning
-    from tpx.evaluate import model_inputs
-
-    inputs = model_inputs(processor, batch, model)
-    if side == "right":
-        inputs = _right_padded(inputs)
-    tok = processor.tokenizer
-    context = contextlib.nullcontext() if method is None else pruning(model, method, retention=retention, seed=seed,
-                                                                        **pruning_kwargs)
-    with torch.inference_mode(), context:
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    return [t.strip() for t in tok.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)]
-
-
-def padding_check(model: Any, processor: Any, samples: Sequence[Any], methods: Sequence[str | None],
-                  retention: float, *, batch_size: int = 8, seed: int = 0, max_new_tokens: int = 16,
-                  progress: bool = True, **pruning_kwargs: Any) -> pd.DataFrame:
-    """Answer with left and with right padding; a configuration the engine refuses records its message.
-
-    Decoder-only generation continues after the last position of each row, so right padding makes short rows
-    continue from a pad token; tpx's engine refuses such batches (every row's last position must be a real
-    token). Unpruned, the model still answers, and the table shows what that does to the scores.
-
-    Args:
-        methods: None for the baseline and method names; retention, seed: of the pruned runs.
-        batch_size: rows per `generate` call (≥ 2 for any padding).
-        progress: a bar over (side, method).
-        **pruning_kwargs: passed to `tpx.pruning`.
-
-    Returns:
-        One row per answer: id, benchmark, task, method, side, answer, score; a refused (side, method) gives
-        one row per sample with answer None, score NaN and the engine's `error`.
-    """
-    from tqdm.auto import tqdm
-
-    from tpx.evaluate import score
-
-    samples = list(samples)
-    batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
-    rows = []
-    todo = [(side, m) for m in methods for side in ("left", "right")]
-    for side, method in tqdm(todo, desc="padding side x method", disable=not progress):
-        name = method or UNPRUNED
-        try:
-            texts = [t for b in batches for t in _answers(model, processor, b, side, method, retention, seed,
-                                                          max_new_tokens, pruning_kwargs)]
-            error = ""
-        except ValueError as err:
-            texts, error = [None] * len(samples), str(err)
-        rows += [{"id": s.id, "benchmark": s.benchmark, "task": s.task, "method": name, "side": side, "answer": t,
-                  "score": math.nan if t is None else score(s, t), "error": error} for s, t in zip(samples, texts)]
-    return pd.DataFrame(rows)
-
-
 # ---- tables (Q5c) -------------------------------------------------------------------------------------------
 
 def _labelled(summary: pd.DataFrame) -> pd.DataFrame:
@@ -281,7 +133,7 @@ def task_scores(rows: pd.DataFrame) -> pd.DataFrame:
     """
     from tpx.evaluate import summarize
 
-    long = _labelled(summarize(rows))
+    long = _labelled(summarize(rows, by_seed=True))
     order = list(dict.fromkeys(long.label))
     wide = long.pivot_table(index=["method", "retention", "seed"], columns="label", values="score", sort=False)
     wide = wide[order]
@@ -341,23 +193,25 @@ def seed_spread(rows: pd.DataFrame, method: str = "random") -> pd.DataFrame:
 
 
 def vision_need(rows: pd.DataFrame) -> pd.DataFrame:
-    """How much each task needs the image: unpruned scores (×100) with the image, a blank one and none.
+    """How much each task needs the image: unpruned scores (×100) with the image, a blank one, none, and noise.
 
     Args:
-        rows: `blind_runs` output (column `blind`: "", "no_image", "blank").
+        rows: `tpx.probes.blind_runs` output (column `blind`: "", "no_image", "blank", and "noise" if run).
 
     Returns:
-        Indexed by task (and `mean`): image, blank, no_image, need = image − max(blank, no_image) (points the
-        image adds over the better blind control), sorted by need, largest first; `mean` last.
+        Indexed by task (and `mean`): image, blank, no_image, [noise,] need = image − the best control (points
+        the image adds over the better blind control), sorted by need, largest first; `mean` last.
     """
     cols = {}
-    for blind, name in (("", "image"), ("blank", "blank"), ("no_image", "no_image")):
+    for blind, name in (("", "image"), ("blank", "blank"), ("no_image", "no_image"), ("noise", "noise")):
         part = rows[rows.blind == blind]
         if part.empty:
-            raise ValueError(f"rows hold no blind={blind!r} run; use blind_runs")
+            if blind == "noise":
+                continue
+            raise ValueError(f"rows hold no blind={blind!r} run; use tpx.probes.blind_runs")
         cols[name] = task_scores(part).xs(UNPRUNED, level="method").iloc[0]
     table = pd.DataFrame(cols)
-    table["need"] = table["image"] - table[["blank", "no_image"]].max(axis=1)
+    table["need"] = table["image"] - table[[c for c in table.columns if c != "image"]].max(axis=1)
     tasks = table.drop(index=MEAN).sort_values("need", ascending=False)
     return pd.concat([tasks, table.loc[[MEAN]]])
 
@@ -403,3 +257,36 @@ def padding_table(rows: pd.DataFrame) -> pd.DataFrame:
         out.append({"method": method, "side": side, "score": math.nan if error else score,
                     "agree": math.nan if error else 100 * same.mean(), "error": error})
     return pd.DataFrame(out).set_index(["method", "side"])
+
+
+def grounding_gap(rows: pd.DataFrame, label: str, grounding: str, *, baseline: str = UNPRUNED,
+                  n_boot: int | None = None, level: float | None = None) -> Any:
+    """Relative score on the grounding task minus the mean relative score of the other tasks, with its CI.
+
+    Negative: grounding loses more of its unpruned score than the suite average shows (the study's Q1/Q5c claim).
+
+    Args:
+        rows: result rows with `label` and `baseline` on the same samples, several tasks including `grounding`.
+        label: the pruned configuration. grounding: the grounding task's name.
+        n_boot, level: of the bootstrap (defaults: `tpx.analysis.stats`).
+
+    Returns:
+        A `tpx.analysis.stats.Estimate` in points of relative score.
+    """
+    import numpy as np
+
+    from tpx.analysis import stats
+
+    matrix, tasks = stats.paired_matrix(rows, [label, baseline])
+    order = sorted(set(tasks.tolist()))
+    if grounding not in order or len(order) < 2:
+        raise ValueError(f"need the grounding task {grounding!r} and at least one other task; tasks: {order}")
+    g = order.index(grounding)
+    others = [i for i in range(len(order)) if i != g]
+
+    def statistic(m: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(m[..., 1] > 0, 100 * m[..., 0] / m[..., 1], np.nan)
+        return rel[..., g] - np.nanmean(rel[..., others], axis=-1)
+
+    return stats.bootstrap(matrix, tasks, statistic, n_boot or stats.N_BOOT, 0, level or stats.LEVEL)

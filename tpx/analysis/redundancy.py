@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 __all__ = [
-    "add_duplication", "chance_overlap", "is_random", "kept_duplication", "kept_overlap", "overlap_matrix",
-    "pivot_label", "pivot_variants", "run_methods", "summarize_redundancy", "visual_features",
+    "add_duplication", "chance_overlap", "kept_duplication", "kept_overlap", "overlap_matrix",
+    "pivot_label", "pivot_variants", "summarize_redundancy", 
 ]
 
 OVERLAPS = ("jaccard", "share")
@@ -126,7 +126,7 @@ def pivot_label(pivot: str) -> str:
 
 
 def pivot_variants(pivots: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """`run_methods` entries for DART under each pivot rule (see `tpx.dedup.PIVOTS`), labelled by `pivot_label`."""
+    """`tpx.grid.grid` variants for DART under each pivot rule (see `tpx.dedup.PIVOTS`), labelled by `pivot_label`."""
     from tpx.dedup import PIVOTS
 
     bad = [p for p in pivots if p not in PIVOTS]
@@ -134,115 +134,6 @@ def pivot_variants(pivots: Sequence[str]) -> dict[str, dict[str, Any]]:
         raise ValueError(f"pivots must be among {PIVOTS}, got {bad}")
     return {pivot_label(p): {"method": "dart", "pivot": p} for p in pivots}
 
-
-def is_random(method: str, **params: Any) -> bool:
-    """Whether a method's kept set depends on the seed: its scorer or selector draws from the run's generator,
-    unless a `pivot` parameter names a deterministic rule."""
-    from tpx.grid import seeded
-
-    return seeded(method, params)
-
-
-def run_methods(model: Any, processor: Any, samples: Sequence[Any],
-                methods: Sequence[str] | Mapping[str, Mapping[str, Any]], retentions: Sequence[float],
-                seeds: Sequence[int] = (0,), *, layer: int | None = None, unpruned: bool = True,
-                progress: bool = True, **evaluate_kwargs: Any) -> Any:
-    """Evaluate several methods (or variants of one) over samples; one row per answer, with its kept set.
-
-    Unlike one `tpx.evaluate.evaluate` call, each entry gets its own parameters, `layer` reaches only
-    methods that prune inside the LLM (hook "L"), and only methods whose kept set depends on the seed
-    (`is_random`) run every seed; the others run the first.
-
-    Args:
-        model, processor, samples: as for `tpx.evaluate.evaluate`.
-        methods: registry names, or a mapping label → `{"method": name, **method parameters}` (the label
-            becomes the `method` column).
-        retentions, seeds: kept shares and pruning seeds.
-        layer: decoder layer K for hook-"L" methods; None: each method's default.
-        unpruned: also answer once unpruned (method "unpruned").
-        progress: a `tqdm.auto` bar over the entries.
-        **evaluate_kwargs: passed to `evaluate` (batch_size, max_new_tokens, cache_dir, ...).
-
-    Returns:
-        The concatenated `evaluate` DataFrame.
-    """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from tpx.evaluate import evaluate
-    from tpx.methods import get_method
-
-    entries = {m: {"method": m} for m in methods} if not isinstance(methods, Mapping) else dict(methods)
-    frames = []
-    if unpruned:
-        frames.append(evaluate(model, processor, samples, methods=[None], progress=False, **evaluate_kwargs))
-    for label, entry in tqdm(entries.items(), desc="methods", unit="method", disable=not progress):
-        params = {k: v for k, v in entry.items() if k != "method"}
-        name = entry["method"]
-        extra = {"layer": layer} if layer is not None and get_method(name).hook == "L" else {}
-        use = list(seeds) if is_random(name, **params) else list(seeds[:1])
-        df = evaluate(model, processor, samples, methods=[name], retentions=retentions, seeds=use,
-                      progress=False, **extra, **params, **evaluate_kwargs)
-        frames.append(df.assign(method=label))
-    return pd.concat(frames, ignore_index=True)
-
-
-def visual_features(model: Any, processor: Any, samples: Sequence[Any], layer: int, *, batch_size: int = 8,
-                    progress: bool = True) -> dict[str, torch.Tensor]:
-    """Hidden states of the visual tokens entering decoder layer `layer` in an unpruned forward pass.
-
-    At layer K these are the tokens FastV and DART choose from (layers < K see every token); at layer 0 they
-    are the input embeddings that hook-"E" methods (random, pooling, DivPrune) choose from. A forward
-    pre-hook reads them and is removed on exit. Memory: N × D values per sample, kept on the CPU in the
-    model's dtype.
-
-    Args:
-        model, processor, samples: as for `tpx.evaluate.evaluate` (sample ids must be unique).
-        layer: 0-based decoder layer.
-        batch_size: samples per forward pass.
-        progress: a `tqdm.auto` bar over batches.
-
-    Returns:
-        sample id → `(N, D)` tensor.
-
-    Raises:
-        ValueError: for a layer out of range or repeated sample ids.
-    """
-    from tqdm.auto import tqdm
-
-    from tpx.evaluate import model_inputs
-    from tpx.models import adapter_for
-
-    adapter = adapter_for(model)
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < adapter.n_layers:
-        raise ValueError(f"layer={layer!r} out of range: model has {adapter.n_layers} decoder layers "
-                         f"(0..{adapter.n_layers - 1})")
-    samples = list(samples)
-    if len({s.id for s in samples}) != len(samples):
-        raise ValueError("sample ids must be unique")
-    seen: dict[str, torch.Tensor] = {}
-
-    def grab(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        seen["hidden"] = args[0] if args else kwargs["hidden_states"]
-
-    out: dict[str, torch.Tensor] = {}
-    handle = adapter.layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        for i in tqdm(range(0, len(samples), batch_size), desc="visual features", unit="batch", disable=not progress):
-            batch = samples[i:i + batch_size]
-            inputs = model_inputs(processor, batch, model)
-            with torch.inference_mode():
-                model(**inputs, use_cache=False)
-            positions = adapter.layout(**inputs).positions
-            hidden = seen.pop("hidden")
-            feats = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])).cpu()
-            out.update({s.id: f for s, f in zip(batch, feats, strict=True)})
-    finally:
-        handle.remove()
-    return out
-
-
-# ---- tables ------------------------------------------------------------------------------------------
 
 def add_duplication(df: Any, features: Mapping[str, torch.Tensor], *, chunk: int = 64,
                     device: str | torch.device | None = None) -> Any:
@@ -289,7 +180,7 @@ def summarize_redundancy(df: Any) -> Any:
     from tpx.evaluate import summarize
 
     keys = ["method", "retention", "seed"]
-    acc = summarize(df).groupby(keys, sort=False)["score"].mean().rename("accuracy")
+    acc = summarize(df, by_seed=True).groupby(keys, sort=False)["score"].mean().rename("accuracy")
     per_seed = df.groupby(keys, sort=False)["duplication"].mean().to_frame().join(acc).reset_index()
     g = per_seed.groupby(["method", "retention"], sort=False)
     out = g[["accuracy", "duplication"]].mean()

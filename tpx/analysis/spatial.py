@@ -3,8 +3,8 @@
 The study's first finding is that attention-scored pruning keeps tokens late in the sequence — the bottom
 rows of the image — because causal attention with RoPE's long-range decay favours keys near the query.
 These functions turn trace entries into retention-frequency maps and spatial statistics, and compute the
-RoPE decay curve that explains the bias. Pure torch, except the two readers at the end
-(`rope_frequencies`, `last_token_attention`), which take a loaded model and go through the engine.
+RoPE decay curve that explains the bias. Pure torch; the readers that take a loaded model
+(`rope_frequencies`, `last_token_attention`) are in `tpx.probes`.
 
 Reference: Wen et al., Findings of ACL 2025, arXiv 2502.11501, Sec. 3 (Q1, retention frequency over POPE);
 Su et al., "RoFormer", arXiv 2104.09864, Sec. 3.4.3 (long-term decay of RoPE).
@@ -18,8 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["attention_by_distance", "frequency_maps", "keep_frequency", "kept_matrix", "last_token_attention",
-           "rope_decay", "rope_frequencies", "spatial_stats", "visual_distances"]
+__all__ = ["attention_by_distance", "frequency_maps", "keep_frequency", "kept_matrix", "rope_decay", "spatial_stats"]
 
 
 def _check(kept: torch.Tensor, grid: tuple[int, int]) -> tuple[int, int]:
@@ -166,74 +165,3 @@ def frequency_maps(df: Any, retention: float, grid: tuple[int, int],
     if missing:
         raise ValueError(f"no rows for {missing} at retention {retention:.4g}; present: {present}")
     return {m: keep_frequency(kept_matrix(list(at.loc[at["method"] == m, "kept"])), grid) for m in methods}
-
-
-def visual_distances(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
-    """Distance from the last prompt position (FastV's query) back to each visual token, in positions.
-
-    Rows are left-padded (as tpx pads them), so every row's query is the last position and the distance in
-    the tensor equals the distance in RoPE position ids.
-
-    Args:
-        input_ids: `(B, T)` prompt ids, each row holding the same number N of image tokens.
-        image_token_id: the model's image placeholder id.
-
-    Returns:
-        `(B, N)` long tensor of distances ≥ 1, largest for the first visual token.
-    """
-    is_image = input_ids == image_token_id
-    counts = is_image.sum(1)
-    if not bool(counts.any()) or not bool((counts == counts[0]).all()):
-        raise ValueError(f"every row must hold the same, non-zero number of image tokens, got {counts.tolist()}")
-    positions = is_image.nonzero()[:, 1].view(input_ids.shape[0], -1)
-    return input_ids.shape[1] - 1 - positions
-
-
-# ---- from a loaded model ---------------------------------------------------------------------------------------
-
-def rope_frequencies(model: Any) -> torch.Tensor:
-    """The rotary frequencies θ_k (`inv_freq`, `(head_dim/2,)`) of the model's language model, for `rope_decay`."""
-    from tpx.models import adapter_for
-
-    rotary = getattr(adapter_for(model).text_model, "rotary_emb", None)
-    if rotary is None or not hasattr(rotary, "inv_freq"):
-        raise TypeError(f"{type(model).__name__}'s language model has no rotary embedding with inv_freq")
-    return rotary.inv_freq.detach().float().cpu()
-
-
-def last_token_attention(model: Any, processor: Any, samples: Sequence[Any], *, layer: int | None = None,
-                         batch_size: int = 8, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """FastV's scores over a dataset with each visual token's distance to the query: the measured position bias.
-
-    Runs one prefill per batch inside `tpx.pruning(model, "fastv")` and reads the trace's scores: head-mean
-    attention from the last prompt token to every visual token at decoder layer K − 1.
-
-    Reference: Chen et al., FastV, ECCV 2024, arXiv 2403.06764; Wen et al. 2025, arXiv 2502.11501, Q1.
-
-    Args:
-        model, processor: from `tpx.load`.
-        samples: with one image each (`tpx.data.load_samples`).
-        layer: FastV's K (scores come from layer K − 1); None: the registry's default.
-        batch_size: samples per forward call.
-        progress: a `tqdm.auto` bar over batches.
-
-    Returns:
-        `(scores (S, N), distances (S, N))` on the CPU, float and long.
-    """
-    from tqdm.auto import tqdm
-
-    from tpx.engine import pruning
-    from tpx.evaluate import model_inputs
-
-    samples = list(samples)
-    if not samples or batch_size < 1:
-        raise ValueError(f"need samples and batch_size ≥ 1, got {len(samples)} samples, batch_size={batch_size}")
-    kwargs = {} if layer is None else {"layer": layer}
-    scores, distances = [], []
-    for i in tqdm(range(0, len(samples), batch_size), desc="attention batches", disable=not progress):
-        inputs = model_inputs(processor, samples[i:i + batch_size], model)
-        with torch.inference_mode(), pruning(model, "fastv", retention=1.0, **kwargs) as run:
-            model(**inputs)
-        scores.append(run.trace[0].scores.float().cpu())
-        distances.append(visual_distances(inputs["input_ids"], model.config.image_token_id).cpu())
-    return torch.cat(scores), torch.cat(distances)

@@ -26,16 +26,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-__all__ = ["LEVEL", "N_BOOT", "RULE", "Estimate", "bonferroni_level", "bootstrap", "compare", "holm",
+__all__ = ["EQUIVALENCE", "LEVEL", "N_BOOT", "RULE", "Estimate", "bonferroni_level", "bootstrap", "compare", "difference", "holm",
            "paired_matrix", "score", "seed_spread", "verdict"]
 
 LEVEL = 0.95
 N_BOOT = 2000
 KEY = ("benchmark", "task", "id")
 VERDICTS = ("agrees", "disagrees", "inconclusive")
+EQUIVALENCE = 2.0  # points: the margin within which a "no difference" claim counts as shown
 RULE = ("paired bootstrap over samples, stratified by task (seeded methods averaged over seeds per sample): "
         "agrees if the CI of the effect excludes 0 on the study's side, disagrees if it excludes 0 on the other "
-        "side, inconclusive otherwise; families use Bonferroni-adjusted CIs (level 1 - 0.05/m)")
+        "side, inconclusive otherwise; a claim of no difference agrees if the CI lies within ±2 points, "
+        "disagrees if it excludes 0, else inconclusive; families use Bonferroni-adjusted CIs (level 1 - 0.05/m)")
 
 
 @dataclass(frozen=True)
@@ -219,23 +221,40 @@ def verdict(ci_low: float, ci_high: float, direction: int) -> str:
 
     Args:
         ci_low, ci_high: the effect's confidence interval.
-        direction: +1 if the study reports the effect positive, −1 if negative.
+        direction: +1 if the study reports the effect positive, −1 if negative, 0 if it reports no difference
+            (then the interval must lie within ±`EQUIVALENCE` to agree).
 
     Returns:
         "agrees", "disagrees" or "inconclusive" (also for a NaN interval).
     """
-    if direction not in (1, -1):
-        raise ValueError(f"direction must be +1 or -1, got {direction!r}")
+    if direction not in (1, -1, 0):
+        raise ValueError(f"direction must be +1, -1 or 0, got {direction!r}")
     if not (math.isfinite(ci_low) and math.isfinite(ci_high)):
         return "inconclusive"
     if ci_low > ci_high:
         raise ValueError(f"ci_low must be ≤ ci_high, got [{ci_low}, {ci_high}]")
+    if direction == 0:
+        if -EQUIVALENCE < ci_low and ci_high < EQUIVALENCE:
+            return "agrees"
+        return "disagrees" if ci_low > 0 or ci_high < 0 else "inconclusive"
     low, high = (ci_low, ci_high) if direction == 1 else (-ci_high, -ci_low)
     if low > 0:
         return "agrees"
     if high < 0:
         return "disagrees"
     return "inconclusive"
+
+
+def difference(a: Estimate, b: Estimate) -> Estimate:
+    """a − b for estimates from *independent* samples (e.g. two tasks), from their bootstrap draws."""
+    if a.level != b.level or len(a.draws) != len(b.draws):
+        raise ValueError("a and b need the same level and number of draws")
+    draws = a.draws - b.draws
+    finite = draws[np.isfinite(draws)]
+    low, high = np.quantile(finite, [(1 - a.level) / 2, (1 + a.level) / 2])
+    p = min(1.0, 2 * min(float((finite <= 0).mean()), float((finite >= 0).mean())))
+    counts = {**{f"a:{k}": v for k, v in a.n_per_task.items()}, **{f"b:{k}": v for k, v in b.n_per_task.items()}}
+    return Estimate(a.estimate - b.estimate, float(low), float(high), a.level, p, counts, draws)
 
 
 def bonferroni_level(m: int, level: float = LEVEL) -> float:

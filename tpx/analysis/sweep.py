@@ -1,168 +1,114 @@
-"""The α sweep of the study's Q4: how much importance, how much uniqueness, task by task.
+"""The α sweep of the study's Q4 over result rows: how much importance, how much uniqueness, task by task.
 
 The study scores each visual token by Score = α·importance + (1 − α)·uniqueness (Eq. 6; the `alpha` method,
 `tpx.dedup.alpha_mix`) and sweeps α from 0 (pure de-duplication) to 1 (FastV) at 144 of 576 tokens (Table 6).
-Its claim: the best α depends on the task. These functions run that sweep with `tpx.evaluate.evaluate`
-(one call per (uniqueness reading, α) over all tasks), pivot it into the Table 6 layout and find each task's
-best α, with ties judged against the sampling noise of the scores.
+Its claim: the best α depends on the task. The sweep is a grid of labelled variants (`variants`, run by
+`tpx.evaluate.evaluate(configs=tpx.grid.grid(variants(...), ...))`); everything here is pure over its rows.
+
+The task-dependence rule, fixed before looking at the data (`task_sets`, `task_dependence`): for each task,
+the α values *not significantly below* that task's best α form its set — an α leaves the set when the paired
+bootstrap CI of score(α) − score(best α) on that task's samples lies below 0, with Bonferroni-adjusted CIs over
+every (task, α) comparison of the family. "No single α is best" (the study's claim) ↔ no α lies in every task's
+set. The record of that claim takes the most universal α (the one whose worst task is least clearly below its
+best) and reports its CI against that task's best: the CI excludes 0 below exactly when no α is in every set.
+Selecting each task's best on the same samples favours finding differences; the Bonferroni family and the
+paired CI are the guard against that, stated here rather than hidden.
 
 Reference: Wen et al., Findings of ACL 2025, arXiv 2502.11501, Q4 (Eq. 6, Table 6).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["ALPHAS", "READINGS", "alpha_sweep", "alpha_table", "best_alpha", "common_alphas", "mean_relative",
-           "tolerance"]
+from tpx.analysis import stats
+
+__all__ = ["ALPHAS", "READINGS", "alpha_table", "base_label", "common_alphas", "first_per_task", "label_alphas",
+           "mean_relative", "task_dependence", "task_sets", "variants"]
 
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))   # Table 6's grid, completed to every 0.1
 READINGS = ("last", "dup")                               # the two readings of uniqueness (`alpha_mix`)
+N_BOOT_FAMILY = 10000                                    # Bonferroni tails are small: more draws resolve them
 
 
-def _check(alphas: Sequence[float], readings: Sequence[str]) -> tuple[list[float], list[str]]:
+def _label(alpha: float, reading: str | None) -> str:
+    return f"alpha={alpha:g}" if reading is None else f"alpha={alpha:g} {reading}"
+
+
+def variants(alphas: Sequence[float] = ALPHAS, readings: Sequence[str] = READINGS) -> dict[str, dict[str, Any]]:
+    """The α sweep as labelled grid variants `{label: {"method": "alpha", "alpha": a, "uniqueness": u}}`.
+
+    α = 1 is FastV under either reading (`alpha_mix` returns the importance top-k before it looks at
+    uniqueness), so it is one variant, labelled "alpha=1", shared by every reading.
+
+    Raises:
+        ValueError: an α outside [0, 1] or repeated, an unknown or repeated reading.
+    """
     alphas, readings = [float(a) for a in alphas], list(readings)
     if not alphas or any(not 0.0 <= a <= 1.0 for a in alphas) or len(set(alphas)) != len(alphas):
         raise ValueError(f"alphas must be distinct values in [0, 1], got {alphas}")
     if not readings or any(r not in READINGS for r in readings) or len(set(readings)) != len(readings):
         raise ValueError(f"readings must be distinct values of {READINGS}, got {readings}")
-    return alphas, readings
+    out = {}
+    for u in readings:
+        for a in alphas:
+            out[_label(a, None if a == 1.0 else u)] = {"method": "alpha", "alpha": a, "uniqueness": u}
+    return out
 
 
-def _per_task(df: pd.DataFrame) -> pd.DataFrame:
-    """Benchmark-level score (`summarize`), answers, standard error and mean coverage / kept row per task."""
-    from tpx.evaluate import summarize
+def first_per_task(samples: Sequence[Any], n: int) -> list[Any]:
+    """The first `n` samples of each task, in order: a coarser sample nested in the headline one, so a curve
+    measured on it is paired with the headline rows of the same samples."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int ≥ 1, got {n!r}")
+    seen: dict[str, int] = {}
+    out = []
+    for s in samples:
+        seen[s.task] = seen.get(s.task, 0) + 1
+        if seen[s.task] <= n:
+            out.append(s)
+    return out
 
-    out = summarize(df).drop(columns=["method", "retention", "seed"])
-    key = df.assign(task=df["task"].where(df["benchmark"] == "organism", ""))  # as summarize: a benchmark is one row
-    stats = key.groupby(["benchmark", "task"], sort=False).agg(
-        se=("score", lambda s: 100 * s.std(ddof=1) / math.sqrt(len(s)) if len(s) > 1 else math.nan),
-        coverage=("coverage", "mean"), kept_row=("kept_row", "mean")).reset_index()
-    out = out.merge(stats, on=["benchmark", "task"], how="left")
-    return out.assign(task=out["task"].where(out["task"] != "", out["benchmark"]))
+
+def base_label(label: str) -> str:
+    """A row label without the hook / K suffix that `tpx.grid.grid(label_depth=True)` appends ("… @L2")."""
+    return label.split(" @", 1)[0]
 
 
-def alpha_sweep(model: Any, processor: Any, samples: Sequence[Any], alphas: Sequence[float] = ALPHAS,
-                readings: Sequence[str] = READINGS, *, retention: float = 0.25, seed: int = 0, progress: bool = True,
-                **evaluate_kwargs: Any) -> pd.DataFrame:
-    """Score every task under the `alpha` method for each (uniqueness reading, α), next to the unpruned score.
-
-    One `evaluate` call per configuration over all samples (batched across tasks), plus one unpruned call.
-    α = 1 is FastV under either reading (`alpha_mix` returns the importance top-k before it looks at
-    uniqueness), so it is evaluated once and its rows are shared by every reading.
-
-    Args:
-        model, processor: from `tpx.load`.
-        samples: from `tpx.data.load_samples` (several tasks or benchmarks may be mixed).
-        alphas: importance weights, each in [0, 1] (default 0, 0.1, …, 1).
-        readings: uniqueness readings, a subset of `READINGS`.
-        retention: kept share of visual tokens (the study: 144 of 576 = 0.25).
-        seed: pruning seed (the `alpha` method is deterministic; kept for the cache key).
-        progress: show a `tqdm.auto` bar over configurations.
-        **evaluate_kwargs: passed to `evaluate` (batch_size, max_new_tokens, layer, cache_dir, …).
-
-    Returns:
-        Tidy DataFrame, one row per (reading, α, task): benchmark, task (the organism task, else the
-        benchmark), uniqueness, alpha, score (the benchmark's number, ×100 for accuracies), n (answers), se
-        (standard error of the mean per-answer score ×100), coverage and kept_row (means over answers, see
-        `evaluate`), unpruned (the unpruned score of the task).
+def label_alphas(rows: pd.DataFrame, sweep: Mapping[str, Mapping[str, Any]], reading: str) -> dict[float, str]:
+    """α → the row label of that α under `reading` (the shared α = 1 included), in increasing α.
 
     Raises:
-        ValueError: for an α outside [0, 1], an unknown reading, or anything `evaluate` rejects.
+        ValueError: the reading has no rows.
     """
-    from tqdm.auto import tqdm
-
-    from tpx.evaluate import evaluate
-
-    alphas, readings = _check(alphas, readings)
-    configs = [(u, a) for u in readings for a in alphas if a < 1.0 or u == readings[0]]
-    common = dict(retentions=[retention], seeds=[seed], progress=False, **evaluate_kwargs)
-    base = _per_task(evaluate(model, processor, samples, methods=[None], **common))
-    frames: dict[tuple[str, float], pd.DataFrame] = {}
-    for u, a in tqdm(configs, desc="α sweep (reading, α)", unit="config", disable=not progress):
-        rows = _per_task(evaluate(model, processor, samples, methods=["alpha"], alpha=a, uniqueness=u, **common))
-        frames.update({(r, a): rows.assign(uniqueness=r, alpha=a) for r in (readings if a == 1.0 else [u])})
-    out = pd.concat([frames[u, a] for u in readings for a in alphas], ignore_index=True).merge(
-        base[["benchmark", "task", "score"]].rename(columns={"score": "unpruned"}), on=["benchmark", "task"])
-    return out[["benchmark", "task", "uniqueness", "alpha", "score", "n", "se", "coverage", "kept_row", "unpruned"]]
+    out = {}
+    for label in dict.fromkeys(rows["label"]):
+        v = sweep.get(base_label(label))
+        if v is not None and (v["uniqueness"] == reading or float(v["alpha"]) == 1.0):
+            out[float(v["alpha"])] = label
+    if not any(a < 1.0 for a in out):
+        raise ValueError(f"no rows of uniqueness={reading!r}; labels: {sorted(set(rows['label']))}")
+    return dict(sorted(out.items()))
 
 
-def alpha_table(sweep: pd.DataFrame, uniqueness: str) -> pd.DataFrame:
-    """The Table 6 layout for one reading: rows = tasks (in sweep order), columns "unpruned" then each α.
+def alpha_table(rows: pd.DataFrame, sweep: Mapping[str, Mapping[str, Any]], reading: str, *,
+                baseline: str | None = "unpruned", value: str = "score") -> pd.DataFrame:
+    """The Table 6 layout for one reading: rows = tasks (in row order), columns "unpruned" then each α (×100).
 
-    Args:
-        sweep: from `alpha_sweep`.
-        uniqueness: which reading to show.
-
-    Raises:
-        ValueError: the reading is not in `sweep`.
+    Seeds (if any) are averaged; every score is the mean per-answer value of the task ×100.
     """
-    part = sweep[sweep["uniqueness"] == uniqueness]
-    if part.empty:
-        raise ValueError(f"uniqueness={uniqueness!r} not in the sweep; has {sorted(sweep['uniqueness'].unique())}")
-    tasks = list(dict.fromkeys(part["task"]))
-    table = part.pivot(index="task", columns="alpha", values="score").reindex(tasks)
-    table.insert(0, "unpruned", part.groupby("task", sort=False)["unpruned"].first().reindex(tasks))
+    labels = label_alphas(rows, sweep, reading)
+    tasks = list(dict.fromkeys(rows["task"]))
+    cols = {} if baseline is None else {"unpruned": baseline}
+    cols |= {a: lab for a, lab in labels.items()}
+    table = pd.DataFrame({k: 100 * rows[rows["label"] == lab].groupby("task")[value].mean() for k, lab in cols.items()})
+    table = table.reindex(tasks)
     table.columns.name = "alpha"
     return table
-
-
-def tolerance(sweep: pd.DataFrame) -> pd.Series:
-    """Per task, the margin within which two scores of the sweep count as tied.
-
-    One standard error of the task's score (the median over the sweep of `se`), but never less than one
-    answer (100 / n points), the resolution of an accuracy: a single answer that flips is never a finding.
-    The samples are shared by every α, so a difference is usually less noisy than two independent scores;
-    one (not √2) standard error reflects that. Meant for mean-of-answers scores ×100 (accuracy, VQA, POPE's
-    F1 approximately); MME's perception score is on another scale, so pass a margin of its own there.
-    """
-    by_task = sweep.groupby("task", sort=False)
-    return by_task["se"].median().fillna(0.0).clip(lower=100 / by_task["n"].median())
-
-
-def _tol(table: pd.DataFrame, tol: float | pd.Series) -> pd.Series:
-    return tol.reindex(table.index).fillna(0.0) if isinstance(tol, pd.Series) else pd.Series(float(tol), table.index)
-
-
-def best_alpha(table: pd.DataFrame, tol: float | pd.Series = 0.0) -> pd.DataFrame:
-    """Each task's best α and how sharp the optimum is.
-
-    Args:
-        table: from `alpha_table` (an "unpruned" column is ignored).
-        tol: score margin (same units) within which an α counts as tied with the best; a number or a Series
-            per task (e.g. `tolerance(sweep)`).
-
-    Returns:
-        DataFrame indexed by task: best_alpha (the α of the highest score; exact ties go to the smallest α),
-        best_score, ties (every α with the highest score), near (every α within `tol` of it), spread (best
-        minus worst score over α), preference ("flat" when spread ≤ tol, else "redundancy first" /
-        "importance first" / "either" as the mean of `near` is below / above / at 0.5).
-    """
-    scores = table.drop(columns=["unpruned"], errors="ignore")
-    tol = _tol(scores, tol)
-    rows = {}
-    for task, row in scores.iterrows():
-        best = row.max()
-        near = [a for a, v in row.items() if v >= best - tol[task]]
-        spread = best - row.min()
-        centre = sum(near) / len(near)
-        pref = ("flat" if spread <= tol[task] else "redundancy first" if centre < 0.5
-                else "importance first" if centre > 0.5 else "either")
-        rows[task] = dict(best_alpha=row.idxmax(), best_score=best, ties=[a for a, v in row.items() if v == best],
-                          near=near, spread=spread, preference=pref)
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def common_alphas(table: pd.DataFrame, tol: float | pd.Series = 0.0) -> list[float]:
-    """The α values within `tol` of the best score of every task at once: empty means no single α is best,
-    the study's claim."""
-    scores = table.drop(columns=["unpruned"], errors="ignore")
-    ok = scores.ge(scores.max(axis=1) - _tol(scores, tol), axis=0).all(axis=0)
-    return [float(a) for a in ok.index[ok]]
 
 
 def mean_relative(table: pd.DataFrame) -> pd.Series:
@@ -173,3 +119,85 @@ def mean_relative(table: pd.DataFrame) -> pd.Series:
     scores = table.drop(columns=["unpruned"])
     ok = table["unpruned"] > 0
     return (100 * scores[ok].div(table.loc[ok, "unpruned"], axis=0)).mean(axis=0)
+
+
+def task_sets(rows: pd.DataFrame, sweep: Mapping[str, Mapping[str, Any]], reading: str, *,
+              n_boot: int = N_BOOT_FAMILY, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per task, the α values not significantly below that task's best α (the rule in the module docstring).
+
+    Args:
+        rows: result rows of the sweep (labels from `variants`, with or without a depth suffix).
+        sweep: the `variants` dict. reading: the uniqueness reading judged.
+        n_boot, seed: bootstrap draws and seed (the Bonferroni level needs many draws).
+
+    Returns:
+        `(sets, comparisons)`. sets, indexed by task: best_alpha (highest mean; ties to the smallest α),
+        best_score (×100), near (the set: α whose CI against the best reaches 0), spread (best − worst, points),
+        n (samples of the task), level (the Bonferroni-adjusted CI level).
+        comparisons: task, alpha, label, best_alpha, best_label, estimate, ci_low, ci_high, level, n_per_task,
+        in_set — one row per (task, α ≠ best), score(α) − score(best) in points.
+    """
+    labels = label_alphas(rows, sweep, reading)
+    alphas = list(labels)
+    tasks = list(dict.fromkeys(rows["task"]))
+    level = stats.bonferroni_level(max(1, len(tasks) * (len(alphas) - 1)))
+    table = alpha_table(rows, sweep, reading, baseline=None)
+    sets, comps = {}, []
+    for task in tasks:
+        part = rows[rows["task"] == task]
+        scores = table.loc[task, alphas]
+        best = float(scores.idxmax())
+        near = [best]
+        for a in alphas:
+            if a == best:
+                continue
+            est = stats.compare(part, labels[a], labels[best], n_boot=n_boot, seed=seed, level=level)
+            keep = not est.ci_high < 0
+            near += [a] if keep else []
+            comps.append({"task": task, "alpha": a, "label": labels[a], "best_alpha": best, "best_label": labels[best],
+                          "estimate": est.estimate, "ci_low": est.ci_low, "ci_high": est.ci_high, "level": level,
+                          "n_per_task": min(est.n_per_task.values()), "in_set": keep, "_est": est})
+        sets[task] = {"best_alpha": best, "best_score": float(scores.max()), "near": sorted(near),
+                      "spread": float(scores.max() - scores.min()), "n": int(part["id"].nunique()), "level": level}
+    return pd.DataFrame.from_dict(sets, orient="index"), pd.DataFrame(comps)
+
+
+def common_alphas(sets: pd.DataFrame) -> list[float]:
+    """The α values in every task's set (`task_sets`): empty means no single α is best, the study's claim."""
+    common = None
+    for near in sets["near"]:
+        common = set(near) if common is None else common & set(near)
+    return sorted(common or [])
+
+
+def task_dependence(sets: pd.DataFrame, comparisons: pd.DataFrame) -> dict[str, Any]:
+    """The evidence for "no single α is best": the most universal α and its worst task, with the CI.
+
+    For each α, its worst task is the one where its CI against that task's best reaches least high (an α that
+    is a task's best counts 0 there). The most universal α is the one whose worst task is least clearly below;
+    its CI excludes 0 below exactly when no α lies in every task's set (`common_alphas` is empty).
+
+    Returns:
+        {"alpha", "task", "label", "best_label", "estimate", "common" (`common_alphas`)}: the estimate is a
+        `stats.Estimate` of score(α) − score(best α) on that task in points; when the most universal α is the
+        best of every task, task and labels are None and the estimate is 0 with the interval [0, 0].
+    """
+    alphas = sorted({a for near in sets["near"] for a in near} | set(comparisons.get("alpha", pd.Series()).tolist()))
+    worst: dict[float, tuple[float, str | None]] = {}
+    for a in alphas:
+        mine = comparisons[comparisons["alpha"] == a] if len(comparisons) else comparisons
+        if len(mine) == 0:
+            worst[a] = (float("inf"), None)
+            continue
+        row = mine.loc[mine["ci_high"].idxmin()]
+        worst[a] = (float(row["ci_high"]), str(row["task"]))
+    alpha = max(alphas, key=lambda a: (worst[a][0], -a))
+    task = worst[alpha][1]
+    level = float(sets["level"].iloc[0])
+    zero = stats.Estimate(0.0, 0.0, 0.0, level, 1.0, {str(t): int(n) for t, n in sets["n"].items()}, np.zeros(0))
+    out = {"alpha": alpha, "task": task, "label": None, "best_label": None, "estimate": zero,
+           "common": common_alphas(sets)}
+    if task is not None:
+        row = comparisons[(comparisons["alpha"] == alpha) & (comparisons["task"] == task)].iloc[0]
+        out |= {"label": row["label"], "best_label": row["best_label"], "estimate": row["_est"]}
+    return out

@@ -64,7 +64,7 @@ def export(run_dirs: list[str], out_dir: str, n_per_task: int = 200, prior_draws
     report["pool"] = pool
     report["tpx_slice"] = {"n_per_task": SLICE, "acc": slice_accuracy(out, pool)}
     (out / "training.json").write_text(json.dumps({"stages": stages, "test": report, "note": note}, indent=1))
-    (out / "README.md").write_text(_card(stages, report, note))
+    (out / "README.md").write_text(_card(stages, report, note, json.loads((out / "config.json").read_text())))
     return report
 
 
@@ -88,7 +88,34 @@ def _stages(runs: list[Path]) -> list[dict]:
     return stages
 
 
-def _card(stages: list[dict], report: dict, note: str = "") -> str:
+def architecture(config: dict) -> str:
+    """One line describing a LLaVA-style checkpoint's towers, read from its `config.json` (never typed by hand)."""
+    v, t = config["vision_config"], config["text_config"]
+    grid = v["image_size"] // v["patch_size"]
+    kv = t.get("num_key_value_heads") or t["num_attention_heads"]
+    theta = (t.get("rope_parameters") or {}).get("rope_theta", t.get("rope_theta", "?"))
+    return (f"vision tower {v.get('model_type', 'vision')}: {v['num_hidden_layers']} layers, hidden {v['hidden_size']}, "
+            f"{v['num_attention_heads']} heads, {v['image_size']}-pixel images in {v['patch_size']}-pixel patches "
+            f"({grid}×{grid} = {grid * grid} visual tokens); language model {t.get('model_type', 'text')}: "
+            f"{t['num_hidden_layers']} decoder layers, hidden {t['hidden_size']}, {t['num_attention_heads']} query / "
+            f"{kv} key-value heads, MLP {t['intermediate_size']}, vocabulary {t['vocab_size']:,}, RoPE θ {theta}")
+
+
+def refresh(folder: str | Path) -> bool:
+    """Rewrite a checkpoint's card from its `training.json` and `config.json` (no re-evaluation), keeping the
+    machine line it was exported on; True if the card changed."""
+    folder = Path(folder)
+    t = json.loads((folder / "training.json").read_text())
+    card = folder / "README.md"
+    old = card.read_text() if card.exists() else ""
+    machine = next((ln for ln in old.splitlines() if ln.startswith("Machine:")), None)
+    new = _card(t["stages"], t["test"], t.get("note", ""), json.loads((folder / "config.json").read_text()), machine)
+    card.write_text(new)
+    return new != old
+
+
+def _card(stages: list[dict], report: dict, note: str = "", config: dict | None = None,
+          machine: str | None = None) -> str:
     names = list(tasks.TASKS)
     rows = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
             "| test accuracy | " + " | ".join(str(report["acc"][t]) for t in names) + " |",
@@ -103,15 +130,17 @@ def _card(stages: list[dict], report: dict, note: str = "") -> str:
               f"**Training-aware checkpoint**: fine-tuned from the full-token organism with tpx's `pooling` "
               f"({pool}x{pool} average pooling of the projected visual tokens, hook E) always on, so the LLM "
               f"sees {n_visual} visual tokens, each at the position of its window's first token. All numbers "
-              "below are measured that way. `config.json` records it as `tpx_compression`, and `tpx.load` "
-              f"applies it for the model's lifetime (as if `tpx.pruning(model, 'pooling', retention="
-              f"{1 / pool**2:g}, hook='E')` stayed open); further `tpx.pruning` contexts nest inside it. "
+              "below are measured that way. `config.json` records it as `tpx_compression`: run the model inside "
+              "`tpx.pruning(model)` (that compression alone) or `tpx.pruning(model, method, ...)` (the method "
+              "acts on what it leaves); `tpx.evaluate` does so, and a bare `model.generate` would see all "
+              f"{draw.GRID ** 2} tokens, which it was not trained on. "
               "Study Q5b (Wen et al., 2025): compare Qwen2-VL's 2x2 merger and DART trained with pruning.")
     lines = [
         "# tpx model organism", "",
         "A tiny LLaVA (`LlavaForConditionalGeneration`: CLIP vision tower, 2-layer projector, Llama with RoPE) "
         "trained from scratch on tpx's synthetic visual-QA suite (`tpx.organism`). 96x96 images, patch 8: "
         "144 visual tokens in a 12x12 grid. Prompt: `USER: <image>\\n{question} ASSISTANT:`.", "",
+        *([f"Architecture (from `config.json`): {architecture(config)}.", ""] if config else []),
         *([pooled, ""] if pooled else []),
         f"## Held-out test accuracy ({report['n_per_task']} samples per task, greedy)", "", *rows, "",
         "The last row scores the first test samples per task after loading the folder as a user does "
@@ -122,7 +151,7 @@ def _card(stages: list[dict], report: dict, note: str = "") -> str:
         *[f"| {s['run']} | {s['config']['stage']} | {s['steps']} | {s['train_min']} | {s['config']['seed']} | "
           f"{s['config']['batch_size']} | {s['config']['lr']} |" for s in stages], "",
         *([note, ""] if note else []),
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}. "
-        "Full configs in `training.json`, logs in `log_*.jsonl`. Attention maps were never supervised.", "",
+        machine or (f"Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}. "
+                    "Full configs in `training.json`, logs in `log_*.jsonl`. Attention maps were never supervised."), "",
     ]
     return "\n".join(lines)

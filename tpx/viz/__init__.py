@@ -16,8 +16,9 @@ from tpx.viz.alpha import alpha_heatmap, alpha_curves, alpha_kept
 from tpx.viz.latency import flops_vs_time, attention_cost, tokens_per_layer
 from tpx.viz.training import accuracy_vs_tokens
 from tpx.viz.protocol import vision_need, task_drops, seed_spread
+from tpx.viz.effects import depth_curve, effects, estimates
 
-__all__ = ["accuracy_vs_tokens", "alpha_curves", "alpha_heatmap", "alpha_kept", "attention_cost",
+__all__ = ["accuracy_vs_tokens", "depth_curve", "effects", "estimates", "alpha_curves", "alpha_heatmap", "alpha_kept", "attention_cost",
            "attention_distance", "colour", "flops_vs_time", "keep_frequency_maps", "kept_tokens",
            "method_table", "model_view", "overlap_heatmap", "panel_keep_maps", "redundancy_curves",
            "relative_bars", "save", "score_panels", "seed_spread", "task_drops", "tokens_per_layer",

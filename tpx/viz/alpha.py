@@ -9,7 +9,8 @@ import numpy as np
 from tpx.viz.core import _style, colour, kept_tokens
 
 
-def alpha_heatmap(tables: dict[str, Any], best: dict[str, Any] | None = None, title: str | None = None) -> Any:
+def alpha_heatmap(tables: dict[str, Any], best: dict[str, Any] | None = None, title: str | None = None,
+                  mark: str = "near") -> Any:
     """Task × α heatmaps of the study's Table 6, one panel per uniqueness reading, on one colour scale.
 
     Colour is the score minus the task's unpruned score (diverging, centred on 0, shared by the panels);
@@ -17,7 +18,8 @@ def alpha_heatmap(tables: dict[str, Any], best: dict[str, Any] | None = None, ti
 
     Args:
         tables: reading → `tpx.analysis.sweep.alpha_table` (tasks × ["unpruned", α...]).
-        best: reading → `tpx.analysis.sweep.best_alpha` of that table; its `ties` column is outlined.
+        best: reading → `tpx.analysis.sweep.task_sets` of that reading (indexed by task); the α values in its
+            `mark` column are outlined (default "near": the α not significantly below the task's best).
         title: figure title.
 
     Returns:
@@ -41,24 +43,25 @@ def alpha_heatmap(tables: dict[str, Any], best: dict[str, Any] | None = None, ti
                 dark = abs(d.iat[i, j]) > 0.6 * v  # white text on the saturated ends of the map
                 ax.text(j, i, f"{s:.0f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
             for i, task in enumerate(t.index if best is not None else []):
-                for a in best[u].loc[task, "ties"]:
+                for a in best[u].loc[task, mark]:
                     ax.add_patch(Rectangle((alphas.index(a) - 0.5, i - 0.5), 1, 1, fill=False, lw=1.6, ec="black"))
             ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
             ax.set_yticks(range(len(t)), [f"{task} ({s:.0f})" for task, s in t["unpruned"].items()])
             ax.set_title(f"uniqueness {u!r}")
         axes[0, 0].set_ylabel("task (unpruned score)")
         fig.supxlabel("α, the importance weight (0 = uniqueness only, 1 = FastV)")
-        fig.colorbar(im, ax=axes, shrink=0.8, label="score − unpruned (points); boxed: best α")
+        fig.colorbar(im, ax=axes, shrink=0.8, label="score − unpruned (points)\nboxed: not below the task's best α")
         if title:
             fig.suptitle(title)
     return fig
 
 
 def alpha_curves(curves: dict[str, Any], title: str | None = None, ylabel: str = "mean relative score (%)") -> Any:
-    """One line per uniqueness reading over α (e.g. `tpx.analysis.sweep.mean_relative`), the unpruned 100 % dashed grey.
+    """One line per uniqueness reading over α, the unpruned 100 % dashed grey; CIs as bands when given.
 
     Args:
-        curves: reading → Series indexed by α.
+        curves: reading → Series indexed by α (e.g. `tpx.analysis.sweep.mean_relative`), or a DataFrame indexed
+            by α with columns estimate, ci_low, ci_high (e.g. from `tpx.analysis.position.estimate_table`).
         title: axes title. ylabel: y-axis label (with its unit).
 
     Returns:
@@ -69,9 +72,14 @@ def alpha_curves(curves: dict[str, Any], title: str | None = None, ylabel: str =
     with _style():
         fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
         for (u, s), style in zip(curves.items(), ["-o", "--s", ":^"], strict=False):
+            if hasattr(s, "columns"):
+                ax.fill_between(s.index, s["ci_low"], s["ci_high"], color=colour("alpha"), alpha=0.15, lw=0)
+                s = s["estimate"]
             ax.plot(s.index, s.to_numpy(), style, color=colour("alpha"), ms=4, label=f"α mix, uniqueness {u!r}")
         ax.axhline(100, color=colour("unpruned"), ls="--", lw=1, label="unpruned")
-        fastv = next(iter(curves.values())).get(1.0, np.nan)  # α = 1 is FastV under every reading
+        first = next(iter(curves.values()))
+        first = first["estimate"] if hasattr(first, "columns") else first
+        fastv = first.get(1.0, np.nan)  # α = 1 is FastV under every reading
         ax.plot([1.0], [fastv], "o", color=colour("fastv"), label="α = 1: FastV")
         ax.set_xlabel("α (importance weight)")
         ax.set_ylabel(ylabel)

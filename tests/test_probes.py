@@ -1,0 +1,86 @@
+"""Model runs that are not the answer grid: position interventions, blind controls, batch size, padding."""
+
+import pandas as pd
+import pytest
+import torch
+
+from tpx import probes
+from tpx.analysis import protocol
+from tpx.data import load_samples
+from tpx.evaluate import evaluate, model_inputs
+
+
+def test_visual_position_ids_reverse_only_the_image_span():
+    ids = torch.tensor([[0, 0, 5, 9, 9, 9, 6], [0, 5, 7, 9, 9, 9, 6]])
+    mask = (ids != 0).long()
+    natural = probes.visual_position_ids(ids, mask, 9)
+    assert natural.tolist() == [[0, 0, 0, 1, 2, 3, 4], [0, 0, 1, 2, 3, 4, 5]]
+    rev = probes.visual_position_ids(ids, mask, 9, "reverse")
+    assert rev.tolist() == [[0, 0, 0, 3, 2, 1, 4], [0, 0, 1, 4, 3, 2, 5]]
+    with pytest.raises(ValueError, match="order must be one of"):
+        probes.visual_position_ids(ids, mask, 9, "shuffle")
+
+
+def test_natural_positions_reproduce_the_evaluated_kept_sets(tiny):
+    """The probe's natural order is what generate uses: the same kept sets as `evaluate`."""
+    model, processor = tiny
+    samples = load_samples("organism", n=2, tasks=["exist", "count"])
+    probe = probes.kept_under_positions(model, processor, samples, "fastv", retention=0.25, layer=1, batch_size=4,
+                                        progress=False)
+    rows = evaluate(model, processor, samples, methods=["fastv"], retentions=[0.25], layer=1, batch_size=4,
+                    max_new_tokens=1, progress=False)
+    rows = rows[rows.method == "fastv"]
+    assert [list(k) for k in probe.kept] == [list(k) for k in rows.kept]
+    assert set(probe.label) == {"fastv natural"} and set(probe.layer) == {1}
+    rev = probes.kept_under_positions(model, processor, samples, "fastv", retention=0.25, layer=1, order="reverse",
+                                      blind="noise", batch_size=4, progress=False)
+    assert set(rev.label) == {"fastv reverse noise"} and len(rev) == len(samples)
+
+
+def test_noise_images_are_seeded_and_differ_from_blank(tiny):
+    model, processor = tiny
+    samples = load_samples("organism", n=1, tasks=["exist"])
+    a = model_inputs(processor, samples, model, "noise")["pixel_values"]
+    b = model_inputs(processor, samples, model, "noise")["pixel_values"]
+    c = model_inputs(processor, samples, model, "blank")["pixel_values"]
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.std() > c.std()
+
+
+@pytest.fixture(scope="module")
+def samples():
+    from tpx.data import load_samples
+
+    return load_samples("organism", n=2, tasks=["exist", "locate"])
+
+
+RUN = dict(max_new_tokens=2, progress=False)
+
+
+def test_blind_runs_and_batch_sizes(tiny, samples):
+    blind = probes.blind_runs(*tiny, samples, batch_size=4, **RUN)
+    assert sorted(set(blind.blind)) == ["", "blank", "no_image", "noise"] and len(blind) == 4 * len(samples)
+    assert list(protocol.vision_need(blind).columns) == ["image", "blank", "no_image", "noise", "need"]
+    sizes = probes.batch_size_runs(*tiny, samples, [1, 4], [None, "fastv"], 0.25, **RUN)
+    table = protocol.batch_size_table(sizes)
+    assert (table.xs(4, level="batch_size")["agree"] >= 0).all() and len(table) == 4
+    reused = probes.batch_size_runs(*tiny, samples, [4], [None, "fastv"], 0.25, reuse=sizes[sizes.batch_size == 1],
+                                      reuse_batch_size=4, **RUN)
+    assert reused.drop(columns="batch_size").equals(sizes[sizes.batch_size == 1].drop(columns="batch_size"))
+
+
+def test_padding_check_refuses_pruned_right_padding(tiny, samples):
+    df = probes.padding_check(*tiny, samples, [None, "fastv"], 0.25, batch_size=4, max_new_tokens=2,
+                                progress=False)
+    table = protocol.padding_table(df)
+    assert "left-padded" in table.loc[("fastv", "right"), "error"]
+    assert table.loc[("fastv", "left"), "error"] == "" and table.loc[("unpruned", "right"), "error"] == ""
+    assert table.loc[("unpruned", "left"), "agree"] == 100
+
+
+def test_right_padded_moves_padding_to_the_end():
+    inputs = {"input_ids": torch.tensor([[0, 0, 5, 6], [7, 8, 9, 10]]),
+              "attention_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]), "pixel_values": torch.ones(2)}
+    out = probes._right_padded(inputs)
+    assert out["input_ids"].tolist() == [[5, 6, 0, 0], [7, 8, 9, 10]]
+    assert out["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    assert out["pixel_values"] is inputs["pixel_values"]
