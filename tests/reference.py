@@ -150,3 +150,77 @@ def reference_generate(model, inputs, ref: MaskReference, n_new: int, positions:
         if types is not None:
             types = torch.cat([types, torch.zeros_like(nxt, dtype=types.dtype)], 1)
     return torch.cat(tokens, 1), logits
+
+
+# ---- the oracles, as every suite runs them -------------------------------------------------------------
+
+def greedy(model, inputs, n_new: int):
+    """`generate` greedily: the new tokens `(B, n_new)` and each step's logits."""
+    out = model.generate(**inputs, max_new_tokens=n_new, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True, pad_token_id=model.config.text_config.pad_token_id)
+    return out.sequences[:, inputs["input_ids"].shape[1]:], out.logits
+
+
+def check_retention_one(model, inputs, method, hook: str, n_new: int):
+    """Oracle 1: at retention 1.0 the pruned model is the unpruned one, bit for bit (logits, greedy tokens,
+    every decode step). Returns the run."""
+    import tpx
+
+    with torch.no_grad():
+        ref_logits = model(**inputs).logits
+        ref_tokens, ref_steps = greedy(model, inputs, n_new)
+        with tpx.pruning(model, method, retention=1.0, hook=hook, seed=3) as run:
+            logits = model(**inputs).logits
+            tokens, steps = greedy(model, inputs, n_new)
+    assert run.trace and all(e.n_keep == e.n_visual for e in run.trace)
+    assert torch.equal(logits, ref_logits) and torch.equal(tokens, ref_tokens)
+    for a, b in zip(steps, ref_steps, strict=True):
+        assert torch.equal(a, b)
+    return run
+
+
+def check_mask_reference(model, inputs, method, hook: str, retention: float, n_new: int, positions: bool = True):
+    """Oracle 2: the pruned model equals the unpruned one with the dropped positions masked (merged tokens
+    substituted) — logits ≤ 1e-5 and the same greedy tokens, prefill and every decode step.
+
+    Args:
+        method: a `Method` (its selector is spied on to read the merged tokens) or a registry name.
+        positions: 1-D RoPE: give the forward the position ids `generate()` uses, so both prefills see the same
+            inputs (key norms depend on them); False for M-RoPE models, which derive them from the inputs.
+
+    Returns:
+        The run of the pruned forward.
+    """
+    import dataclasses
+
+    import tpx
+    import tpx.models
+
+    method = tpx.get_method(method)
+    outputs: list = []
+    spied = dataclasses.replace(method, selector=spy(method.selector, outputs))
+    extra = {"position_ids": generate_positions(inputs["attention_mask"])} if positions else {}
+    with torch.no_grad():
+        with tpx.pruning(model, spied, retention=retention, hook=hook, seed=7) as run:
+            logits = model(**inputs, **extra).logits
+        with tpx.pruning(model, spied, retention=retention, hook=hook, seed=7) as again:
+            tokens, steps = greedy(model, inputs, n_new)
+        kept = run.kept_positions
+        assert torch.equal(again.kept_positions, kept)  # same seed, same prefill: same selection
+        visual = tpx.models.layout(model, inputs).positions
+        stages = reference_stages(run, outputs[: len(outputs) // 2], visual)  # the forward's prefill, not generate's
+        ref = MaskReference(model, stages, inputs["input_ids"].shape[1])
+        try:
+            full = model(**inputs, **extra).logits
+            ref_tokens, ref_steps = reference_generate(model, inputs, ref, n_new, positions=positions)
+        finally:
+            ref.remove()
+    entry = run.trace[-1]
+    assert logits.shape[1] == inputs["input_ids"].shape[1] - entry.n_visual + entry.n_keep
+    ref_logits = full.gather(1, kept[..., None].expand(-1, -1, full.shape[-1]))
+    real = inputs["attention_mask"].gather(1, kept).bool()
+    torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-5, rtol=0)
+    assert torch.equal(tokens, ref_tokens)
+    for a, b in zip(steps, ref_steps, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    return run

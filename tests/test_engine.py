@@ -13,7 +13,15 @@ import dataclasses
 import pytest
 import torch
 from conftest import every_bad_parameter, make_inputs
-from reference import MaskReference, generate_positions, reference_generate, reference_stages, spy
+from reference import (
+    MaskReference,
+    check_mask_reference,
+    check_retention_one,
+    generate_positions,
+    greedy,
+    reference_generate,
+    spy,
+)
 
 import tpx
 import tpx.models
@@ -53,65 +61,17 @@ IDS = [f"{getattr(n, 'name', n)}-{h}" for n, h in CASES]
 RETENTION = {"pdrop": 0.5}
 
 
-def _generate(model, inputs, **kw):
-    out = model.generate(
-        **inputs, max_new_tokens=N_NEW, do_sample=False, output_logits=True, return_dict_in_generate=True,
-        pad_token_id=model.config.text_config.pad_token_id, **kw,
-    )
-    return out.sequences[:, inputs["input_ids"].shape[1]:], out.logits
-
-
 @pytest.mark.parametrize(("name", "hook"), CASES, ids=IDS)
 def test_retention_one_is_exact(tiny_models, attn, batch, name, hook):
     model, processor = tiny_models[attn]
-    inputs = make_inputs(processor, batch)
-    with torch.no_grad():
-        ref_logits = model(**inputs).logits
-        ref_tokens, ref_steps = _generate(model, inputs)
-        with tpx.pruning(model, name, retention=1.0, hook=hook, seed=3) as run:
-            logits = model(**inputs).logits
-            tokens, steps = _generate(model, inputs)
-    assert run.trace[0].n_keep == run.trace[0].n_visual
-    assert torch.equal(logits, ref_logits)
-    assert torch.equal(tokens, ref_tokens)
-    for a, b in zip(steps, ref_steps, strict=True):
-        assert torch.equal(a, b)
+    check_retention_one(model, make_inputs(processor, batch), name, hook, N_NEW)
 
 
 @pytest.mark.parametrize(("name", "hook"), CASES, ids=IDS)
 def test_matches_mask_reference(tiny_models, attn, batch, name, hook):
     model, processor = tiny_models[attn]
-    inputs = make_inputs(processor, batch, seed=10)
-    method = tpx.get_method(name)
-    outputs: list = []
-    spied = dataclasses.replace(method, selector=spy(method.selector, outputs))
-    with torch.no_grad():
-        retention = RETENTION.get(method.name, 0.25)
-        # the positions generate() uses, so the forward and generate prefills see identical inputs (DART's key
-        # L1 norms depend on absolute RoPE positions)
-        positions = generate_positions(inputs["attention_mask"])
-        with tpx.pruning(model, spied, retention=retention, hook=hook, seed=7) as run:
-            logits = model(**inputs, position_ids=positions).logits
-        kept = run.kept_positions
-        with tpx.pruning(model, spied, retention=retention, hook=hook, seed=7) as again:
-            tokens, steps = _generate(model, inputs)
-        assert torch.equal(again.kept_positions, kept)  # same seed, same prefill: same selection
-        visual = tpx.models.layout(model, inputs).positions
-        n_calls = len(outputs) // 2  # the forward's prefill, then generate's
-        ref = MaskReference(model, reference_stages(run, outputs[:n_calls], visual), inputs["input_ids"].shape[1])
-        try:
-            ref_full = model(**inputs, position_ids=positions).logits
-            ref_tokens, ref_steps = reference_generate(model, inputs, ref, N_NEW)
-        finally:
-            ref.remove()
-    entry = run.trace[-1]
-    ref_logits = ref_full.gather(1, kept[..., None].expand(-1, -1, ref_full.shape[-1]))
-    real = inputs["attention_mask"].gather(1, kept).bool()
-    assert logits.shape[1] == inputs["input_ids"].shape[1] - entry.n_visual + entry.n_keep
-    torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-5, rtol=0)
-    assert torch.equal(tokens, ref_tokens)
-    for a, b in zip(steps, ref_steps, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    retention = RETENTION.get(getattr(name, "name", name), 0.25)
+    check_mask_reference(model, make_inputs(processor, batch, seed=10), name, hook, retention, N_NEW)
 
 
 @pytest.mark.parametrize("name", ["fastv", "fastv_vis", "window_fastv"])
@@ -202,7 +162,7 @@ def test_renumbered_positions_equal_the_shortened_sequence(tiny_models, attn):
     with torch.no_grad():
         with tpx.pruning(model, "random", retention=0.25, positions="renumber", seed=2) as run:
             logits = model(**inputs).logits
-            tokens, _ = _generate(model, inputs)
+            tokens, _ = greedy(model, inputs, N_NEW)
         ids = inputs["input_ids"]
         visual = (ids == model.config.image_token_id).nonzero()[:, 1]
         features = model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output[0]
@@ -351,7 +311,7 @@ def test_composed_plan_matches_mask_reference(tiny_models, attn, batch):
         with tpx.pruning(model, composed) as run:
             logits = model(**inputs, position_ids=positions).logits
         with tpx.pruning(model, composed) as again:
-            tokens, steps = _generate(model, inputs)
+            tokens, steps = greedy(model, inputs, N_NEW)
         assert torch.equal(again.kept_positions, run.kept_positions)
         pooled, fastv = run.trace
         assert (pooled.method, pooled.layer, fastv.method, fastv.layer) == ("pooling", 0, "fastv", 2)

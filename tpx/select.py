@@ -192,18 +192,6 @@ def pool2d(features: torch.Tensor, n_keep: int, grid: tuple[int, int]) -> Merged
     return Merged(index=index, features=pooled)
 
 
-def check_grid(grid: tuple[int, int], n: int) -> tuple[int, int]:
-    rows, cols = (int(g) for g in grid)
-    if rows * cols != n:
-        raise ValueError(f"grid {rows}x{cols} does not match the {n} visual tokens it should lay out")
-    return rows, cols
-
-
-def check_n_keep(n_keep: int, n: int) -> None:
-    if not 1 <= n_keep <= n:
-        raise ValueError(f"n_keep must be in [1, {n}], got {n_keep}")
-
-
 # ---- budgets over segments and stages ------------------------------------------------------------------
 
 def split_budget(n_keep: int, sizes: Sequence[int]) -> list[int]:

@@ -14,15 +14,13 @@ few. A new family is one entry in FAMILIES; a new method is covered without new 
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from conftest import llava_next_inputs, make_inputs, qwen2_vl_inputs
-from reference import MaskReference, generate_positions, reference_generate, reference_stages, spy
+from reference import check_mask_reference, check_retention_one
 
 import tpx
-from tpx.models import adapter_for, layout, tiny, tiny_llava_next, tiny_qwen2_vl
+from tpx.models import adapter_for, tiny, tiny_llava_next, tiny_qwen2_vl
 
 N_NEW = 3
 # family: (builder, inputs, 1-D positions in the reference loop)
@@ -53,61 +51,19 @@ def built(one_thread):
     return get
 
 
-def _generate(model, inputs):
-    out = model.generate(**inputs, max_new_tokens=N_NEW, do_sample=False, output_logits=True,
-                         return_dict_in_generate=True, pad_token_id=model.config.text_config.pad_token_id)
-    return out.sequences[:, inputs["input_ids"].shape[1]:], out.logits
-
-
 @pytest.mark.parametrize(("family", "attn", "batch", "name", "hook"), EXACT, ids=["-".join(map(str, c)) for c in EXACT])
 def test_retention_one_is_exact(built, family, attn, batch, name, hook):
     model, processor = built(family, attn)
     inputs = FAMILIES[family][1](processor, batch, seed=batch)
-    with torch.no_grad():
-        ref_logits = model(**inputs).logits
-        ref_tokens, ref_steps = _generate(model, inputs)
-        with tpx.pruning(model, name, retention=1.0, hook=hook, seed=3) as run:
-            logits = model(**inputs).logits
-            tokens, steps = _generate(model, inputs)
-    n = layout(model, inputs).n_visual
-    assert [e.n_keep for e in run.trace] == [n] * len(run.trace) and len(run.trace) == 2 * len(run.plan.stages)
-    assert torch.equal(logits, ref_logits) and torch.equal(tokens, ref_tokens)
-    assert all(torch.equal(a, b) for a, b in zip(steps, ref_steps, strict=True))
+    run = check_retention_one(model, inputs, name, hook, N_NEW)
+    assert len(run.trace) == 2 * len(run.plan.stages)  # the forward's prefill and generate's
 
 
 @pytest.mark.parametrize(("family", "attn", "name", "hook"), MASKED, ids=["-".join(c) for c in MASKED])
 def test_matches_mask_reference(built, family, attn, name, hook):
     model, processor = built(family, attn)
     inputs = FAMILIES[family][1](processor, 2, seed=10)
-    method = tpx.get_method(name)
-    outputs: list = []
-    spied = dataclasses.replace(method, selector=spy(method.selector, outputs))
-    retention = RETENTION.get(name, 0.25)
-    # 1-D RoPE: the positions generate() uses, so both prefills see identical inputs (key norms depend on them)
-    positions = {"position_ids": generate_positions(inputs["attention_mask"])} if FAMILIES[family][2] else {}
-    with torch.no_grad():
-        with tpx.pruning(model, spied, retention=retention, hook=hook, seed=7) as run:
-            logits = model(**inputs, **positions).logits
-        with tpx.pruning(model, spied, retention=retention, hook=hook, seed=7) as again:
-            tokens, steps = _generate(model, inputs)
-        kept = run.kept_positions
-        assert torch.equal(again.kept_positions, kept)  # same seed, same prefill: same selection
-        visual = layout(model, inputs).positions
-        stages = reference_stages(run, outputs[: len(outputs) // 2], visual)
-        ref = MaskReference(model, stages, inputs["input_ids"].shape[1])
-        try:
-            full = model(**inputs, **positions).logits
-            ref_tokens, ref_steps = reference_generate(model, inputs, ref, N_NEW, positions=FAMILIES[family][2])
-        finally:
-            ref.remove()
-    entry = run.trace[-1]
-    assert logits.shape[1] == inputs["input_ids"].shape[1] - entry.n_visual + entry.n_keep
-    ref_logits = full.gather(1, kept[..., None].expand(-1, -1, full.shape[-1]))
-    real = inputs["attention_mask"].gather(1, kept).bool()
-    torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-5, rtol=0)
-    assert torch.equal(tokens, ref_tokens)
-    for a, b in zip(steps, ref_steps, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    check_mask_reference(model, inputs, name, hook, RETENTION.get(name, 0.25), N_NEW, positions=FAMILIES[family][2])
 
 
 ROWS = [("llava", 1), ("llava", 2), ("llava_next", 2), ("qwen2_vl", 1), ("qwen2_vl", 2), ("qwen2_5_vl", 2)]
