@@ -1,70 +1,63 @@
 """Scoring + selection time of every method, next to the unpruned prefill of the CPU proxy model.
 
 For N = 576 (one 336 px image) and N = 2880 (five images, LLaVA-NeXT's token count) visual tokens, each
-method runs once through `tpx.pruning` on the proxy LLaVA of `benchmarks/prefill.py`; the ingredients it
-asked for (attention rows, keys, vision-tower records, ...) are captured at its first stage, and the
-benchmark then times computing them plus the scorer and selector, with `torch.utils.benchmark`. Target:
-≤ 1 % of the unpruned prefill at N = 576 for every single-layer method.
+method runs once through `tpx.pruning` on the proxy LLaVA of `benchmarks/prefill.py`; what the engine knew at
+its first stage (the `ingredients.Context`) is captured, and the benchmark then times what the engine does
+there: computing the ingredients the plan lists for the stage, then the scorer and selector (`Stage.select`),
+with `torch.utils.benchmark`. Target: ≤ 1 % of the unpruned prefill at N = 576 for every single-layer method.
+On a shared CPU, `--clock process` times this process's CPU time.
 
-Usage: python benchmarks/overhead.py [--hidden 1024] [--layers 16] [--retention 0.25] [--device cpu]
+Usage: python benchmarks/overhead.py [--hidden 1024] [--layers 16] [--retention 0.25] [--device cpu] [--clock wall]
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
+import dataclasses
 
 import torch
-from prefill import proxy
+from prefill import CLOCKS, proxy
 from torch.utils import benchmark
 
 import tpx
 from tpx import ingredients
 from tpx.data import sample_picture
+from tpx.models import layout
 
 # pdrop's equivalent budget needs more than N / (first stage layer / depth) tokens: use its paper's setting
 RETENTION = {"pdrop": 0.46875}
 
 
 def captured_stage(model, inputs, name: str, retention: float):
-    """Run one pruned forward and return (ingredient names, the first Stage, the given dict builder)."""
+    """Run one pruned forward; return its first stage (budget resolved), the engine's context there and grids."""
     seen = {}
-    original = ingredients.collect
+    original = ingredients.compute
 
-    def capture(names, stage):
-        if "stage" not in seen:
-            seen["names"], seen["stage"] = names, stage
-        return original(names, stage)
+    def capture(names, ctx):
+        seen.setdefault("ctx", ctx)
+        return original(names, ctx)
 
-    ingredients.collect = capture
+    ingredients.compute = capture
     try:
         with torch.inference_mode(), tpx.pruning(model, name, retention=retention) as run:
             model(**inputs, logits_to_keep=1)
     finally:
-        ingredients.collect = original
-    return seen["names"], seen["stage"], run
+        ingredients.compute = original
+    geometry = layout(model, inputs)
+    stage = run.plan.bind(layout=geometry).stages[0]
+    return stage, seen["ctx"], geometry.grids
 
 
-def time_method(model, inputs, name: str, retention: float) -> float:
-    names, stage, run = captured_stage(model, inputs, name, retention)
-    method = run.method
-    entry = run.trace[0]
-    params = dict(run.params, n_keep=entry.n_keep, generator=torch.Generator(device=stage.hidden.device).manual_seed(0))
-
-    def pick(fn, given):
-        return {k: given[k] for k in inspect.signature(fn).parameters if k in given}
+def time_method(model, inputs, name: str, retention: float, clock: str, min_run_time: float) -> float:
+    stage, ctx, grids = captured_stage(model, inputs, name, retention)
 
     def work():
         with torch.inference_mode():
-            given = dict(params, **ingredients.collect(names, stage))
-            if method.scorer is not None:
-                given["scores"] = method.scorer(**pick(method.scorer, given))
-            if method.per_segment or "grid" in inspect.signature(method.selector).parameters:
-                run._select_per_segment(given, entry.n_visual, entry.n_keep)  # as the engine does, per image
-            else:
-                method.selector(**pick(method.selector, given))
+            fresh = dataclasses.replace(ctx, _memo={})  # nothing computed yet, as at the stage
+            stage.select(ingredients.compute(stage.ingredients, fresh), grids)
 
-    return benchmark.Timer("work()", globals={"work": work}).blocked_autorange(min_run_time=1.0).median
+    timer = benchmark.Timer("work()", globals={"work": work}, timer=CLOCKS[clock])
+    return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
 def main() -> None:
@@ -74,31 +67,38 @@ def main() -> None:
     ap.add_argument("--retention", type=float, default=0.25)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--images", type=int, nargs="+", default=[1, 5], help="images per prompt (576 tokens each)")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="process: CPU time (shared machines)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--min-run-time", type=float, default=1.0, help="seconds per timing block")
+    ap.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model, processor = proxy(args.hidden, args.layers, args.device)
     rows = []
     for n_images in args.images:
         text = "USER: " + "<image>" * n_images + "\nWhat is shown in the images? ASSISTANT:"
         inputs = processor(images=[sample_picture()] * n_images, text=text, return_tensors="pt").to(args.device)
-        n_visual = int((inputs["input_ids"] == model.config.image_token_id).sum())
+        n_visual = layout(model, inputs).n_visual
 
         def prefill():
             with torch.inference_mode():
                 model(**inputs, logits_to_keep=1)
 
-        full = benchmark.Timer("prefill()", globals={"prefill": prefill}).blocked_autorange(min_run_time=2.0).median
-        for name in tpx.list_methods():
+        timer = benchmark.Timer("prefill()", globals={"prefill": prefill}, timer=CLOCKS[args.clock])
+        full = timer.blocked_autorange(min_run_time=2 * args.min_run_time).median
+        for name in args.methods or tpx.list_methods():
             retention = RETENTION.get(name, args.retention)
             method = tpx.get_method(name)
             if method.hook == "V" and n_images > 1:
                 rows.append((n_visual, name, method.hook, retention, None, full, "one image per row needed at hook V"))
                 continue
-            t = time_method(model, inputs, name, retention)
+            t = time_method(model, inputs, name, retention, args.clock, args.min_run_time)
             rows.append((n_visual, name, method.hook, retention, t, full, ""))
 
-    print(f"proxy LLaVA: Llama {args.layers} x {args.hidden}; device {args.device}, {torch.get_num_threads()} threads; "
-          "time of ingredients + scorer + selector at the first stage (median)")
+    print(f"proxy LLaVA: Llama {args.layers} x {args.hidden}; device {args.device}, {torch.get_num_threads()} threads, "
+          f"{args.clock} clock; time of ingredients + scorer + selector at the first stage (median)")
     print(f"{'N':>5}  {'method':<13}{'hook':>5}{'retention':>10}{'score+select ms':>17}{'prefill ms':>12}{'share':>9}")
     for n, name, hook, retention, t, full, note in rows:
         if t is None:

@@ -113,3 +113,35 @@ def every_bad_parameter():
 
     return [(name, key, bad) for name in tpx.list_methods() for key, spec in tpx.get_method(name).params.items()
             for bad in bad_values(spec)]
+
+
+# ---- inputs of the other tiny families (tests/models/) -----------------------------------------------------
+
+QWEN_PROMPT = "<|im_start|>user\n{}{}<|im_end|>\n<|im_start|>assistant\n"
+QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+QUESTIONS = ["What is shown in the image?", "How many objects are there in the picture, and what colour is the square?"]
+
+
+def random_array_image(seed: int, size: tuple[int, int]) -> Image.Image:
+    """A random RGB image of `size` (height, width)."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
+def llava_next_inputs(processor, batch: int, seed: int = 0, sizes=None) -> dict[str, torch.Tensor]:
+    """Tiny LLaVA-NeXT inputs: a 40×64 image fills the 2×2 AnyRes canvas (a 4×4 base grid, a 6×8 crop grid)."""
+    sizes = sizes or [(40, 64)] * batch
+    images = [random_array_image(seed + i, sizes[i]) for i in range(batch)]
+    texts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
+    return dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
+
+
+def qwen2_vl_inputs(processor, batch: int, seed: int = 0, sizes=None, per_row: int = 1) -> dict[str, torch.Tensor]:
+    """Tiny Qwen2-VL inputs: a 168×224 image gives a 6×8 grid of merged tokens; rows of different lengths."""
+    sizes = sizes or [(168, 224)] * (batch * per_row)
+    images = [random_array_image(seed + i, size) for i, size in enumerate(sizes)]
+    texts = [QWEN_PROMPT.format(QWEN_IMAGE * per_row, QUESTIONS[i % 2]) for i in range(batch)]
+    inputs = dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
+    if batch > 1:
+        assert bool((inputs["attention_mask"] == 0).any())
+    return inputs

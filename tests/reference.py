@@ -3,7 +3,8 @@
 Masking dropped prompt positions for every layer ≥ K is the exact semantic equivalent of removing them; it
 is slow and saves nothing, which is why it lives here and not in tpx. Multi-stage methods mask with each
 stage's kept set from that stage's layer on; merged tokens (pooling, VisionZip, recycling) are substituted
-into the hidden states at their representatives' positions as they enter the stage layer.
+into the hidden states at their representatives' positions as they enter the stage layer. Every model family
+uses these (tests/test_engine.py for LLaVA, tests/models/test_adapters.py for the others).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import functools
 
 import torch
+
+from tpx import select
 
 
 def generate_positions(mask2d: torch.Tensor) -> torch.Tensor:
@@ -83,24 +86,67 @@ class MaskReference:
         return args, kwargs
 
 
-def reference_generate(model, inputs, ref: MaskReference, n_new: int):
+def reference_stages(run, outputs: list, visual: torch.Tensor) -> list:
+    """`MaskReference` stages of a pruned run's prefill from its selectors' outputs (`spy`, in call order).
+
+    Per stage: its layer, the positions layers ≥ it attended to, and the merged tokens to substitute there
+    (representatives' positions, features projected into the LLM when they are vision features). A stage that
+    selects per image segment called its selector once per segment; those outputs are joined with the
+    segments' offsets.
+
+    Args:
+        run: the `tpx.engine.Run` of one prefill. outputs: what the spied selectors returned during it.
+        visual: `(B, N)` positions of the prunable visual tokens (`tpx.models.layout(model, inputs).positions`).
+    """
+    stages, prev, i = [], None, 0
+    hidden_size = run.adapter.text_model.config.hidden_size
+    for entry, stage in zip(run.trace, run.plan.stages, strict=True):
+        grids = entry.grids
+        per_segment = stage.per_segment and (len(grids) > 1 or "grid" in stage.needs.selector)
+        count = len(grids) if per_segment else 1
+        outs, i = outputs[i:i + count], i + count
+        subs = None
+        if isinstance(outs[0], select.Merged):
+            starts = [sum(r * c for r, c in grids[:k]) for k in range(len(grids))] if per_segment else [0]
+            index = torch.cat([o.index + start for o, start in zip(outs, starts, strict=True)], dim=1)
+            features = torch.cat([o.features for o in outs], dim=1)
+            if features.shape[-1] != hidden_size:
+                features = run.adapter.project(features)
+            current = visual if prev is None else visual.gather(1, prev.kept)
+            subs = (current.gather(1, index), features)
+        stages.append((entry.layer, run.stage_positions[entry.layer], subs))
+        prev = entry
+    return stages
+
+
+def reference_generate(model, inputs, ref: MaskReference, n_new: int, positions: bool = True):
     """Greedy decoding without a cache, recomputing the whole sequence with the reference hooks each step.
+
+    Args:
+        positions: pass the position ids `generate()` uses (1-D RoPE); False for M-RoPE models, which compute
+            their 3-D positions from the inputs (and `mm_token_type_ids`, extended here step by step).
 
     Returns:
         (tokens (B, n_new), logits list of (B, V)).
     """
     ids = inputs["input_ids"]
     mask = inputs.get("attention_mask", torch.ones_like(ids))
+    types = inputs.get("mm_token_type_ids")
+    images = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
     tokens, logits = [], []
     for _ in range(n_new):
-        out = model(
-            input_ids=ids, pixel_values=inputs["pixel_values"], attention_mask=mask,
-            position_ids=generate_positions(mask), use_cache=False,
-        )
+        step_inputs = dict(images)
+        if positions:
+            step_inputs["position_ids"] = generate_positions(mask)
+        if types is not None:
+            step_inputs["mm_token_type_ids"] = types
+        out = model(input_ids=ids, attention_mask=mask, use_cache=False, **step_inputs)
         step = out.logits[:, -1]
         nxt = step.argmax(-1, keepdim=True)
         logits.append(step)
         tokens.append(nxt)
         ids = torch.cat([ids, nxt], 1)
         mask = torch.cat([mask, torch.ones_like(nxt)], 1)
+        if types is not None:
+            types = torch.cat([types, torch.zeros_like(nxt, dtype=types.dtype)], 1)
     return torch.cat(tokens, 1), logits

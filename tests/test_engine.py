@@ -13,10 +13,11 @@ import dataclasses
 import pytest
 import torch
 from conftest import every_bad_parameter, make_inputs
-from reference import MaskReference, generate_positions, reference_generate, spy
+from reference import MaskReference, generate_positions, reference_generate, reference_stages, spy
 
 import tpx
-from tpx import select
+import tpx.models
+from tpx import scores, select
 from tpx.methods import Method, Needs
 
 N_NEW = 4
@@ -37,8 +38,16 @@ V_PROBES = [
     Method("v_pool", hooks=("V",), layers=(), scorer=None, selector=_vision_pool,
            needs=Needs(selector=("vision_features", "grid")), seeded=False, paper="test probe"),
 ]
+
+# A method that needs a tensor no registered method used (value vectors): one registry entry, a pure scorer
+# (scores.value_aware_attention) and one ingredient entry ("visual_values"); no engine or adapter change.
+VATP = Method(
+    name="fastv_vatp", hooks=("L",), layers=(2,), scorer=scores.value_aware_attention, selector=select.topk,
+    needs=Needs(scorer=("attn_last", "visual_values")), seeded=False,
+    paper="Guo et al., VATP, EMNLP 2024, arXiv 2406.12335, on FastV's row (Chen et al., arXiv 2403.06764)",
+)
 CASES = [(name, hook) for name in tpx.list_methods() for hook in tpx.get_method(name).hooks]
-CASES += [(m, "V") for m in V_PROBES]
+CASES += [(m, "V") for m in V_PROBES] + [(VATP, "L")]
 IDS = [f"{getattr(n, 'name', n)}-{h}" for n, h in CASES]
 # pdrop's equivalent budget cannot go below ~N/n_layers on a 4-layer model (layer 0 sees all tokens)
 RETENTION = {"pdrop": 0.5}
@@ -69,22 +78,6 @@ def test_retention_one_is_exact(tiny_models, attn, batch, name, hook):
         assert torch.equal(a, b)
 
 
-def _stages(run, merged_outputs, visual, adapter):
-    """Reference stages from a pruned run: per stage layer, its kept positions and merged substitutions."""
-    stages, prev = [], None
-    for entry, out in zip(run.trace, merged_outputs, strict=True):
-        subs = None
-        if isinstance(out, select.Merged):
-            current = visual if prev is None else visual.gather(1, prev.kept)
-            feats = out.features
-            if feats.shape[-1] != adapter.text_model.config.hidden_size:
-                feats = adapter.project(feats)
-            subs = (current.gather(1, out.index), feats)
-        stages.append((entry.layer, run.stage_positions[entry.layer], subs))
-        prev = entry
-    return stages
-
-
 @pytest.mark.parametrize(("name", "hook"), CASES, ids=IDS)
 def test_matches_mask_reference(tiny_models, attn, batch, name, hook):
     model, processor = tiny_models[attn]
@@ -103,9 +96,9 @@ def test_matches_mask_reference(tiny_models, attn, batch, name, hook):
         with tpx.pruning(model, spied, retention=retention, hook=hook, seed=7) as again:
             tokens, steps = _generate(model, inputs)
         assert torch.equal(again.kept_positions, kept)  # same seed, same prefill: same selection
-        visual = (inputs["input_ids"] == model.config.image_token_id).nonzero()[:, 1].view(batch, -1)
-        n_calls = len(run.trace)
-        ref = MaskReference(model, _stages(run, outputs[:n_calls], visual, run.adapter), inputs["input_ids"].shape[1])
+        visual = tpx.models.layout(model, inputs).positions
+        n_calls = len(outputs) // 2  # the forward's prefill, then generate's
+        ref = MaskReference(model, reference_stages(run, outputs[:n_calls], visual), inputs["input_ids"].shape[1])
         try:
             ref_full = model(**inputs, position_ids=positions).logits
             ref_tokens, ref_steps = reference_generate(model, inputs, ref, N_NEW)
@@ -132,6 +125,24 @@ def test_rows_equal_eager_maps(tiny_models, batch, name):
             model(**inputs)
     torch.testing.assert_close(rows.trace[0].scores, maps.trace[0].scores, atol=1e-6, rtol=0)
     assert torch.equal(rows.trace[0].kept, maps.trace[0].kept)
+
+
+def test_a_method_needing_a_new_tensor_is_an_entry_and_pure_functions(tiny_models, batch):
+    model, processor = tiny_models["eager"]
+    inputs = make_inputs(processor, batch, seed=21)
+    assert tpx.plan(VATP, 0.25, n_layers=4).stages[0].ingredients == {"attn_last", "visual_values"}
+    with torch.no_grad():
+        with tpx.pruning(model, VATP, retention=0.25) as run:
+            model(**inputs)
+        out = model(**inputs, output_attentions=True, output_hidden_states=True)
+    # the oracle: eager attention of the last token at layer K−1 = 1, times ‖v‖₁ from the layer's own projection
+    layer = model.model.language_model.layers[1]
+    visual = tpx.models.layout(model, inputs).positions
+    values = layer.self_attn.v_proj(layer.input_layernorm(out.hidden_states[1]))
+    attn = out.attentions[1][:, :, -1].gather(2, visual[:, None].expand(-1, out.attentions[1].shape[1], -1))
+    want = attn.float().mean(1) * select.take(values, visual).float().abs().sum(-1)
+    torch.testing.assert_close(run.trace[0].scores, want, atol=1e-6, rtol=1e-5)
+    assert torch.equal(run.trace[0].kept, select.topk(want, run.trace[0].n_keep))
 
 
 def test_budgets_of_the_literature_are_exact():
@@ -391,3 +402,34 @@ def test_composed_plan_errors_and_one_context_per_model(tiny_models):
         with tpx.pruning(model, "fastv", retention=0.25, layer=2) as run:
             model(**inputs)
     assert len(run.trace) == 1 and run.trace[0].n_keep == select.budget(0.25, run.trace[0].n_visual)
+
+
+def test_a_checkpoints_own_compression_is_the_first_stage(tiny_models):
+    """config.tpx_compression is put first by tpx.pruning (alone when no method is given); nothing at load."""
+    model, processor = tiny_models["sdpa"]
+    inputs = make_inputs(processor, 2, seed=32)
+    composed = tpx.plan("pooling", 0.25, hook="E") + tpx.plan("fastv", 0.125, layer=2)
+    model.config.tpx_compression = {"method": "pooling", "retention": 0.25, "hook": "E"}
+    try:
+        with torch.no_grad():
+            with tpx.pruning(model) as own:
+                alone = model(**inputs).logits
+            with tpx.pruning(model, "fastv", retention=0.125, layer=2) as run:
+                pruned = model(**inputs).logits
+            with tpx.pruning(model, "fastv", retention=0.125, layer=2, native=False) as bare:
+                model(**inputs)
+        assert [e.method for e in own.native_trace] == ["pooling"] and not own.trace
+        assert [e.method for e in run.native_trace] == ["pooling"] and [e.method for e in run.trace] == ["fastv"]
+        assert run.layers == (2,) and [e.method for e in bare.trace] == ["fastv"] and not bare.native_trace
+        with pytest.raises(ValueError, match="cannot follow a checkpoint's own compression"):
+            with tpx.pruning(model, "fastv", retention=0.1, positions="renumber"):
+                pass
+    finally:
+        del model.config.tpx_compression
+    with torch.no_grad():
+        with tpx.pruning(model, composed) as same:
+            want = model(**inputs).logits
+        with tpx.pruning(model, tpx.plan("pooling", 0.25, hook="E")):
+            want_alone = model(**inputs).logits
+    assert torch.equal(pruned, want) and torch.equal(alone, want_alone)
+    assert torch.equal(run.kept_positions, same.kept_positions)

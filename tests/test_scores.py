@@ -44,3 +44,9 @@ def test_last_token_uniqueness_is_one_minus_cosine():
     feats = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]]])
     last = torch.tensor([[5.0, 0.0]])
     torch.testing.assert_close(scores.last_token_uniqueness(feats, last), torch.tensor([[0.0, 1.0, 2.0]]))
+
+
+def test_value_aware_attention_weights_attention_by_value_l1_norm():
+    att = torch.tensor([[[0.5, 0.25, 0.25], [0.3, 0.3, 0.4]]])                 # (B=1, H=2, N=3): mean .4 .275 .325
+    values = torch.tensor([[[1.0, -1.0], [0.0, 4.0], [0.0, 0.0]]])            # L1 norms 2, 4, 0
+    torch.testing.assert_close(scores.value_aware_attention(att, values), torch.tensor([[0.8, 1.1, 0.0]]))

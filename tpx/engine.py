@@ -95,13 +95,16 @@ class Run:
 
     Attributes:
         plan: the `Plan` (bound to the model; budgets resolved again for every prefill's layout).
-        trace: one `TraceEntry` per stage of every prefill call, in call order.
+        trace: one `TraceEntry` per stage of the requested method(s) in every prefill call, in call order.
+        native_trace: the same for the stages of the checkpoint's own compression (`config.tpx_compression`),
+            which act first; empty for other models.
         kept_positions: `(B, L')` original sequence positions that survive all stages of the last prefill.
     """
 
     def __init__(self, model: torch.nn.Module, adapter: Adapter, plan: Plan) -> None:
         self.model, self.adapter, self.plan = model, adapter, plan
         self.trace: list[TraceEntry] = []
+        self.native_trace: list[TraceEntry] = []
         self.kept_positions: torch.Tensor | None = None
         self._handles: list[Any] = []
         self._generators: dict[int, torch.Generator] = {}
@@ -135,8 +138,8 @@ class Run:
 
     @property
     def layers(self) -> tuple[int, ...]:
-        """Layers of every stage, in order (one trace entry each per prefill)."""
-        return self.plan.layers
+        """Layers of the requested stages, in order (one `trace` entry each per prefill)."""
+        return tuple(s.layer for s in self.plan.stages if not s.native)
 
     @property
     def stage_positions(self) -> dict[int, torch.Tensor]:
@@ -185,9 +188,11 @@ class Run:
         if not self._prefill:
             return
         if input_ids is None:
-            raise ValueError("tpx.pruning needs input_ids to find the image tokens; inputs_embeds-only calls are not supported")
+            raise ValueError("tpx.pruning needs input_ids to find the image tokens; "
+                             "inputs_embeds-only calls are not supported")
         if mask is not None and not bool(mask[:, -1].all()):
-            raise ValueError("batches must be left-padded (tokenizer.padding_side='left'): the last position of every row must be a real token")
+            raise ValueError("batches must be left-padded (tokenizer.padding_side='left'): the last position of every "
+                             "row must be a real token")
         layout = self.adapter.layout(input_ids, **{k: v for k, v in kwargs.items() if k != "input_ids"})
         resolved = self.plan.bind(layout=layout)  # this input's budgets (raises as tpx.plan would)
         b, length = input_ids.shape
@@ -205,20 +210,20 @@ class Run:
         self._p = _Prefill(resolved, layout, length, is_visual, vis_index, is_text,
                            torch.arange(length, device=dev).expand(b, -1), n, mask)
 
-    def _layer(self, idx: int, args: tuple, kwargs: dict, stash: bool) -> tuple[tuple, dict]:
+    def _before_layer(self, layer: int, args: tuple, kwargs: dict, stash: bool) -> tuple[tuple, dict]:
         p = self._p
         hidden = args[0] if args else kwargs["hidden_states"]
-        stage = self._at.get(idx)
+        stage = self._at.get(layer)
         if stage is not None:
             if self._prefill:
                 kwargs.update(p.cur)  # a later stage starts from the current (pruned) positions and rotary
                 hidden = self._cut(stage, hidden, kwargs)
             else:
-                p.cur = self._decode_kwargs(idx, hidden, kwargs)
-        if idx >= self._first:
+                p.cur = self._decode_kwargs(layer, hidden, kwargs)
+        if layer >= self._first:
             kwargs.update(p.cur)
         if stash and self._prefill:
-            p.stash[idx] = (hidden, kwargs["position_embeddings"], p.mask2d, kwargs.get("cache"))
+            p.stash[layer] = (hidden, kwargs["position_embeddings"], p.mask2d, kwargs.get("cache"))
         if args:
             return (hidden, *args[1:]), kwargs
         kwargs["hidden_states"] = hidden
@@ -227,12 +232,12 @@ class Run:
     # ---- prefill: one stage -------------------------------------------------------------------------
     def _cut(self, stage: Stage, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
         """Score, select, and cut the sequence entering layer `stage.layer` to the kept tokens."""
-        p, idx = self._p, stage.layer
+        p, layer = self._p, stage.layer
         b, length, d = hidden.shape
         vis_mask = p.is_visual.gather(1, p.seq)                                    # (B, L) visual in current seq
         if stage.n_keep > p.n_cur:
             raise ValueError(f"{stage.method.name!r} keeps {stage.n_keep} visual tokens, but only {p.n_cur} reach "
-                             f"layer {idx}")
+                             f"layer {layer}")
         vis_cur = select.mask_to_index(vis_mask, p.n_cur)                           # (B, n_cur)
         vis_orig = p.vis_index.gather(1, p.seq.gather(1, vis_cur))                 # (B, n_cur) into visual span
         with torch.no_grad():
@@ -244,13 +249,13 @@ class Run:
         if chosen.merged is not None:
             slots = select.mask_to_index(vis_mask.gather(1, keep), n_keep)
             new_hidden = new_hidden.scatter(1, slots[..., None].expand(-1, -1, d), chosen.merged.to(new_hidden.dtype))
-        self._shorten(idx, keep, new_hidden, kwargs)
+        self._shorten(layer, keep, new_hidden, kwargs)
         p.n_cur = n_keep
         self._record(stage, vis_orig, chosen, n_keep)
         return new_hidden
 
-    def _shorten(self, idx: int, keep: torch.Tensor, new_hidden: torch.Tensor, kwargs: dict) -> None:
-        """Positions, rotary and mask of the kept rows, for layer `idx` and the layers after it."""
+    def _shorten(self, layer: int, keep: torch.Tensor, new_hidden: torch.Tensor, kwargs: dict) -> None:
+        """Positions, rotary and mask of the kept rows, for layer `layer` and the layers after it."""
         p = self._p
         b = keep.shape[0]
         position_ids = kwargs.get("position_ids")  # None in a Qwen2-VL forward (3-D M-RoPE lives in cos/sin)
@@ -271,20 +276,20 @@ class Run:
             pe = self.adapter.decoder.rotary(new_hidden, pos)
         p.seq = self.kept_positions = new_seq
         p.mask2d = None if self._mask2d is None else self._mask2d[:, : p.length].gather(1, new_seq)
-        mask = self.adapter.decoder.causal_mask(new_hidden, p.mask2d, kwargs.get("cache"), idx)
+        mask = self.adapter.decoder.causal_mask(new_hidden, p.mask2d, kwargs.get("cache"), layer)
         p.cur = {"attention_mask": mask, "position_ids": pos, "position_embeddings": pe}
-        p.cut[idx] = {"seq": new_seq, "shift": shift}
+        p.cut[layer] = {"seq": new_seq, "shift": shift}
 
     def _select(self, stage: Stage, hidden: torch.Tensor, vis_cur: torch.Tensor) -> Selection:
-        p, idx = self._p, stage.layer
+        p, layer = self._p, stage.layer
         grids = p.layout.grids
         if stage.per_segment and p.n_cur != p.layout.n_visual:
             raise ValueError(f"{stage.method.name!r} selects on the image grid, which needs all visual tokens; "
                              f"this stage sees {p.n_cur} of {p.layout.n_visual}")
         ctx = ing.Context(
             decoder=self.adapter.decoder, hidden=hidden, visual=vis_cur, is_text=p.is_text.gather(1, p.seq),
-            before=p.stash.pop(idx - 1, None), maps=p.stash.pop(("maps", idx - 1), None),
-            vision=self._take_vision(hidden.shape[0]) if stage.reads_vision else None, score_layer=idx - 1,
+            before=p.stash.pop(layer - 1, None), maps=p.stash.pop(("maps", layer - 1), None),
+            vision=self._take_vision(hidden.shape[0]) if stage.reads_vision else None, score_layer=layer - 1,
             grid=grids[0] if len(grids) == 1 else None,
             generator=self._generator(stage, hidden.device) if "generator" in stage.ingredients else None)
         chosen = stage.select(ing.compute(stage.ingredients, ctx), grids)
@@ -304,7 +309,8 @@ class Run:
         vision = self.adapter.vision_records(self._vision, self._p.layout)
         self._vision.clear()
         if vision["cls_attn"].shape[0] != batch:
-            raise ValueError(f"hook 'V' needs one image per batch row; got {vision['cls_attn'].shape[0]} images for {batch} rows")
+            raise ValueError(f"hook 'V' needs one image per batch row; got {vision['cls_attn'].shape[0]} images for "
+                             f"{batch} rows")
         return vision
 
     def _record(self, stage: Stage, vis_orig: torch.Tensor, chosen: Selection, n_keep: int) -> None:
@@ -316,23 +322,25 @@ class Run:
             full_scores = torch.full((kept.shape[0], layout.n_visual), float("nan"), device=chosen.scores.device)
             full_scores = full_scores.scatter(1, vis_orig, chosen.scores.float()).detach()
         params = dict(stage.params, retention=stage.retention, seed=stage.seed, positions=self.plan.positions)
-        self.trace.append(TraceEntry(
+        (self.native_trace if stage.native else self.trace).append(TraceEntry(
             method=stage.method.name, hook=stage.hook, layer=stage.layer, stage=stage.index, params=params,
             n_visual=layout.n_visual, n_keep=n_keep, kept=kept.detach(), segment=segment.detach(),
             grid_rc=grid_rc.detach(), scores=full_scores, grids=list(layout.grids), native=stage.native,
         ))
 
     # ---- decode -------------------------------------------------------------------------------------
-    def _decode_kwargs(self, idx: int, hidden: torch.Tensor, kwargs: dict) -> dict[str, Any]:
+    def _decode_kwargs(self, layer: int, hidden: torch.Tensor, kwargs: dict) -> dict[str, Any]:
         p = self._p
-        if p is None or idx not in p.cut:
-            raise RuntimeError("a decode step reached a pruned layer before any prefill inside this tpx.pruning context")
-        cut = p.cut[idx]
+        if p is None or layer not in p.cut:
+            raise RuntimeError("a decode step reached a pruned layer before any prefill inside this tpx.pruning "
+                               "context")
+        cut = p.cut[layer]
         mask2d = None
         if self._mask2d is not None:
             m = self._mask2d
             mask2d = torch.cat([m[:, : p.length].gather(1, cut["seq"]), m[:, p.length:]], dim=1)
-        cur: dict[str, Any] = {"attention_mask": self.adapter.decoder.causal_mask(hidden, mask2d, kwargs.get("cache"), idx)}
+        mask = self.adapter.decoder.causal_mask(hidden, mask2d, kwargs.get("cache"), layer)
+        cur: dict[str, Any] = {"attention_mask": mask}
         if cut["shift"] is not None:
             pos = kwargs["position_ids"].expand(hidden.shape[0], -1) - cut["shift"]
             cur.update(position_ids=pos, position_embeddings=self.adapter.decoder.rotary(hidden, pos))
@@ -352,22 +360,22 @@ class _CallHook:
 class _LayerHook:
     """Forward pre-hook of one decoder layer; delegates to its `Run`."""
 
-    def __init__(self, run: Run, idx: int, stash: bool) -> None:
-        self.run, self.idx, self.stash = run, idx, stash
+    def __init__(self, run: Run, layer: int, stash: bool) -> None:
+        self.run, self.layer, self.stash = run, layer, stash
 
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        return self.run._layer(self.idx, args, kwargs, self.stash)
+        return self.run._before_layer(self.layer, args, kwargs, self.stash)
 
 
 class _MapCapture:
     """Forward hook on a self-attention module that keeps its eager attention map (the slow FastV way)."""
 
-    def __init__(self, run: Run, idx: int) -> None:
-        self.run, self.idx = run, idx
+    def __init__(self, run: Run, layer: int) -> None:
+        self.run, self.layer = run, layer
 
     def __call__(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
         if self.run._prefill and output[1] is not None:
-            self.run._p.stash[("maps", self.idx)] = output[1]
+            self.run._p.stash[("maps", self.layer)] = output[1]
 
 
 # ---- entry points -----------------------------------------------------------------------------------------
@@ -429,10 +437,10 @@ def pruning(
         run._remove()
 
 
-def plan_for(model: torch.nn.Module, method: str | Method | Plan | None = None, *, inputs: Mapping[str, Any] | None = None,
-             layout: Layout | None = None, retention: float | None = None, layer: int | None = None, layers: Sequence[int] | None = None,
-             hook: str | None = None, seed: int = 0, positions: str = "keep", attention: str = "rows",
-             native: bool = True, **params: Any) -> Plan:
+def plan_for(model: torch.nn.Module, method: str | Method | Plan | None = None, *,
+             inputs: Mapping[str, Any] | None = None, layout: Layout | None = None, retention: float | None = None,
+             layer: int | None = None, layers: Sequence[int] | None = None, hook: str | None = None, seed: int = 0,
+             positions: str = "keep", attention: str = "rows", native: bool = True, **params: Any) -> Plan:
     """The plan `tpx.pruning` would run on `model` (its compression first), with budgets for `inputs` (a batch
     of processor outputs) or a `layout`, or else for the model's fixed single-image layout when it has one.
 

@@ -120,9 +120,10 @@ def _answer_batch(model: Any, processor: Any, batch: list[Sample], config: Confi
         method = None if config.method == UNPRUNED else config.method
         with pruning(model, method, **({} if method is None else config.kwargs())) as run:
             out = model.generate(**inputs, **kwargs)
-        if run.trace:
-            entry = run.trace[-1]  # last stage of the one prefill of this call
-            first = next((e for e in run.trace if not e.native), None)  # the configuration's first stage
+        if run.trace:  # last / first stage of the one prefill of this call
+            entry, first = run.trace[-1], run.trace[0]
+        elif run.native_trace:
+            entry = run.native_trace[-1]
     texts = tok.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     where = {"label": config.label, "hook": "" if first is None else first.hook,
              "layer": None if first is None or first.hook != "L" else int(first.layer)}

@@ -112,7 +112,8 @@ class Context:
 
     def recorded(self, name: str) -> torch.Tensor:
         if self.vision is None:
-            raise RuntimeError(f"ingredient {name!r} comes from the vision tower, which recorded nothing for this stage")
+            raise RuntimeError(f"ingredient {name!r} comes from the vision tower, which recorded nothing for this "
+                               "stage")
         return self.vision[name]
 
     def _before(self) -> tuple:
@@ -157,6 +158,9 @@ INGREDIENTS: dict[str, Ingredient] = {
     "text_keys": Ingredient(
         "(B, T, Dk) post-RoPE keys of the text tokens at layer K−1", None, "before",
         lambda ctx: take(ctx.keys(), ctx.text()[0])),
+    "visual_values": Ingredient(
+        "(B, N, Dv) value vectors of the visual tokens at layer K−1, heads concatenated", "token", "before",
+        lambda ctx: take(ctx.decoder.values(ctx.score_layer, ctx.before[0], cache=ctx.before[3]), ctx.visual)),
     "cls_attn": Ingredient(
         "(B, H, N) attention of the vision tower's [CLS] over the patches at the feature layer", "key", "vision",
         lambda ctx: ctx.recorded("cls_attn")),

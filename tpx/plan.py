@@ -206,7 +206,7 @@ class Plan:
         n = "?" if self.layout is None else self.layout.n_visual
         head = f"Plan: {len(self.stages)} stage(s), N={n}, n_layers={self.n_layers}, positions={self.positions}, " \
                f"attention={self.attention}"
-        rows = [f"  {s.method.name:<12} hook {s.hook}  layer {s.layer:>2}  n_keep {s.n_keep if s.n_keep is not None else '?':>4}"
+        rows = [f"  {s.method.name:<12} hook {s.hook}  layer {s.layer:>2}  n_keep {'?' if s.n_keep is None else s.n_keep:>4}"
                 f"  needs {', '.join(sorted(s.ingredients)) or '-'}" for s in self.stages]
         return "\n".join([head, *rows])
 
@@ -305,7 +305,8 @@ def _derive(parts: tuple[Part, ...], n_layers: int | None, layout: Layout | None
         if b.layer <= a.layer and b.part != a.part:
             raise ValueError(
                 f"composed stages must act at increasing layers: {a.method.name!r} prunes before layer {a.layer}, "
-                f"so {b.method.name!r} must act later (hook 'L', layer > {a.layer}); got hook {b.hook!r}, layer {b.layer}")
+                f"so {b.method.name!r} must act later (hook 'L', layer > {a.layer}); got hook {b.hook!r}, "
+                f"layer {b.layer}")
     if layout is not None:
         stages = _budgets(parts, stages, layout, n_layers)
     return Plan(tuple(parts), tuple(stages), n_layers, layout, positions, attention)
@@ -405,7 +406,11 @@ def _per_segment(method: Method, given: dict[str, Any], params: dict[str, Any], 
         part = {}
         for name, x in given.items():
             axis = "token" if name == "scores" else INGREDIENTS[name].axis
-            part[name] = x[:, start:start + size] if axis == "token" else x[..., start:start + size] if axis == "key" else x
+            if axis == "token":
+                x = x[:, start:start + size]
+            elif axis == "key":
+                x = x[..., start:start + size]
+            part[name] = x
         if "grid" in part:
             part["grid"] = grid
         index, merged = _unpack(method.selector(**part, n_keep=share, **params))

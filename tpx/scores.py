@@ -15,6 +15,8 @@ Papers covered:
     SparseVLM: Zhang et al., ICML 2025, arXiv 2410.04417.
     DART: Wen et al., "Stop Looking for Important Tokens in Multimodal Language Models: Duplication Matters
         More", EMNLP 2025, arXiv 2502.11494.
+    VATP: Guo et al., "Attention Score is not All You Need for Token Importance Indicator in KV Cache
+        Reduction: Value Also Matters", EMNLP 2024, arXiv 2406.12335.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 __all__ = [
     "cls_attention", "key_norm", "last_token_attention", "last_token_uniqueness", "last_visual_attention", "minmax",
-    "random_scores", "text_rater_attention",
+    "random_scores", "text_rater_attention", "value_aware_attention",
 ]
 
 
@@ -151,6 +153,31 @@ def key_norm(visual_keys: torch.Tensor) -> torch.Tensor:
         `(B, N)` float32 scores.
     """
     return visual_keys.float().abs().sum(dim=-1)
+
+
+def value_aware_attention(attn_last: torch.Tensor, visual_values: torch.Tensor) -> torch.Tensor:
+    """Value-aware importance: FastV's attention score times the L1 norm of the token's value vector.
+
+    A token that receives attention but carries a near-zero value vector adds little to the attention output;
+    weighting the attention score by the value's L1 norm ranks tokens by what they contribute, not only by
+    how much they are looked at. (tpx's worked example of a method that needs an ingredient no registered
+    method used: docs/architecture.md.)
+
+    Reference: Guo et al., "Attention Score is not All You Need for Token Importance Indicator in KV Cache
+    Reduction: Value Also Matters" (VATP), EMNLP 2024, arXiv 2406.12335, method section (importance = attention
+    score × ‖v‖₁).
+    Differs from the official code: VATP prunes an LLM's KV cache, scoring per head with attention accumulated
+    over the queries; here the score is FastV's row (the last prompt token, head mean, at layer K−1) over the
+    visual tokens, times the L1 norm of the value vector with its heads concatenated.
+
+    Args:
+        attn_last: `(B, H, N)` attention probabilities of the last token over the visual tokens, layer K−1.
+        visual_values: `(B, N, Dv)` value vectors of the visual tokens at layer K−1.
+
+    Returns:
+        `(B, N)` float32 scores.
+    """
+    return attn_last.float().mean(dim=1) * visual_values.float().abs().sum(dim=-1)
 
 
 def minmax(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

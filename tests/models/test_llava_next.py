@@ -1,4 +1,5 @@
-"""The LLaVA-NeXT adapter on a tiny random LLaVA-1.6: AnyRes layout, newline tokens, engine oracles.
+"""The LLaVA-NeXT adapter on a tiny random LLaVA-1.6: AnyRes layout, newline tokens, vision records (the engine
+oracles over every method are in test_adapters.py).
 
 A 40×64 image fills the 2×2 AnyRes canvas (8×8 patches) and is unpadded to 6×8, so each image gives a 4×4
 base grid, a 6×8 crop grid and 6 `image_newline` tokens: 64 prunable tokens out of 70 image tokens.
@@ -6,84 +7,24 @@ base grid, a 6×8 crop grid and 6 `image_newline` tokens: 64 prunable tokens out
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from conftest import PROMPTS
-from PIL import Image
-from reference import MaskReference
+from conftest import llava_next_inputs as make_inputs
 
 import tpx
 from tpx import select
 from tpx.models import LlavaNextAdapter, adapter_for, tiny_llava_next
 
 N_NEW = 3
-METHODS = [(name, hook) for name in ("random", "pooling", "fastv", "dart") if name in tpx.list_methods()
-           for hook in tpx.get_method(name).hooks if hook != "V"]
-# every method under SDPA with a left-padded batch; the eager kernel and batch 1 on a subset (CPU time)
-EXACT = [("eager", 2, n, h) for n, h in METHODS] + [("sdpa", 1, "random", "E"), ("sdpa", 1, "fastv", "L")]
-MASKED = [("sdpa", n, h) for n, h in METHODS] + [("eager", "pooling", "E"), ("eager", "fastv", "L")]
-
-
 @pytest.fixture(scope="module")
 def models():
     return {attn: tiny_llava_next(attn_implementation=attn, seed=1) for attn in ("sdpa", "eager")}
-
-
-def _image(seed: int, size: tuple[int, int] = (40, 64)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
-
-
-def make_inputs(processor, batch: int, seed: int = 0, sizes=None) -> dict[str, torch.Tensor]:
-    sizes = sizes or [(40, 64)] * batch
-    images = [_image(seed + i, sizes[i]) for i in range(batch)]
-    texts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
-    return dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
 
 
 def _generate(model, inputs):
     out = model.generate(**inputs, max_new_tokens=N_NEW, do_sample=False, output_logits=True,
                          return_dict_in_generate=True, pad_token_id=model.config.text_config.pad_token_id)
     return out.sequences[:, inputs["input_ids"].shape[1]:], out.logits
-
-
-def reference_stages(model, layout, entry, kept, inputs, pool):
-    """`MaskReference` stages of a one-stage run; pooling merges every image segment with its share of the
-    budget from the hidden states entering layer K, as the engine does."""
-    subs = None
-    if pool:
-        with torch.no_grad():
-            hs = model(**inputs, output_hidden_states=True).hidden_states[entry.layer]
-        d, sizes = hs.shape[-1], [r * c for r, c in layout.grids]
-        slots, feats, start = [], [], 0
-        for grid, size, share in zip(layout.grids, sizes, select.split_budget(entry.n_keep, sizes), strict=True):
-            visual = layout.positions[:, start:start + size]
-            merged = select.pool2d(hs.gather(1, visual[..., None].expand(-1, -1, d)), share, grid)
-            slots.append(visual.gather(1, merged.index))
-            feats.append(merged.features)
-            start += size
-        subs = (torch.cat(slots, 1), torch.cat(feats, 1))
-    return [(entry.layer, kept, subs)]
-
-
-def _positions(mask2d):
-    """The position ids generate() uses: cumulative count of real tokens (padding gets 1)."""
-    return (mask2d.long().cumsum(-1) - 1).masked_fill(mask2d == 0, 1)
-
-
-def reference_generate(model, inputs, n_new):
-    """Greedy decoding without a cache (the reference hooks see the whole sequence every step)."""
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    tokens, logits = [], []
-    for _ in range(n_new):
-        out = model(input_ids=ids, pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
-                    attention_mask=mask, position_ids=_positions(mask), use_cache=False)
-        step = out.logits[:, -1]
-        logits.append(step)
-        tokens.append(step.argmax(-1, keepdim=True))
-        ids, mask = torch.cat([ids, tokens[-1]], 1), torch.cat([mask, torch.ones_like(tokens[-1])], 1)
-    return torch.cat(tokens, 1), logits
 
 
 def _isin_rows(a, b):
@@ -164,76 +105,6 @@ def test_budget_counts_prunable_tokens_and_newlines_survive(models, retention):
     seg = entry.segment
     assert bool((entry.grid_rc[..., 0] < torch.where(seg == 0, 4, 6)).all())
     assert bool((entry.grid_rc[..., 1] < torch.where(seg == 0, 4, 8)).all())
-
-
-# ---- engine oracles ------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("attn", "batch", "name", "hook"), EXACT, ids=["-".join(map(str, c)) for c in EXACT])
-def test_retention_one_is_exact(models, attn, batch, name, hook):
-    model, processor = models[attn]
-    inputs = make_inputs(processor, batch, seed=batch)
-    with torch.no_grad():
-        ref_logits = model(**inputs).logits
-        ref_tokens, ref_steps = _generate(model, inputs)
-        with tpx.pruning(model, name, retention=1.0, hook=hook, seed=3) as run:
-            logits = model(**inputs).logits
-            tokens, steps = _generate(model, inputs)
-    assert [e.n_keep for e in run.trace] == [64, 64]
-    assert torch.equal(logits, ref_logits) and torch.equal(tokens, ref_tokens)
-    assert all(torch.equal(a, b) for a, b in zip(steps, ref_steps, strict=True))
-
-
-@pytest.mark.parametrize(("attn", "name", "hook"), MASKED, ids=["-".join(c) for c in MASKED])
-def test_matches_mask_reference(models, attn, name, hook):
-    model, processor = models[attn]
-    inputs = make_inputs(processor, 2, seed=10)
-    layout = adapter_for(model).layout(inputs["input_ids"], **_call(inputs))
-    with torch.no_grad():
-        with tpx.pruning(model, name, retention=0.25, hook=hook, seed=7) as run:
-            logits = model(**inputs).logits
-        with tpx.pruning(model, name, retention=0.25, hook=hook, seed=7) as again:
-            tokens, steps = _generate(model, inputs)
-        kept, entry = run.kept_positions, run.trace[0]
-        assert torch.equal(again.kept_positions, kept)  # same seed, same prefill: same selection
-        stages = reference_stages(model, layout, entry, kept, inputs, pool=name == "pooling")
-        ref = MaskReference(model, stages, inputs["input_ids"].shape[1])
-        try:
-            full = model(**inputs).logits
-            ref_tokens, ref_steps = reference_generate(model, inputs, N_NEW)
-        finally:
-            ref.remove()
-    assert entry.n_keep == 16 and entry.grids == [(4, 4), (6, 8)]
-    ref_logits = full.gather(1, kept[..., None].expand(-1, -1, full.shape[-1]))
-    real = inputs["attention_mask"].gather(1, kept).bool()
-    torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-5, rtol=0)
-    assert torch.equal(tokens, ref_tokens)
-    for a, b in zip(steps, ref_steps, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("batch", [1, 2])
-def test_recomputed_rows_equal_eager_attention(models, batch):
-    model, processor = models["eager"]
-    inputs = make_inputs(processor, batch, seed=40)
-    adapter = adapter_for(model)
-    seen = {}
-    hook = adapter.layers[0].register_forward_pre_hook(
-        lambda m, a, k: seen.setdefault("pe", k["position_embeddings"]) and None, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            out = model(**inputs, output_attentions=True, output_hidden_states=True)
-    finally:
-        hook.remove()
-    length = inputs["input_ids"].shape[1]
-    g = torch.Generator().manual_seed(0)
-    rows = torch.stack([torch.randperm(length, generator=g)[:5] for _ in range(batch)])
-    rows[:, 0] = length - 1
-    mask2d = inputs["attention_mask"]
-    real = mask2d.gather(1, rows).bool()
-    for layer in range(adapter.n_layers):
-        got = adapter.decoder.attention_rows(layer, out.hidden_states[layer], seen["pe"], rows, mask2d)
-        want = out.attentions[layer].gather(2, rows[:, None, :, None].expand(-1, got.shape[1], -1, length))
-        torch.testing.assert_close(got.permute(0, 2, 1, 3)[real], want.permute(0, 2, 1, 3)[real], atol=1e-6, rtol=0)
 
 
 # ---- vision tower records (hook "V") ---------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The Qwen2-VL / Qwen2.5-VL adapter on tiny random models: merged-grid layout, M-RoPE, engine oracles.
+"""The Qwen2-VL / Qwen2.5-VL adapter on tiny random models: merged-grid layout, M-RoPE, vision records (the
+engine oracles over every method are in test_adapters.py).
 
 A 168×224 image gives `image_grid_thw = [1, 12, 16]`: 192 vision patches, merged 2×2 into a 6×8 grid of 48
 `<|image_pad|>` tokens with 3-D (t, h, w) positions.
@@ -6,27 +7,15 @@ A 168×224 image gives `image_grid_thw = [1, 12, 16]`: 192 vision patches, merge
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from reference import MaskReference
+from conftest import qwen2_vl_inputs as make_inputs
 
 import tpx
 from tpx import select
 from tpx.models import Qwen2VLAdapter, adapter_for, tiny_qwen2_vl
 
 N_NEW = 3
-PROMPT = "<|im_start|>user\n{}{}<|im_end|>\n<|im_start|>assistant\n"
-IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
-QUESTIONS = ["What is shown in the image?", "How many objects are there in the picture, and what colour is the square?"]
-METHODS = [(name, hook) for name in ("random", "pooling", "fastv", "dart") if name in tpx.list_methods()
-           for hook in tpx.get_method(name).hooks if hook != "V"]
-# every method under SDPA with a left-padded batch; the eager kernel and batch 1 on a subset (CPU time)
-EXACT = [("eager", 2, n, h) for n, h in METHODS] + [("sdpa", 1, "random", "E"), ("sdpa", 1, "fastv", "L")]
-MASKED = [("sdpa", n, h) for n, h in METHODS] + [("eager", "pooling", "E"), ("eager", "fastv", "L")]
-
-
 @pytest.fixture(scope="module")
 def models():
     built = {attn: tiny_qwen2_vl(attn_implementation=attn, seed=1) for attn in ("sdpa", "eager")}
@@ -34,59 +23,10 @@ def models():
     return built
 
 
-def _image(seed: int, size: tuple[int, int] = (168, 224)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
-
-
-def make_inputs(processor, batch: int, seed: int = 0, sizes=None, per_row: int = 1) -> dict[str, torch.Tensor]:
-    sizes = sizes or [(168, 224)] * (batch * per_row)
-    images = [_image(seed + i, size) for i, size in enumerate(sizes)]
-    texts = [PROMPT.format(IMAGE * per_row, QUESTIONS[i % 2]) for i in range(batch)]
-    inputs = dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
-    if batch > 1:
-        assert bool((inputs["attention_mask"] == 0).any())
-    return inputs
-
-
 def _generate(model, inputs):
     out = model.generate(**inputs, max_new_tokens=N_NEW, do_sample=False, output_logits=True,
                          return_dict_in_generate=True, pad_token_id=model.config.text_config.pad_token_id)
     return out.sequences[:, inputs["input_ids"].shape[1]:], out.logits
-
-
-def reference_generate(model, inputs, n_new):
-    """Greedy decoding without a cache; the model recomputes the M-RoPE positions of the whole sequence each step."""
-    ids, mask, types = inputs["input_ids"], inputs["attention_mask"], inputs["mm_token_type_ids"]
-    tokens, logits = [], []
-    for _ in range(n_new):
-        out = model(input_ids=ids, attention_mask=mask, mm_token_type_ids=types, pixel_values=inputs["pixel_values"],
-                    image_grid_thw=inputs["image_grid_thw"], use_cache=False)
-        step = out.logits[:, -1]
-        logits.append(step)
-        nxt = step.argmax(-1, keepdim=True)
-        tokens.append(nxt)
-        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
-        types = torch.cat([types, torch.zeros_like(nxt, dtype=types.dtype)], 1)
-    return torch.cat(tokens, 1), logits
-
-
-def reference_stages(model, layout, entry, kept, inputs, pool):
-    """`MaskReference` stages of a one-stage run (pooling: merged per image segment from layer K's input)."""
-    subs = None
-    if pool:
-        with torch.no_grad():
-            hs = model(**inputs, output_hidden_states=True).hidden_states[entry.layer]
-        d, sizes = hs.shape[-1], [r * c for r, c in layout.grids]
-        slots, feats, start = [], [], 0
-        for grid, size, share in zip(layout.grids, sizes, select.split_budget(entry.n_keep, sizes), strict=True):
-            visual = layout.positions[:, start:start + size]
-            merged = select.pool2d(hs.gather(1, visual[..., None].expand(-1, -1, d)), share, grid)
-            slots.append(visual.gather(1, merged.index))
-            feats.append(merged.features)
-            start += size
-        subs = (torch.cat(slots, 1), torch.cat(feats, 1))
-    return [(entry.layer, kept, subs)]
 
 
 def _call(inputs):
@@ -167,86 +107,6 @@ def test_budget_counts_image_pad_tokens(models, retention):
     assert entry.n_visual == 48 and entry.grids == [(6, 8)]
     assert entry.n_keep == select.budget(retention, 48) == round(retention * 48)
     assert run.kept_positions.shape[1] == inputs["input_ids"].shape[1] - 48 + entry.n_keep
-
-
-# ---- engine oracles ------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("attn", "batch", "name", "hook"), EXACT, ids=["-".join(map(str, c)) for c in EXACT])
-def test_retention_one_is_exact(models, attn, batch, name, hook):
-    model, processor = models[attn]
-    inputs = make_inputs(processor, batch, seed=batch)
-    with torch.no_grad():
-        ref_logits = model(**inputs).logits
-        ref_tokens, ref_steps = _generate(model, inputs)
-        with tpx.pruning(model, name, retention=1.0, hook=hook, seed=3) as run:
-            logits = model(**inputs).logits
-            tokens, steps = _generate(model, inputs)
-    assert [e.n_keep for e in run.trace] == [48, 48]
-    assert torch.equal(logits, ref_logits) and torch.equal(tokens, ref_tokens)
-    assert all(torch.equal(a, b) for a, b in zip(steps, ref_steps, strict=True))
-
-
-def _check_mask_reference(model, processor, name, hook):
-    inputs = make_inputs(processor, 2, seed=10)
-    layout = adapter_for(model).layout(inputs["input_ids"], **_call(inputs))
-    with torch.no_grad():
-        with tpx.pruning(model, name, retention=0.25, hook=hook, seed=7) as run:
-            logits = model(**inputs).logits
-        with tpx.pruning(model, name, retention=0.25, hook=hook, seed=7) as again:
-            tokens, steps = _generate(model, inputs)
-        kept, entry = run.kept_positions, run.trace[0]
-        assert torch.equal(again.kept_positions, kept)  # same seed, same prefill: same selection
-        stages = reference_stages(model, layout, entry, kept, inputs, pool=name == "pooling")
-        ref = MaskReference(model, stages, inputs["input_ids"].shape[1])
-        try:
-            full = model(**inputs).logits
-            ref_tokens, ref_steps = reference_generate(model, inputs, N_NEW)
-        finally:
-            ref.remove()
-    assert entry.n_keep == 12
-    ref_logits = full.gather(1, kept[..., None].expand(-1, -1, full.shape[-1]))
-    real = inputs["attention_mask"].gather(1, kept).bool()
-    torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-5, rtol=0)
-    assert torch.equal(tokens, ref_tokens)
-    for a, b in zip(steps, ref_steps, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize(("attn", "name", "hook"), MASKED, ids=["-".join(c) for c in MASKED])
-def test_matches_mask_reference(models, attn, name, hook):
-    """Pruned logits and greedy tokens equal the unpruned model with dropped positions masked: the kept
-    tokens keep their 3-D M-RoPE positions (hook E included, where generate's prefill prunes at layer 0)."""
-    _check_mask_reference(*models[attn], name, hook)
-
-
-@pytest.mark.parametrize(("name", "hook"), [("fastv", "L"), ("pooling", "E")])
-def test_qwen2_5_matches_mask_reference(models, name, hook):
-    _check_mask_reference(*models["2.5"], name, hook)
-
-
-@pytest.mark.parametrize(("key", "batch"), [("eager", 1), ("eager", 2), ("2.5", 2)])
-def test_recomputed_rows_equal_eager_attention(models, key, batch):
-    model, processor = models[key]
-    inputs = make_inputs(processor, batch, seed=40)
-    adapter = adapter_for(model)
-    seen = {}
-    hook = adapter.layers[0].register_forward_pre_hook(
-        lambda m, a, k: seen.setdefault("pe", k["position_embeddings"]) and None, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            out = model(**inputs, output_attentions=True, output_hidden_states=True)
-    finally:
-        hook.remove()
-    length = inputs["input_ids"].shape[1]
-    g = torch.Generator().manual_seed(0)
-    rows = torch.stack([torch.randperm(length, generator=g)[:5] for _ in range(batch)])
-    rows[:, 0] = length - 1
-    mask2d = inputs["attention_mask"]
-    real = mask2d.gather(1, rows).bool()
-    for layer in range(adapter.n_layers):
-        got = adapter.decoder.attention_rows(layer, out.hidden_states[layer], seen["pe"], rows, mask2d)
-        want = out.attentions[layer].gather(2, rows[:, None, :, None].expand(-1, got.shape[1], -1, length))
-        torch.testing.assert_close(got.permute(0, 2, 1, 3)[real], want.permute(0, 2, 1, 3)[real], atol=1e-6, rtol=0)
 
 
 # ---- vision tower records (hook "V") ---------------------------------------------------------------------

@@ -184,4 +184,5 @@ def native_plan(model: Any, positions: str = "keep", attention: str = "rows") ->
         return plan(spec.pop("method"), n_layers=adapter_for(model).n_layers, positions=positions,
                     attention=attention, **spec).as_native()
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"config.tpx_compression={dict(model.config.tpx_compression)} is not a valid tpx plan: {err}") from err
+        raise ValueError(f"config.tpx_compression={dict(model.config.tpx_compression)} is not a valid tpx plan: "
+                         f"{err}") from err

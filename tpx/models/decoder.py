@@ -49,7 +49,7 @@ class LlamaDecoder:
                 "do not pass cache_implementation= or a pre-built cache to generate()"
             )
 
-    def attention_rows(self, layer_idx: int, hidden_in: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    def attention_rows(self, layer_idx: int, hidden_in: torch.Tensor, position_embeddings: tuple[torch.Tensor, ...],
                        rows: torch.Tensor, mask2d: torch.Tensor | None, cache: object = None) -> torch.Tensor:
         """`(B, H, R, T)` attention of query `rows` at decoder layer `layer_idx`; see `attention.attention_rows`.
 
