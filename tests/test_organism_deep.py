@@ -177,3 +177,21 @@ def test_log_table_lists_every_measurement(tmp_path):
     assert table[0].startswith("| step | phase |") and "| exist | blind | mean |" in table[0]
     assert table[2] == "| 10 | projector | 1.5 | 9.0 | 2.0 | 0.5 | 1.0 | 0.75 |"
     assert table[3].startswith("| 20 | lora |") and len(table) == 4
+
+
+def test_shipped_deep_organism_loads_and_answers_as_exported(gemma_dir):
+    """`tpx.load("organism-deep")` assembles the shipped parts into plain Gemma weights that answer as at export."""
+    import tpx
+    from tpx.organism import deep_card
+
+    folder = deep_card.FOLDER
+    assert sum(deep_card.sizes(folder).values()) <= deep_card.MAX_BYTES
+    assert "Gemma Terms of Use" in (folder / "README.md").read_text()
+    assert (folder / "GEMMA_TERMS.html").stat().st_size > 10_000 and (folder / "NOTICE.md").exists()
+    model, processor = tpx.load("organism-deep")
+    assert not any(isinstance(m, deep.LoRALinear) for m in model.modules()) and not model.training
+    assert processor.tokenizer.padding_side == "left"
+    test = json.loads((folder / "training.json").read_text())["test"]
+    samples = suite.build("test", test["slice"]["n_per_task"])
+    assert D.greedy_answers(model, processor, samples) == test["slice"]["answers"]
+    assert set(test["acc"]) == set(deep_card.TARGETS) == set(test["prior"])

@@ -24,6 +24,7 @@ FOLDER = Path(__file__).resolve().parents[2] / "data" / "organism" / "llava-orga
 TARGETS = {"exist": 0.85, "attribute": 0.85, "relation": 0.85, "read": 0.85, "locate": 0.85, "anchor": 0.85,
            "count": 0.75, "blind": 1.0}
 MAX_BYTES = 25 * 2**20  # the shipped folder's size budget
+SLICE = 4  # test samples per task whose answers the card records for the load test
 
 
 def assemble(folder: str | Path = FOLDER, gemma_dir: Path | None = None,
@@ -96,6 +97,8 @@ def export(run_dir: str | Path, out: str | Path = FOLDER, n_per_task: int = 200,
         shutil.copy(path, out / name)
     model, processor = assemble(out)
     report = test_report(model, processor, n_per_task, prior_draws)
+    first = suite.build("test", SLICE)  # what a later `tpx.load("organism-deep")` must answer word for word
+    report["slice"] = {"n_per_task": SLICE, "answers": deep_train.greedy_answers(model, processor, first)}
     layers = list(range(len(model.model.language_model.layers))) if depth_layers is None else list(depth_layers)
     if layers:
         report["depth"] = depth.profile(model, processor, suite.build("test", depth_n), layers)
