@@ -106,19 +106,13 @@ def update_architecture(readme: str | os.PathLike, config_path: str | os.PathLik
     """Rewrite the line between `ARCH_MARKERS` in `readme` from `config_path`; True if the file changed."""
     import json
 
-    readme = Path(readme)
-    text = readme.read_text()
-    start, end = ARCH_MARKERS
-    if start not in text or end not in text:
-        return False
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
+    from tpx.analysis.findings import replace_between
     from tpx.organism.card import architecture
 
-    new = f"{head}{start}{architecture(json.loads(Path(config_path).read_text()))}{end}{tail}"
-    if new != text:
-        readme.write_text(new)
-    return new != text
+    text = Path(readme).read_text()
+    if ARCH_MARKERS[0] not in text or ARCH_MARKERS[1] not in text:
+        return False
+    return replace_between(readme, ARCH_MARKERS, architecture(json.loads(Path(config_path).read_text())))
 
 
 def _after(path: Path) -> set[str]:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from tpx.analysis import stats
 
-__all__ = ["MARKERS", "Finding", "compared", "frame", "config", "configs_of", "finding", "load", "render", "save", "update_readme"]
+__all__ = ["MARKERS", "Finding", "compared", "frame", "replace_between", "config", "configs_of", "finding", "load", "render", "save", "update_readme"]
 
 MARKERS = ("<!-- findings:start (generated from figures/findings.json by `python -m tpx reproduce`; do not edit) -->",
            "<!-- findings:end -->")
@@ -184,19 +184,29 @@ def render(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: str | Path, findings_path: str | Path) -> bool:
-    """Rewrite the table between `MARKERS` in `readme` from `findings_path`; True if the file changed."""
-    readme = Path(readme)
-    text = readme.read_text()
-    start, end = MARKERS
+def replace_between(path: str | Path, markers: tuple[str, str], content: str) -> bool:
+    """Put `content` between the two `markers` of a text file (generated text in a hand-written one); True if
+    the file changed.
+
+    Raises:
+        ValueError: the file lacks either marker.
+    """
+    path = Path(path)
+    text = path.read_text()
+    start, end = markers
     if start not in text or end not in text:
-        raise ValueError(f"{readme} has no findings markers {MARKERS}")
+        raise ValueError(f"{path} has no markers {markers}")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    new = f"{head}{start}\n{render(load(findings_path))}\n{end}{tail}"
+    new = f"{head}{start}{content}{end}{tail}"
     if new != text:
-        readme.write_text(new)
+        path.write_text(new)
     return new != text
+
+
+def update_readme(readme: str | Path, findings_path: str | Path) -> bool:
+    """Rewrite the table between `MARKERS` in `readme` from `findings_path`; True if the file changed."""
+    return replace_between(readme, MARKERS, f"\n{render(load(findings_path))}\n")
 
 
 def readme_table(readme: str | Path) -> str:
