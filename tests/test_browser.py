@@ -106,10 +106,16 @@ def browser(lab):
 
 
 def _explorer_state(driver) -> tuple[int, int, str] | None:
-    """(kept, of, image source) of the explorer's output, or None while it has not drawn."""
-    outputs = driver.find_elements("css selector", ".widget-vbox .jp-OutputArea-output, .widget-vbox .widget-output")
-    text = " ".join(o.text for o in outputs)
-    images = [img.get_attribute("src") for o in outputs for img in o.find_elements("tag name", "img")]
+    """(kept, of, image source) of the explorer's output, or None while it has not drawn (or is redrawing: an
+    element replaced while it is read is stale, and the caller polls again)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        outputs = driver.find_elements("css selector", ".widget-vbox .jp-OutputArea-output, .widget-vbox .widget-output")
+        text = " ".join(o.text for o in outputs)
+        images = [img.get_attribute("src") for o in outputs for img in o.find_elements("tag name", "img")]
+    except StaleElementReferenceException:
+        return None
     found = KEPT.search(text)
     if not found or not images:
         return None
