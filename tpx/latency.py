@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-__all__ = ["kv_bytes", "layer_lengths", "layer_macs", "llm_flops", "measure", "proxy"]
+__all__ = ["default_samples", "kv_bytes", "layer_lengths", "layer_macs", "llm_flops", "measure", "proxy"]
 
 log = logging.getLogger(__name__)
 UNPRUNED = "unpruned"
@@ -291,6 +291,14 @@ def _layers(model: Any) -> Any:
 
 # ---- public entry point -------------------------------------------------------------------------------------
 
+def default_samples() -> list:
+    """The one sample latency is measured on when none is given: the shipped photo and a plain question."""
+    from tpx.data import Sample, sample_picture
+
+    q = "What is shown in the image?"
+    return [Sample("picture", sample_picture(), q, q, [""], "picture", "picture")]
+
+
 def measure(model: Any, processor: Any, samples: Sequence[Any] | None = None,
             methods: Sequence[str] = ("fastv",), retentions: Sequence[float] = (0.25,), *, batch_size: int = 1,
             max_new_tokens: int = 16, rounds: int = 3, min_run_time: float = 0.5,
@@ -336,7 +344,6 @@ def measure(model: Any, processor: Any, samples: Sequence[Any] | None = None,
     """
     from tqdm.auto import tqdm
 
-    from tpx.data import Sample, sample_picture
     from tpx.evaluate import model_inputs
 
     for name, value, low in (("max_new_tokens", max_new_tokens, 2), ("rounds", rounds, 1),
@@ -346,8 +353,7 @@ def measure(model: Any, processor: Any, samples: Sequence[Any] | None = None,
     if clock not in CLOCKS:
         raise ValueError(f"clock must be one of {tuple(CLOCKS)}, got {clock!r}")
     if samples is None:
-        q = "What is shown in the image?"
-        samples = [Sample("picture", sample_picture(), q, q, [""], "picture", "picture")]
+        samples = default_samples()
     batch = [samples[i % len(samples)] for i in range(batch_size)]
     previous = _text_config(model)._attn_implementation
     if attn_implementation is not None:

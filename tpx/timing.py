@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from tpx.latency import CLOCKS
+from tpx.latency import CLOCKS, default_samples
 
 __all__ = ["timing_repeats"]
 
@@ -43,7 +43,6 @@ def timing_repeats(model: Any, processor: Any, configs: Mapping[str, Mapping[str
     import torch
     from tqdm.auto import tqdm
 
-    from tpx.data import Sample, sample_picture
     from tpx.engine import pruning
     from tpx.evaluate import model_inputs
 
@@ -52,8 +51,7 @@ def timing_repeats(model: Any, processor: Any, configs: Mapping[str, Mapping[str
     if clock not in CLOCKS:
         raise ValueError(f"clock must be one of {tuple(CLOCKS)}, got {clock!r}")
     if samples is None:
-        q = "What is shown in the image?"
-        samples = [Sample("picture", sample_picture(), q, q, [""], "picture", "picture")]
+        samples = default_samples()
     inputs, timer = model_inputs(processor, list(samples), model), CLOCKS[clock]
     pad = getattr(model.generation_config, "pad_token_id", None)
     previous = model.config.get_text_config()._attn_implementation
