@@ -9,13 +9,16 @@ another. A new family is one adapter file satisfying `Adapter` and one entry in 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from tpx.layout import Layout
 
-__all__ = ["Adapter", "Decoder", "Layout", "image_positions"]
+__all__ = ["Adapter", "Decoder", "Layout", "image_positions", "reuse_image_features"]
 
 
 @runtime_checkable
@@ -111,3 +114,51 @@ def image_positions(input_ids: torch.Tensor, image_token_id: int) -> torch.Tenso
     if not bool((counts == counts[0]).all()):
         raise ValueError(f"every batch row must hold the same number of image tokens, got {counts.tolist()}")
     return is_image.nonzero()[:, 1].view(input_ids.shape[0], -1)
+
+
+@contextmanager
+def reuse_image_features(model: torch.nn.Module) -> Iterator[dict]:
+    """Inside the block, the model's vision encoder runs once per pixel tensor: a repeated
+    `get_image_features` call with the very same input tensors returns the first call's output.
+
+    Why: a grid of pruning configurations answers the same batch many times, and every configuration that
+    prunes after the projector (hooks E and L) sees the same image features; on a small model the vision tower
+    is over a third of the time. Calls are matched by the identity of their tensor arguments (and equality of
+    the others), so new inputs are encoded afresh. transformers 5.x encodes images through
+    `model.base_model.get_image_features` in `generate` and `forward` alike; a model without that method runs
+    unchanged. Do not use it around methods that read the vision tower (hook V): their hooks need it to run.
+
+    Yields:
+        a dict whose "calls" and "encoded" count the calls and the encoder runs (for tests and benchmarks).
+    """
+    base = getattr(model, "base_model", None)
+    real = getattr(base, "get_image_features", None)
+    stats = {"calls": 0, "encoded": 0}
+    if real is None:
+        yield stats
+        return
+    memo: dict[tuple, Any] = {}
+
+    def key_of(v: Any) -> Any:
+        return ("tensor", id(v)) if isinstance(v, torch.Tensor) else ("value", repr(v))
+
+    @functools.wraps(real)  # generate reads the signature to pick the encoder's arguments
+    def reused(*args: Any, **kwargs: Any) -> Any:
+        stats["calls"] += 1
+        key = (tuple(key_of(a) for a in args), tuple(sorted((k, key_of(v)) for k, v in kwargs.items())))
+        if key not in memo:
+            stats["encoded"] += 1
+            # the inputs are kept alive with the output, so the ids in the key cannot be reused by new tensors
+            memo[key] = (real(*args, **kwargs), args, kwargs)
+        return memo[key][0]
+
+    own = vars(base).get("get_image_features")
+    base.get_image_features = reused  # an instance attribute shadows the class's method
+    try:
+        yield stats
+    finally:
+        if own is None:
+            del base.get_image_features
+        else:
+            base.get_image_features = own
+        memo.clear()
