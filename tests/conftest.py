@@ -20,6 +20,23 @@ PROMPTS = [
 ]
 
 
+def pytest_report_header(config):
+    import transformers
+
+    return f"transformers {transformers.__version__} ({Path(transformers.__file__).parent})"
+
+
+def pytest_sessionstart(session):
+    """`make oracles-newest` names the transformers it installed: the run fails unless that is the one imported."""
+    want = os.environ.get("TPX_EXPECT_TRANSFORMERS")
+    if want:
+        import transformers
+
+        if transformers.__version__ != want:
+            raise pytest.UsageError(f"TPX_EXPECT_TRANSFORMERS={want}, but transformers {transformers.__version__} "
+                                    f"is imported from {transformers.__file__}")
+
+
 def random_image(seed: int, size: int = 96) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
