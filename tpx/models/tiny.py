@@ -11,7 +11,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["tiny", "tiny_llava_next", "tiny_qwen2_vl", "tiny_tokenizer"]
+from tpx.models.tiny_qwen3_vl import tiny_qwen3_vl
+
+__all__ = ["tiny", "tiny_llava_next", "tiny_qwen2_vl", "tiny_qwen3_vl", "tiny_tokenizer"]
 
 _CORPUS = [
     "USER: What is shown in the image? ASSISTANT: A person standing in front of a flag.",
