@@ -55,7 +55,7 @@ def tiny_qwen3_vl(
     from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     from tpx.models.qwen3_vl import OfflineQwen3VLProcessor
-    from tpx.models.tiny import tiny_tokenizer
+    from tpx.models.tiny_vocab import tiny_tokenizer
 
     if isinstance(deepstack, bool) or not isinstance(deepstack, int) or not 0 <= deepstack < vision_layers:
         raise ValueError(f"deepstack must be an int in [0, {vision_layers - 1}] (vision_layers - 1), got {deepstack!r}")
