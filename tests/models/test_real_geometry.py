@@ -8,7 +8,7 @@ grid equals the processor's `image_grid_thw` (forward and `generate`), retention
 K = 1 (inside Qwen3-VL's DeepStack layers) equals the mask reference; hook V's records are the merger's inputs
 grouped 2×2 on the real grid. The oracles' forwards reuse the photo's vision encoding (`mm_encoder_outputs`, as
 `generate` itself passes it at prefill), so each test pays for the vision tower once. Measured on a 2-core machine
-shared with other jobs: about 1 CPU-minute for the whole module (builds included), 13–50 s wall per test.
+shared with other jobs: about 75 CPU-seconds for the whole module (both builds included), 10–65 s wall per test.
 """
 
 from __future__ import annotations
