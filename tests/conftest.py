@@ -162,3 +162,8 @@ def qwen2_vl_inputs(processor, batch: int, seed: int = 0, sizes=None, per_row: i
     if batch > 1:
         assert bool((inputs["attention_mask"] == 0).any())
     return inputs
+
+
+def qwen3_vl_inputs(processor, batch: int, seed: int = 0, sizes=None, per_row: int = 1) -> dict[str, torch.Tensor]:
+    """Tiny Qwen3-VL inputs: a 192×256 image gives a 6×8 grid of merged tokens (16-pixel patches)."""
+    return qwen2_vl_inputs(processor, batch, seed, sizes or [(192, 256)] * (batch * per_row), per_row)

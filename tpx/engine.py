@@ -146,6 +146,12 @@ class Run:
         """`{layer: (B, L_s)}` original positions that layers ≥ that stage layer saw in the last prefill."""
         return {} if self._p is None else {k: v["seq"] for k, v in self._p.cut.items()}
 
+    def current_positions(self) -> torch.Tensor | None:
+        """`(B, L')` original positions of the tokens the decoder layers carry at this moment of a prefill (after
+        the stages cut so far; merged tokens at their representative's position), or None outside a prefill.
+        Adapters whose language model adds per-token inputs between layers (Qwen3-VL's DeepStack) read it."""
+        return self._p.seq if self._prefill and self._p is not None else None
+
     # ---- installation -------------------------------------------------------------------------------
     def _install(self) -> None:
         stages = self.plan.stages
@@ -165,6 +171,9 @@ class Run:
                 self._handles.append(layers[i].self_attn.register_forward_hook(_MapCapture(self, i)))
         if any(s.reads_vision for s in stages):
             self._handles.extend(self.adapter.vision_hooks(self._vision))
+        decoder_hooks = getattr(self.adapter, "decoder_hooks", None)  # optional: see base.Adapter
+        if decoder_hooks is not None:
+            self._handles.extend(decoder_hooks(self.current_positions))
 
     def _remove(self) -> None:
         for handle in self._handles:

@@ -7,7 +7,8 @@ oracles of tests/reference.py.
 3. recomputed attention rows equal eager `output_attentions` rows, at every layer.
 
 LLaVA-1.5 runs the full matrix (attention kernels × batch shapes) in tests/test_engine.py; here LLaVA-NeXT
-(AnyRes: two grids per image, never-pruned newlines) and Qwen2-VL (merged grid, 3-D M-RoPE) run every method
+(AnyRes: two grids per image, never-pruned newlines), Qwen2-VL (merged grid, 3-D M-RoPE) and Qwen3-VL (q/k
+norms, DeepStack features added after the first three layers, where the default K = 2 cuts) run every method
 with SDPA and a left-padded batch, plus the eager kernel, batch 1 and Qwen2.5-VL (windowed vision tower) on a
 few. A new family is one entry in FAMILIES; a new method is covered without new test code.
 """
@@ -16,11 +17,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import llava_next_inputs, make_inputs, qwen2_vl_inputs
+from conftest import llava_next_inputs, make_inputs, qwen2_vl_inputs, qwen3_vl_inputs
 from reference import check_mask_reference, check_retention_one
 
 import tpx
-from tpx.models import adapter_for, tiny, tiny_llava_next, tiny_qwen2_vl
+from tpx.models import adapter_for, tiny, tiny_llava_next, tiny_qwen2_vl, tiny_qwen3_vl
 
 N_NEW = 3
 # family: (builder, inputs, 1-D positions in the reference loop)
@@ -28,14 +29,16 @@ FAMILIES = {
     "llava_next": (tiny_llava_next, llava_next_inputs, True),
     "qwen2_vl": (tiny_qwen2_vl, qwen2_vl_inputs, False),
     "qwen2_5_vl": (lambda **kw: tiny_qwen2_vl(version="2.5", **kw), qwen2_vl_inputs, False),
+    "qwen3_vl": (tiny_qwen3_vl, qwen3_vl_inputs, False),
 }
+EVERY_FAMILY = ("llava_next", "qwen2_vl", "qwen3_vl")  # every method × hook; the rest on a few
 EVERY = [(name, hook) for name in tpx.list_methods() for hook in tpx.get_method(name).hooks]
 SOME = [("fastv", "L"), ("pooling", "E"), ("fastervlm", "V")]
-MASKED = ([(f, "sdpa", n, h) for f in ("llava_next", "qwen2_vl") for n, h in EVERY]
-          + [(f, "eager", n, h) for f in ("llava_next", "qwen2_vl") for n, h in SOME[:2]]
+MASKED = ([(f, "sdpa", n, h) for f in EVERY_FAMILY for n, h in EVERY]
+          + [(f, "eager", n, h) for f in EVERY_FAMILY for n, h in SOME[:2]]
           + [("qwen2_5_vl", "eager", n, h) for n, h in SOME])
 EXACT = ([(f, a, 2, n, h) for f, a, n, h in MASKED]
-         + [(f, "sdpa", 1, n, h) for f in ("llava_next", "qwen2_vl") for n, h in (("fastv", "L"), ("random", "E"))])
+         + [(f, "sdpa", 1, n, h) for f in EVERY_FAMILY for n, h in (("fastv", "L"), ("random", "E"))])
 RETENTION = {"pdrop": 0.5}  # pdrop's equivalent budget cannot go below ~N/n_layers on a 4-layer model
 
 

@@ -66,6 +66,12 @@ class Adapter(Protocol):
         image_token_id: the image placeholder id in `input_ids`.
         supports_renumber: whether 1-D position ids can be compacted (False for 3-D M-RoPE).
         layers, n_layers, text_model: the decoder's, for callers that need the modules.
+
+    Optional: `decoder_hooks(positions) -> handles` for a language model that adds per-token inputs between its
+    decoder layers outside their arguments (Qwen3-VL's DeepStack features after its first layers). The engine
+    installs them with a run's other hooks and passes `positions`, a callable returning the `(B, L')` original
+    positions of the tokens the layers carry at that moment of a prefill (None outside one), so the adapter can
+    keep those inputs aligned with a shortened sequence.
     """
 
     model: torch.nn.Module

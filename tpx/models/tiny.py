@@ -11,52 +11,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["tiny", "tiny_llava_next", "tiny_qwen2_vl", "tiny_tokenizer"]
+from tpx.models.tiny_qwen3_vl import tiny_qwen3_vl
+from tpx.models.tiny_vocab import QWEN_SPECIALS, tiny_tokenizer
 
-_CORPUS = [
-    "USER: What is shown in the image? ASSISTANT: A person standing in front of a flag.",
-    "Describe the picture in detail. The photo shows a cat sitting on a wooden table.",
-    "How many objects are there? There are three coins and a cup of coffee.",
-    "Is there a red triangle in the image? Yes. Is the star left of the blue circle? No.",
-    "What colour is the square? The square is green. What digit is written? Seven.",
-    "The quick brown fox jumps over the lazy dog near the river bank at noon.",
-]
-_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
-_QWEN_SPECIALS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-    "<|video_pad|>",
-]
-
-
-def tiny_tokenizer(vocab_size: int = 400, family: str = "llava") -> Any:
-    """A byte-level BPE tokenizer trained in memory on a few sentences (never emits `<unk>`).
-
-    Args:
-        vocab_size: upper bound on the vocabulary (the small corpus may stop earlier).
-        family: "llava" (`<image>` placeholder, `<s>`/`</s>`) or "qwen2_vl" (`<|image_pad|>` between
-            `<|vision_start|>` and `<|vision_end|>`, `<|im_end|>` as end of sequence).
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = _QWEN_SPECIALS if family == "qwen2_vl" else _SPECIALS
-    bpe = Tokenizer(models.BPE(unk_token=None if family == "qwen2_vl" else "<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(_CORPUS, trainer=trainer)
-    if family == "qwen2_vl":
-        return PreTrainedTokenizerFast(
-            tokenizer_object=bpe, pad_token="<|endoftext|>", eos_token="<|im_end|>", padding_side="left",
-            extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-        )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"}, padding_side="left",
-    )
+__all__ = ["tiny", "tiny_llava_next", "tiny_qwen2_vl", "tiny_qwen3_vl", "tiny_tokenizer"]
 
 
 def tiny(
@@ -222,7 +180,7 @@ def tiny_qwen2_vl(
     if version not in ("2", "2.5"):
         raise ValueError(f"version must be '2' or '2.5', got {version!r}")
     tok = tiny_tokenizer(family="qwen2_vl")
-    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
     text = dict(
         vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
         num_hidden_layers=text_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
