@@ -46,6 +46,8 @@ class Qwen2VLAdapter:
 
     model_type = "qwen2_vl"
     supports_renumber = False  # 3-D M-RoPE positions cannot be compacted into 1-D ones
+    # no [CLS] and no per-layer records: HiPrune's received attention at two layers is not recorded here
+    vision_ingredients = frozenset({"cls_attn", "vision_keys", "vision_features"})
 
     def __init__(self, model: torch.nn.Module) -> None:
         if not isinstance(model, (Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)):
@@ -120,7 +122,7 @@ class Qwen2VLAdapter:
         return merger.mlp(x)
 
     # ---- vision tower (hook "V") ----------------------------------------------------------------------
-    def vision_hooks(self, sink: dict[str, torch.Tensor]) -> list[Any]:
+    def vision_hooks(self, sink: dict[str, torch.Tensor], names: frozenset[str] = frozenset()) -> list[Any]:
         """Hooks on the last vision block that record, per image, into `sink`: `cls_attn` (n_img, H, N), the
         attention each merged token's patches receive (no [CLS] here: mean over the query patches it shares
         its attention span with, then over the 2×2 group); `vision_keys` (n_img, N, Dv), the group's mean
