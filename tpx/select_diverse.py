@@ -59,20 +59,19 @@ def conditional_dpp(scores: torch.Tensor, n_keep: int, features: torch.Tensor) -
     x = torch.nn.functional.normalize(features.float(), dim=-1)
     r = scores.float()
     kernel = r[:, :, None] * torch.bmm(x, x.transpose(1, 2)) * r[:, None, :]          # (B, N, N)
-    gain = kernel.diagonal(dim1=1, dim2=2).clone()                                     # d_i²
+    gain = kernel.diagonal(dim1=1, dim2=2).clone()                                     # d_i²; kept: −inf
     chol = kernel.new_zeros(b, n_keep, n)                                              # c_t, one row per pick
-    kept = torch.zeros(b, n, dtype=torch.bool, device=x.device)
     rows = torch.arange(b, device=x.device)
-    for i in range(n_keep):  # greedy MAP: one token per step
-        j = gain.masked_fill(kept, float("-inf")).argmax(dim=1)                        # (B,)
-        kept[rows, j] = True
+    for i in range(n_keep):  # greedy MAP: one token per step, no host sync
+        j = gain.argmax(dim=1)                                                         # (B,)
         d2 = gain[rows, j]
-        proj = torch.bmm(chol[rows, :i, j][:, None, :], chol[:, :i])[:, 0]             # Σ_t c_t[j] c_t
-        e = (kernel[rows, j] - proj) / d2.clamp(min=_DEGENERATE).sqrt()[:, None]
-        e = torch.where((d2 > _DEGENERATE)[:, None], e, 0.0)
+        gain[rows, j] = float("-inf")
+        # e = (L_j − Σ_t c_t[j] c_t) / d_j, or 0 when the kept set already spans token j
+        e = torch.baddbmm(kernel[rows, j][:, None, :], chol[rows, :i, j][:, None, :], chol[:, :i], alpha=-1)[:, 0]
+        e = e * torch.where(d2 > _DEGENERATE, d2.clamp(min=_DEGENERATE).rsqrt(), 0.0)[:, None]
         chol[:, i] = e
-        gain = gain - e * e
-    return mask_to_index(kept, n_keep)
+        gain.addcmul_(e, e, value=-1)
+    return mask_to_index(gain == float("-inf"), n_keep)
 
 
 # ---- VisPruner: important tokens + deduplicated diverse tokens ----------------------------------------
@@ -112,8 +111,8 @@ def important_diverse(scores: torch.Tensor, n_keep: int, vision_features: torch.
     x = torch.nn.functional.normalize(vision_features.float(), dim=-1)
     while n_div and rest.shape[1] - n_div > 0:  # rounds of matching; the lengths are known without a sync
         drop = min(8, rest.shape[1] - n_div)
-        tokens = take(x, rest)
-        best = torch.bmm(tokens[:, ::2], tokens[:, 1::2].transpose(1, 2)).amax(dim=2)  # (B, ⌈R/2⌉)
+        a, b = rest[:, ::2], rest[:, 1::2]
+        best = torch.bmm(take(x, a), take(x, b).transpose(1, 2)).amax(dim=2)            # (B, ⌈R/2⌉)
         survivors = best.sort(dim=1, descending=True, stable=True).indices[:, drop:]
         rest = torch.cat([rest[:, ::2].gather(1, survivors), rest[:, 1::2]], dim=1)
     kept = torch.cat([important, rest], dim=1) if n_div else important
@@ -204,14 +203,15 @@ def marginal_relevance(scores: torch.Tensor, n_keep: int, vision_features: torch
     lo, hi = s.amin(dim=1, keepdim=True), s.amax(dim=1, keepdim=True)
     importance = (s - lo) / (hi - lo + 1e-6)
     x = torch.nn.functional.normalize(vision_features.float(), dim=-1)
+    # mmr[j, i] = λ·importance_i − (1 − λ)·cos(i, j); the score of i is its minimum over the kept j, which equals
+    # λ·importance_i − (1 − λ)·max_j cos(i, j) exactly (rounding is monotone), in four ops per step
+    mmr = lam * importance[:, None, :] - (1 - lam) * torch.bmm(x, x.transpose(1, 2))    # (B, N, N)
     rows = torch.arange(b, device=s.device)
     pick = importance.argmax(dim=1)
-    kept = torch.zeros(b, n, dtype=torch.bool, device=s.device)
-    kept[rows, pick] = True
-    nearest = torch.bmm(x, x[rows, pick][:, :, None])[..., 0]                           # max cos to the kept set
-    for _ in range(n_keep - 1):  # greedy steps; no host sync inside
-        mmr = (lam * importance - (1 - lam) * nearest).masked_fill(kept, float("-inf"))
-        pick = mmr.argmax(dim=1)
-        kept[rows, pick] = True
-        nearest = torch.maximum(nearest, torch.bmm(x, x[rows, pick][:, :, None])[..., 0])
-    return mask_to_index(kept, n_keep)
+    score = mmr[rows, pick].clone()
+    score[rows, pick] = float("-inf")
+    for _ in range(n_keep - 1):  # greedy steps; kept tokens hold −inf; no host sync inside
+        pick = score.argmax(dim=1)
+        torch.minimum(score, mmr[rows, pick], out=score)
+        score[rows, pick] = float("-inf")
+    return mask_to_index(score == float("-inf"), n_keep)
