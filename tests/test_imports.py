@@ -13,7 +13,7 @@ from pathlib import Path
 TPX = Path(__file__).resolve().parents[1] / "tpx"
 FLOORS = {
     "tpx.scores": 1, "tpx.select": 1, "tpx.dedup": 1, "tpx.merge": 1, "tpx.schedules": 1, "tpx.metrics": 1,
-    "tpx.layout": 1,
+    "tpx.layout": 1, "tpx.select_diverse": 1,
     "tpx.methods": 2, "tpx.ingredients": 2, "tpx.plan": 2,
     "tpx.engine": 3, "tpx.models": 3, "tpx": 3,
     "tpx.evaluate": 4, "tpx.latency": 4, "tpx.data": 4, "tpx.organism": 4, "tpx.grid": 4, "tpx.ask": 4,

@@ -170,7 +170,7 @@ class Run:
             for i in score:
                 self._handles.append(layers[i].self_attn.register_forward_hook(_MapCapture(self, i)))
         if any(s.reads_vision for s in stages):
-            self._handles.extend(self.adapter.vision_hooks(self._vision))
+            self._handles.extend(self.adapter.vision_hooks(self._vision, _vision_needs(self.plan)))
         decoder_hooks = getattr(self.adapter, "decoder_hooks", None)  # optional: see base.Adapter
         if decoder_hooks is not None:
             self._handles.extend(decoder_hooks(self.current_positions))
@@ -300,7 +300,8 @@ class Run:
             before=p.stash.pop(layer - 1, None), maps=p.stash.pop(("maps", layer - 1), None),
             vision=self._take_vision(hidden.shape[0]) if stage.reads_vision else None, score_layer=layer - 1,
             grid=grids[0] if len(grids) == 1 else None,
-            generator=self._generator(stage, hidden.device) if "generator" in stage.ingredients else None)
+            generator=self._generator(stage, hidden.device) if "generator" in stage.ingredients else None,
+            mask2d=p.mask2d)
         chosen = stage.select(ing.compute(stage.ingredients, ctx), grids)
         if chosen.merged is not None and stage.hook == "V" and chosen.merged.shape[-1] != hidden.shape[-1]:
             chosen = chosen._replace(merged=self.adapter.project(chosen.merged))
@@ -513,7 +514,18 @@ def _plan(model: torch.nn.Module, adapter: Adapter, method: str | Method | Plan 
     if requested.positions == "renumber" and not adapter.supports_renumber:
         raise ValueError(f"positions='renumber' is not supported on {type(model).__name__}: its M-RoPE positions "
                          "are 3-D; use positions='keep'")
+    missing = sorted(_vision_needs(requested) - adapter.vision_ingredients)
+    if missing:
+        names = ", ".join(s.method.name for s in requested.stages if set(missing) & s.ingredients)
+        raise ValueError(f"{names} needs {', '.join(missing)} from the vision tower, which the "
+                         f"{type(adapter).__name__} does not record (it records "
+                         f"{', '.join(sorted(adapter.vision_ingredients))})")
     if requested.attention == "maps" and adapter.decoder.attn_implementation != "eager":
         raise ValueError("attention='maps' reads eager attention maps; load the model with attn_implementation='eager' "
                          f"(it uses {adapter.decoder.attn_implementation!r})")
     return requested.bind(n_layers=adapter.n_layers, layout=layout if layout is not None else adapter.nominal_layout())
+
+
+def _vision_needs(plan: Plan) -> frozenset[str]:
+    """The vision-tower ingredients the plan's stages need (recorded by the adapter's `vision_hooks`)."""
+    return frozenset(n for s in plan.stages for n in s.ingredients if ing.INGREDIENTS[n].reads == "vision")

@@ -19,7 +19,7 @@ import torch
 
 from tpx.select import mask_to_index, take
 
-__all__ = ["INGREDIENTS", "Context", "Ingredient", "compute"]
+__all__ = ["INGREDIENTS", "OBJECT_DEPTH", "VISION", "Context", "Ingredient", "compute"]
 
 Axis = Literal["token", "key"] | None
 Reads = Literal["layer", "before", "vision", "run"]
@@ -60,6 +60,7 @@ class Context:
         score_layer: K−1.
         grid: `(rows, cols)` of the image segment being selected from.
         generator: the run's seeded generator.
+        mask2d: `(B, L)` padding mask of the current sequence (1 = real token), or None without padding.
     """
 
     decoder: Any
@@ -72,6 +73,7 @@ class Context:
     score_layer: int = -1
     grid: tuple[int, int] | None = None
     generator: torch.Generator | None = None
+    mask2d: torch.Tensor | None = None
     _memo: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def once(self, key: str, fn: Callable[[], Any]) -> Any:
@@ -116,10 +118,22 @@ class Context:
                                "stage")
         return self.vision[name]
 
+    def unpadded(self, positions: torch.Tensor) -> torch.Tensor:
+        """`positions` in the current sequence counted from the row's first real token (left padding removed),
+        so a padded row numbers its tokens as the same prompt alone would."""
+        if self.mask2d is None:
+            return positions
+        return positions - (self.mask2d == 0).sum(dim=1, keepdim=True)
+
     def _before(self) -> tuple:
         if self.before is None:
             raise RuntimeError(f"no record of layer {self.score_layer}'s input for this stage")
         return self.before
+
+
+# HiPrune's object layer: layer 9 (1-based) of CLIP ViT-L's 24, its default for LLaVA-1.5 and LLaVA-NeXT; other
+# towers use the layer at the same relative depth (round(9/24 · depth), at least 1, at most the feature layer)
+OBJECT_DEPTH = 9 / 24
 
 
 def _last(ctx: Context) -> torch.Tensor:
@@ -170,6 +184,21 @@ INGREDIENTS: dict[str, Ingredient] = {
     "vision_features": Ingredient(
         "(B, N, Dv) pre-projector patch features", "token", "vision",
         lambda ctx: ctx.recorded("vision_features")),
+    "text_features": Ingredient(
+        "(B, T, D) hidden states of the text tokens entering the pruned layer (hook E: their input embeddings)",
+        None, "layer", lambda ctx: take(ctx.hidden, ctx.text()[0])),
+    "visual_positions": Ingredient(
+        "(B, N) positions of the visual tokens in the current sequence, from the row's first real token", "token",
+        "layer", lambda ctx: ctx.unpadded(ctx.visual)),
+    "text_positions": Ingredient(
+        "(B, T) positions of the text tokens in the current sequence, from the row's first real token", None,
+        "layer", lambda ctx: ctx.unpadded(ctx.text()[0])),
+    "vision_received": Ingredient(
+        "(B, H, N) attention each patch receives at the vision feature layer, mean over every query row ([CLS] "
+        "included)", "key", "vision", lambda ctx: ctx.recorded("vision_received")),
+    "vision_received_object": Ingredient(
+        "(B, H, N) the same at the vision tower's object layer (`OBJECT_DEPTH` of its depth: CLIP-L's layer 9)",
+        "key", "vision", lambda ctx: ctx.recorded("vision_received_object")),
     "grid": Ingredient(
         "(rows, cols) of the image segment being selected from (a selector that takes it selects per segment)",
         None, "layer", lambda ctx: ctx.grid),
@@ -177,6 +206,10 @@ INGREDIENTS: dict[str, Ingredient] = {
         "torch.Generator seeded once per run, on the model's device (only for seeded methods)", None, "run",
         lambda ctx: ctx.generator),
 }
+
+
+# what hook "V" reads from the vision tower; every adapter records the first three (`Adapter.vision_ingredients`)
+VISION = ("cls_attn", "vision_keys", "vision_features", "vision_received", "vision_received_object")
 
 
 def compute(names: set[str] | frozenset[str], ctx: Context) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from conftest import llava_next_inputs, make_inputs, qwen2_vl_inputs, qwen3_vl_i
 from reference import check_mask_reference, check_retention_one
 
 import tpx
+from tpx.engine import reachable
 from tpx.models import adapter_for, tiny, tiny_llava_next, tiny_qwen2_vl, tiny_qwen3_vl
 
 N_NEW = 3
@@ -33,8 +34,11 @@ FAMILIES = {
 }
 EVERY_FAMILY = ("llava_next", "qwen2_vl", "qwen3_vl")  # every method × hook; the rest on a few
 EVERY = [(name, hook) for name in tpx.list_methods() for hook in tpx.get_method(name).hooks]
+# methods a family's adapter cannot feed: refused on entering tpx.pruning (test_refused_on_entry), not run
+REFUSED = {(f, "hiprune"): "vision_received, vision_received_object from the vision tower"
+           for f in ("qwen2_vl", "qwen3_vl")}
 SOME = [("fastv", "L"), ("pooling", "E"), ("fastervlm", "V")]
-MASKED = ([(f, "sdpa", n, h) for f in EVERY_FAMILY for n, h in EVERY]
+MASKED = ([(f, "sdpa", n, h) for f in EVERY_FAMILY for n, h in EVERY if (f, n) not in REFUSED]
           + [(f, "eager", n, h) for f in EVERY_FAMILY for n, h in SOME[:2]]
           + [("qwen2_5_vl", "eager", n, h) for n, h in SOME])
 EXACT = ([(f, a, 2, n, h) for f, a, n, h in MASKED]
@@ -67,6 +71,16 @@ def test_matches_mask_reference(built, family, attn, name, hook):
     model, processor = built(family, attn)
     inputs = FAMILIES[family][1](processor, 2, seed=10)
     check_mask_reference(model, inputs, name, hook, RETENTION.get(name, 0.25), N_NEW, positions=FAMILIES[family][2])
+
+
+@pytest.mark.parametrize(("family", "name"), sorted(REFUSED), ids=["-".join(c) for c in sorted(REFUSED)])
+def test_refused_on_entry(built, family, name):
+    model, _ = built(family, "sdpa")
+    with pytest.raises(ValueError, match=f"{name} needs {REFUSED[family, name]}"):
+        with tpx.pruning(model, name, retention=0.25):
+            pytest.fail("entered the with block")
+    assert not len(model._forward_pre_hooks)
+    assert reachable(model, name, 0.25).startswith(f"{name} needs")
 
 
 ROWS = [("llava", 1), ("llava", 2), ("llava_next", 2), ("qwen2_vl", 1), ("qwen2_vl", 2), ("qwen2_5_vl", 2)]

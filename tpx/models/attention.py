@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
-__all__ = ["attention_keys", "attention_rows", "attention_values", "cls_attention"]
+__all__ = ["attention_keys", "attention_rows", "attention_values", "cls_attention", "received_attention"]
 
 
 def attention_rows(
@@ -114,3 +114,25 @@ def cls_attention(layer: torch.nn.Module, hidden_in: torch.Tensor) -> tuple[torc
     k = k_flat.view(b, t, -1, attn.head_dim).transpose(1, 2)                     # (B, H, T, hd)
     probs = (torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale).softmax(dim=-1)
     return probs[:, :, 0, 1:], k_flat[:, 1:]
+
+
+def received_attention(layer: torch.nn.Module, hidden_in: torch.Tensor) -> torch.Tensor:
+    """The attention each patch receives in a CLIP-style vision encoder layer, averaged over every query row.
+
+    HiPrune's "global attention": softmax(q·kᵀ·scale) of the layer (no mask: CLIP's tower attends
+    bidirectionally), averaged over all 1 + N query rows, [CLS] included, read at the N patch keys.
+
+    Args:
+        layer: a CLIP encoder layer (`layer_norm1`, `self_attn.{q,k}_proj`, `head_dim`, `scale`).
+        hidden_in: `(B, 1 + N, Dv)` hidden states entering the layer, [CLS] first.
+
+    Returns:
+        `(B, H, N)` float32 mean attention received by each patch, per head.
+    """
+    attn = layer.self_attn
+    x = layer.layer_norm1(hidden_in)
+    b, t, _ = x.shape
+    q = attn.q_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)             # (B, H, T, hd)
+    k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    probs = (torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale).softmax(dim=-1)
+    return probs.mean(dim=2)[:, :, 1:]

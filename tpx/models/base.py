@@ -65,6 +65,8 @@ class Adapter(Protocol):
         model: the Hugging Face model. decoder: its `Decoder`.
         image_token_id: the image placeholder id in `input_ids`.
         supports_renumber: whether 1-D position ids can be compacted (False for 3-D M-RoPE).
+        vision_ingredients: the hook-"V" ingredients (`tpx.ingredients.VISION`) `vision_hooks` can record; a plan
+            needing another one is refused on entering `tpx.pruning`.
         layers, n_layers, text_model: the decoder's, for callers that need the modules.
 
     Optional: `decoder_hooks(positions) -> handles` for a language model that adds per-token inputs between its
@@ -78,6 +80,7 @@ class Adapter(Protocol):
     decoder: Decoder
     image_token_id: int
     supports_renumber: bool
+    vision_ingredients: frozenset[str]
     layers: Any
     n_layers: int
     text_model: torch.nn.Module
@@ -96,8 +99,10 @@ class Adapter(Protocol):
     def project(self, vision_features: torch.Tensor) -> torch.Tensor:
         """Map pre-projector vision features `(B, N, Dv)` into the LLM's embedding space."""
 
-    def vision_hooks(self, sink: dict[str, Any]) -> list[Any]:
-        """Hooks on the vision tower that record what hook-"V" ingredients need into `sink`; returns handles."""
+    def vision_hooks(self, sink: dict[str, Any], names: frozenset[str] = frozenset()) -> list[Any]:
+        """Hooks on the vision tower that record what hook-"V" ingredients need into `sink` (`names`: those the
+        plan needs beyond `cls_attn`, `vision_keys`, `vision_features`, which are always recorded); returns
+        handles."""
 
     def vision_records(self, sink: dict[str, Any], layout: Layout) -> dict[str, torch.Tensor]:
         """`cls_attn` (B, H, N), `vision_keys` (B, N, Dv), `vision_features` (B, N, Dv') per batch row, in layout

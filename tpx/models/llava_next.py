@@ -24,9 +24,11 @@ from transformers.models.llava_next.modeling_llava_next import get_anyres_image_
 from tpx.layout import Layout
 from tpx.models.base import image_positions
 from tpx.models.decoder import LlamaDecoder
-from tpx.models.llava import clip_feature_hooks
+from tpx.models.llava import CLIP_RECORDS, clip_feature_hooks
 
 __all__ = ["LlavaNextAdapter"]
+
+_HEADS_FIRST = frozenset({"cls_attn", "vision_received", "vision_received_object"})  # (crops, H, N) records
 
 
 class LlavaNextAdapter:
@@ -41,6 +43,7 @@ class LlavaNextAdapter:
 
     model_type = "llava_next"
     supports_renumber = True
+    vision_ingredients = CLIP_RECORDS
 
     def __init__(self, model: torch.nn.Module) -> None:
         if not isinstance(model, LlavaNextForConditionalGeneration):
@@ -169,14 +172,15 @@ class LlavaNextAdapter:
         return image_positions(input_ids, self.image_token_id)
 
     # ---- vision tower (hook "V") ----------------------------------------------------------------------
-    def vision_hooks(self, sink: dict[str, Any]) -> list[Any]:
+    def vision_hooks(self, sink: dict[str, Any], names: frozenset[str] = frozenset()) -> list[Any]:
         """Hooks on the vision tower's feature layer that record, per crop, into `sink`: `cls_attn`
-        (crops, H, side²), `vision_keys` and `vision_features` (crops, side², Dv); `vision_records` stitches them.
+        (crops, H, side²), `vision_keys` and `vision_features` (crops, side², Dv), and the received attention
+        `names` asks for (`clip_feature_hooks`); `vision_records` stitches them.
 
         Raises:
             ValueError: for a multi-layer feature selection or the "full" strategy.
         """
-        return clip_feature_hooks(self.model, sink.update)
+        return clip_feature_hooks(self.model, sink.update, names)
 
     def vision_records(self, sink: dict[str, Any], layout: Layout) -> dict[str, torch.Tensor]:
         """Per-crop records stitched per batch row in layout order: `cls_attn` (B, H, N), `vision_keys` and
@@ -186,8 +190,7 @@ class LlavaNextAdapter:
         canvas are stitched and unpadded exactly as the model packs its features.
         """
         images, per_row = layout.source
-        per_crop = {k: sink[k] for k in ("cls_attn", "vision_keys", "vision_features")}
-        per_crop["cls_attn"] = per_crop["cls_attn"].transpose(1, 2)  # (crops, N, H): token axis second
+        per_crop = {k: sink[k].transpose(1, 2) if k in _HEADS_FIRST else sink[k] for k in CLIP_RECORDS if k in sink}
         canvases = self._match_canvases(images, per_row, per_crop["vision_features"].shape[0])
         out: dict[str, list[torch.Tensor]] = {k: [] for k in per_crop}
         crop = 0
@@ -206,7 +209,7 @@ class LlavaNextAdapter:
         records = {}
         for name, parts in out.items():
             rows_of_batch = torch.stack([torch.cat(c) for c in _chunks(parts, per_row)])  # images of a row in order
-            records[name] = rows_of_batch.transpose(1, 2) if name == "cls_attn" else rows_of_batch
+            records[name] = rows_of_batch.transpose(1, 2) if name in _HEADS_FIRST else rows_of_batch
         return records
 
     def _match_canvases(self, images: list, per_row: int, n_seen: int) -> list[tuple[int, int]]:

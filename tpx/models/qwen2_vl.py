@@ -48,6 +48,8 @@ class Qwen2VLAdapter:
 
     model_type = "qwen2_vl"
     supports_renumber = False  # 3-D M-RoPE positions cannot be compacted into 1-D ones
+    # no [CLS] and no per-layer records: HiPrune's received attention at two layers is not recorded here
+    vision_ingredients = frozenset({"cls_attn", "vision_keys", "vision_features"})
 
     def __init__(self, model: torch.nn.Module) -> None:
         if not isinstance(model, (Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)):
@@ -79,7 +81,7 @@ class Qwen2VLAdapter:
         return merger.mlp(x)
 
     # ---- vision tower (hook "V") ----------------------------------------------------------------------
-    def vision_hooks(self, sink: dict[str, torch.Tensor]) -> list[Any]:
+    def vision_hooks(self, sink: dict[str, torch.Tensor], names: frozenset[str] = frozenset()) -> list[Any]:
         """Hooks on the last vision block that record per merged token into `sink` (see `merged_vision_hooks`)."""
         return merged_vision_hooks(self.model.model.visual, self.merge, sink)
 

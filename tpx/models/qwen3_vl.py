@@ -53,6 +53,8 @@ class Qwen3VLAdapter:
 
     model_type = "qwen3_vl"
     supports_renumber = False  # 3-D M-RoPE positions cannot be compacted into 1-D ones
+    # no [CLS] and no per-layer records (as Qwen2-VL): HiPrune's received attention at two layers is not recorded
+    vision_ingredients = frozenset({"cls_attn", "vision_keys", "vision_features"})
 
     def __init__(self, model: torch.nn.Module) -> None:
         if not isinstance(model, Qwen3VLForConditionalGeneration):
@@ -91,7 +93,7 @@ class Qwen3VLAdapter:
             x = merger.norm(vision_features.unflatten(-1, (self.merge * self.merge, -1))).flatten(-2)
         return merger.linear_fc2(merger.act_fn(merger.linear_fc1(x)))
 
-    def vision_hooks(self, sink: dict[str, torch.Tensor]) -> list[Any]:
+    def vision_hooks(self, sink: dict[str, torch.Tensor], names: frozenset[str] = frozenset()) -> list[Any]:
         """Hooks on the last vision block that record per merged token into `sink`: the attention its patches
         receive (no [CLS] here), their mean key and their outputs (see `qwen2_vl.merged_vision_hooks`)."""
         return merged_vision_hooks(self.model.model.visual, self.merge, sink)
