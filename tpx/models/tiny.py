@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["tiny", "tiny_llava_next", "tiny_qwen2_vl", "tiny_tokenizer"]
+__all__ = ["tiny", "tiny_gemma3", "tiny_llava_next", "tiny_qwen2_vl", "tiny_tokenizer"]
 
 _CORPUS = [
     "USER: What is shown in the image? ASSISTANT: A person standing in front of a flag.",
@@ -284,3 +284,6 @@ def _clip_llama(tok: Any, image_size: int, patch_size: int, vision_hidden: int, 
         eos_token_id=tok.eos_token_id,
     )
     return vision, text
+
+
+from tpx.models.tiny_gemma3 import tiny_gemma3  # noqa: E402  (Gemma 3 lives in its own module)
