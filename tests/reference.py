@@ -205,7 +205,8 @@ def check_retention_one(model, inputs, method, hook: str, n_new: int):
     return run
 
 
-def check_mask_reference(model, inputs, method, hook: str, retention: float, n_new: int, positions: bool = True):
+def check_mask_reference(model, inputs, method, hook: str, retention: float, n_new: int, positions: bool = True,
+                         atol: float = 1e-5):
     """Oracle 2: the pruned model equals the unpruned one with the dropped positions masked (merged tokens
     substituted) — logits ≤ 1e-5 and the same greedy tokens, prefill and every decode step.
 
@@ -213,6 +214,8 @@ def check_mask_reference(model, inputs, method, hook: str, retention: float, n_n
         method: a `Method` (its selector is spied on to read the merged tokens) or a registry name.
         positions: 1-D RoPE: give the forward the position ids `generate()` uses, so both prefills see the same
             inputs (key norms depend on them); False for M-RoPE models, which derive them from the inputs.
+        atol: logit tolerance; 1e-5 for tiny random models, more for a trained model whose float32 noise between
+            two exact kernels (SDPA vs eager) is larger (the deep organism: 3.7e-5 at logits up to 32).
 
     Returns:
         The run of the pruned forward.
@@ -247,8 +250,8 @@ def check_mask_reference(model, inputs, method, hook: str, retention: float, n_n
     assert logits.shape[1] == inputs["input_ids"].shape[1] - entry.n_visual + entry.n_keep
     ref_logits = full.gather(1, kept[..., None].expand(-1, -1, full.shape[-1]))
     real = inputs["attention_mask"].gather(1, kept).bool()
-    torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits[real], ref_logits[real], atol=atol, rtol=0)
     assert torch.equal(tokens, ref_tokens)
     for a, b in zip(steps, ref_steps, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a, b, atol=atol, rtol=0)
     return run

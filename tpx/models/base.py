@@ -18,14 +18,16 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from tpx.layout import Layout
+from tpx.models.decoder import LlamaDecoder
+from tpx.models.gemma3_text import Gemma3Decoder
 
-__all__ = ["Adapter", "Decoder", "Layout", "image_positions"]
+__all__ = ["Adapter", "Decoder", "Layout", "decoder_for", "image_positions"]
 
 
 @runtime_checkable
 class Decoder(Protocol):
     """The language model of an MLLM, as the engine uses it (`decoder.LlamaDecoder` serves every Llama-family
-    decoder, `gemma3_text.Gemma3Decoder` Gemma 3; `decoder.decoder_for` picks one)."""
+    decoder, `gemma3_text.Gemma3Decoder` Gemma 3; `decoder_for` picks one)."""
 
     text_model: torch.nn.Module
     layers: Any
@@ -123,3 +125,11 @@ def image_positions(input_ids: torch.Tensor, image_token_id: int) -> torch.Tenso
     if not bool((counts == counts[0]).all()):
         raise ValueError(f"every batch row must hold the same number of image tokens, got {counts.tolist()}")
     return is_image.nonzero()[:, 1].view(input_ids.shape[0], -1)
+
+
+def decoder_for(text_model: torch.nn.Module) -> Decoder:
+    """The engine's view of an MLLM's language model: `Gemma3Decoder` for a Gemma 3 text model (the deep
+    organism's, inside LLaVA), else `LlamaDecoder` (Llama, Mistral, Qwen2 text models)."""
+    if getattr(text_model.config, "model_type", None) == "gemma3_text":
+        return Gemma3Decoder(text_model)
+    return LlamaDecoder(text_model)

@@ -3,7 +3,7 @@
 One `LlamaDecoder` answers the engine's questions about the language model: attention rows recomputed for a
 few query positions, keys and values (from the layer's own cache when it holds them), the final norm, rotary
 embeddings for explicit positions, the causal (or sliding-window) mask of a layer sized from its own cache,
-and which cache class pruning can use. Adapters hold one (`decoder_for` picks the class for a text model:
+and which cache class pruning can use. Adapters hold one (`base.decoder_for` picks the class for a text model:
 Gemma 3's lives in `gemma3_text`); nothing here knows about images.
 """
 
@@ -17,17 +17,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 
 from tpx.models.attention import attention_keys, attention_rows, attention_values
 
-__all__ = ["LlamaDecoder", "cached", "check_cache", "decoder_for"]
-
-
-def decoder_for(text_model: torch.nn.Module) -> Any:
-    """The engine's view of an MLLM's language model: `Gemma3Decoder` for Gemma 3 text models, else
-    `LlamaDecoder` (Llama, Mistral, Qwen2 text models)."""
-    if getattr(text_model.config, "model_type", None) == "gemma3_text":
-        from tpx.models.gemma3_text import Gemma3Decoder
-
-        return Gemma3Decoder(text_model)
-    return LlamaDecoder(text_model)
+__all__ = ["LlamaDecoder", "cached", "check_cache"]
 
 
 def check_cache(cache: object) -> None:

@@ -16,8 +16,7 @@ from transformers import LlavaForConditionalGeneration
 
 from tpx.layout import Layout
 from tpx.models.attention import cls_attention
-from tpx.models.base import image_positions
-from tpx.models.decoder import decoder_for
+from tpx.models.base import decoder_for, image_positions
 
 __all__ = ["Layout", "LlavaAdapter", "clip_feature_hooks"]
 
