@@ -15,12 +15,14 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_inputs, random_array_image
-from reference import check_mask_reference, check_retention_one, greedy
+from reference import MaskReference, check_mask_reference, check_retention_one, greedy, image_blocks, \
+    reference_stages, spy
 
 import tpx
 from tpx.methods import variant
 from tpx.models import adapter_for, tiny_gemma3
 from tpx.models.gemma3_text import Gemma3Decoder
+from tpx.models.tiny_gemma3 import GEMMA3_4B, gemma3_4b_geometry
 
 N_NEW = 3
 QUESTIONS = ["<start_of_image> What is shown in the image?",
@@ -266,3 +268,67 @@ def test_load_tiny_gemma3(one_thread):
     with torch.no_grad(), tpx.pruning(model, "fastv", retention=0.25, layer=2) as run:
         tokens, _ = greedy(model, inputs, 2)
     assert run.trace[0].grid == (6, 6) and run.trace[0].n_keep == 9 and tokens.shape == (1, 2)
+
+
+# ---- real-size geometry: google/gemma-3-4b-it's widths and processor, a real photo, 1 SigLIP + 2 text layers ----
+
+@pytest.fixture(scope="module")
+def real(one_thread):
+    """The 4B geometry in eager attention, the Grace Hopper photo through the 896-pixel processor, and its image
+    features computed once (every forward below reuses them: `mm_encoder_outputs`)."""
+    from tpx.data import sample_picture
+
+    model, processor = gemma3_4b_geometry(attn_implementation="eager", seed=2)
+    inputs = dict(processor(images=[[sample_picture()]], text=["<start_of_image> Describe this image in detail."],
+                            return_tensors="pt"))
+    pixels = inputs.pop("pixel_values")
+    with torch.no_grad():
+        inputs["mm_encoder_outputs"] = {"image": model.model.get_image_features(pixel_values=pixels)}
+    return model, processor, inputs, pixels
+
+
+def _masked_run(model, inputs, method, hook, retention, **kw):
+    """A pruned forward and the unpruned forward with the reference masks of its stages (tests/reference.py)."""
+    outputs: list = []
+    spied = tpx.methods.variant(method, method, selector=spy(tpx.get_method(method).selector, outputs))
+    with tpx.pruning(model, spied, retention=retention, hook=hook, **kw) as run:
+        pruned = model(**inputs).logits
+    stages = reference_stages(run, outputs, tpx.models.layout(model, inputs).positions)
+    ref = MaskReference(model, stages, inputs["input_ids"].shape[1], blocks=image_blocks(inputs["token_type_ids"]))
+    try:
+        full = model(**inputs).logits
+    finally:
+        ref.remove()
+    return run, pruned, full.gather(1, run.kept_positions[..., None].expand(-1, -1, full.shape[-1]))
+
+
+def test_real_size_geometry_and_oracles(real):
+    model, processor, inputs, pixels = real
+    tokens = GEMMA3_4B["mm_tokens_per_image"]
+    assert pixels.shape == (1, 3, 896, 896) and processor.image_seq_length == tokens
+    assert inputs["mm_encoder_outputs"]["image"].last_hidden_state.shape == (1, 64 * 64, 1152)  # 896 / 14 = 64
+    layout = tpx.models.layout(model, inputs)
+    assert layout.grids == ((16, 16),) and int(inputs["token_type_ids"].sum()) == tokens and layout.bidirectional
+    seen, handles = _layer_inputs(model)
+    try:
+        with torch.no_grad():
+            out = model(**inputs, output_attentions=True, output_hidden_states=True)
+    finally:
+        for h in handles:
+            h.remove()
+    decoder, length = adapter_for(model).decoder, inputs["input_ids"].shape[1]
+    image = layout.positions[0]
+    rows = torch.tensor([[length - 1, image[0], image[137], image[-1], length - 5]])
+    for i in range(decoder.n_layers):  # 3. rows = eager maps (a sliding layer, then a global one)
+        got = decoder.attention_rows(i, out.hidden_states[i], seen[i][0], rows, inputs["attention_mask"],
+                                     mask=seen[i][1])
+        want = out.attentions[i][:, :, rows[0]]
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        with tpx.pruning(model, "fastv", retention=1.0, layer=1) as run:  # 1. retention 1.0 is bit-exact
+            assert torch.equal(model(**inputs).logits, out.logits)
+        assert run.trace[0].grid == (16, 16) and run.trace[0].n_keep == tokens
+        for method, hook, kw in (("fastv", "L", {"layer": 1}), ("pooling", "E", {})):  # 2. mask reference
+            run, pruned, want = _masked_run(model, inputs, method, hook, 0.25, **kw)
+            assert run.trace[0].grid == (16, 16) and run.trace[0].n_keep == 64
+            torch.testing.assert_close(pruned, want, atol=1e-5, rtol=0)

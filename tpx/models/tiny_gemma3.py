@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 
-__all__ = ["GEMMA3_4B", "gemma3_config", "gemma3_processor", "gemma3_tokenizer", "tiny_gemma3"]
+__all__ = ["GEMMA3_4B", "gemma3_4b_geometry", "gemma3_config", "gemma3_processor", "gemma3_tokenizer",
+           "tiny_gemma3"]
 
 _BOI, _EOI, _SOFT = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
 _SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", _BOI, _EOI, _SOFT]
@@ -143,3 +144,32 @@ def tiny_gemma3(
                   num_attention_heads=4, image_size=image_size, patch_size=patch_size, vision_use_head=False)
     model = build(gemma3_config(tok, text, vision, tokens_per_image), attn_implementation, seed)
     return model, gemma3_processor(tok, image_size, tokens_per_image)
+
+
+def gemma3_4b_geometry(
+    *,
+    text_layers: int = 2,
+    vision_layers: int = 1,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+) -> tuple[Any, Any]:
+    """google/gemma-3-4b-it's geometry with random weights and few layers, and its processor settings, offline.
+
+    The published widths (`GEMMA3_4B`: SigLIP 1152 wide at 896 px in 14-pixel patches, a 64×64 patch grid pooled
+    4×4 to 256 tokens; text 2560 wide, 8 query and 4 key/value heads of 256, window 1024, local base 10 000,
+    global base 1 000 000 with linear scaling ×8), but `text_layers` text layers alternating sliding and global
+    (the released model has 5 sliding per global) and `vision_layers` SigLIP layers, and the tiny tokenizer's
+    vocabulary instead of 262 208 words. For real-size geometry tests: processor, grids and oracles at the
+    checkpoint's sizes in a few seconds of CPU.
+
+    Returns:
+        `(model, processor)`, model in eval mode.
+    """
+    tok = gemma3_tokenizer()
+    text = {k: v for k, v in GEMMA3_4B["text"].items() if k not in ("num_hidden_layers", "sliding_window_pattern")}
+    text.update(num_hidden_layers=text_layers,
+                layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(text_layers)])
+    vision = dict(GEMMA3_4B["vision"], num_hidden_layers=vision_layers)
+    config = gemma3_config(tok, text, vision, GEMMA3_4B["mm_tokens_per_image"])
+    model = build(config, attn_implementation, seed)
+    return model, gemma3_processor(tok, GEMMA3_4B["image"]["size"], GEMMA3_4B["mm_tokens_per_image"])
