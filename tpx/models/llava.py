@@ -2,7 +2,8 @@
 
 The adapter answers every transformers-specific question the engine has about this family — where the image
 tokens are and how they lay out on a grid, what the CLIP tower's [CLS] attends to, how the projector maps
-features — and holds a `LlamaDecoder` for the language model. It holds no pruning logic.
+features — and holds a decoder for the language model (`LlamaDecoder`, or `Gemma3Decoder` for a Gemma 3 text model
+as in the deep organism). It holds no pruning logic.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from transformers import LlavaForConditionalGeneration
 from tpx.ingredients import OBJECT_DEPTH
 from tpx.layout import Layout
 from tpx.models.attention import cls_attention, received_attention
-from tpx.models.base import image_positions
-from tpx.models.decoder import LlamaDecoder
+from tpx.models.base import decoder_for, image_positions
 
 __all__ = ["CLIP_RECORDS", "Layout", "LlavaAdapter", "clip_feature_hooks"]
 
@@ -29,7 +29,7 @@ class LlavaAdapter:
     """Engine-facing view of a Hugging Face `LlavaForConditionalGeneration` (satisfies `base.Adapter`).
 
     Args:
-        model: the model; its language model must be a Llama-family decoder.
+        model: the model; its language model a Llama-family or Gemma 3 decoder.
 
     Raises:
         TypeError: if `model` is not a `LlavaForConditionalGeneration`.
@@ -43,7 +43,7 @@ class LlavaAdapter:
         if not isinstance(model, LlavaForConditionalGeneration):
             raise TypeError(f"LlavaAdapter needs a LlavaForConditionalGeneration, got {type(model).__name__}")
         self.model = model
-        self.decoder = LlamaDecoder(model.model.language_model)
+        self.decoder = decoder_for(model.model.language_model)
         self.text_model, self.layers, self.n_layers = self.decoder.text_model, self.decoder.layers, self.decoder.n_layers
         self.image_token_id = int(model.config.image_token_id)
         vc = model.config.vision_config

@@ -14,7 +14,7 @@ import torch
 from tpx.models.tiny_qwen3_vl import tiny_qwen3_vl
 from tpx.models.tiny_vocab import QWEN_SPECIALS, tiny_tokenizer
 
-__all__ = ["tiny", "tiny_llava_next", "tiny_qwen2_vl", "tiny_qwen3_vl", "tiny_tokenizer"]
+__all__ = ["tiny", "tiny_gemma3", "tiny_llava_next", "tiny_qwen2_vl", "tiny_qwen3_vl", "tiny_tokenizer"]
 
 
 def tiny(
@@ -242,3 +242,6 @@ def _clip_llama(tok: Any, image_size: int, patch_size: int, vision_hidden: int, 
         eos_token_id=tok.eos_token_id,
     )
     return vision, text
+
+
+from tpx.models.tiny_gemma3 import tiny_gemma3  # noqa: E402  (Gemma 3 lives in its own module)
