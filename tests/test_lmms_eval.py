@@ -162,10 +162,14 @@ def test_bad_model_args_fail_on_construction_naming_the_argument(args, message):
 
 
 def test_model_args_are_read_as_literals():
-    lm = TpxModel.create_from_arg_string("pretrained=organism,method=pdrop,retention=0.25,layers=[1,2,3],"
-                                         "ratios=(0.5,0.25,0.125)", {"batch_size": "2"})
+    # lmms-eval splits model_args at commas outside [] and {} (not ()), and hands --batch_size over as a string
+    lm = TpxModel.create_from_arg_string("pretrained=organism,method=pdrop,retention=0.5,layers=[1,2,3],"
+                                         "ratios=[0.5,0.25,0.125]", {"batch_size": "2"})
     assert lm.method == "pdrop" and lm.batch_size == 2
-    assert lm.pruning == {"retention": 0.25, "layers": [1, 2, 3], "ratios": (0.5, 0.25, 0.125)}
+    assert lm.pruning == {"retention": 0.5, "layers": [1, 2, 3], "ratios": [0.5, 0.25, 0.125]}
+    lm = TpxModel.create_from_arg_string("pretrained=organism,method=dart,retention=0.25,pivot=random,"
+                                         "exact_budget=False", {})
+    assert lm.pruning == {"retention": 0.25, "pivot": "random", "exact_budget": False}
 
 
 def test_write_task_refuses_samples_without_one_image(samples, tmp_path):

@@ -18,6 +18,7 @@ This module imports lmms-eval (`pip install -e ".[lmms]"`); nothing else in tpx 
 from __future__ import annotations
 
 import ast
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -245,7 +246,7 @@ class TpxModel(lmms):
                 if ids.shape[1] > 1:
                     mask = prompt["attention_mask"].new_ones(1, prompt["input_ids"].shape[1] + ids.shape[1] - 1)
                     rest = self.model(input_ids=ids[:, :-1], attention_mask=mask,
-                                      past_key_values=first.past_key_values, use_cache=True)
+                                      cache=first.cache, use_cache=True)
                     logits = torch.cat([logits, rest.logits], dim=1)
             logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[..., None])[..., 0]
             out.append((float(-logp.mean()), bool((logits.argmax(-1) == ids).all())))
