@@ -103,16 +103,32 @@ def test_pruning_changes_answers_through_lmms_eval(samples, organism):
     assert answers[None] != answers["fastv"]
 
 
-def _requests(samples, kind="generate_until", continuation=None):
+def _requests(samples, kind="generate_until", continuation=None, gen=None, images=True):
     def visual(doc):
-        return [doc["s"].image]
+        return [doc["s"].image] if images else []
 
     if kind == "generate_until":
-        args = [(s.prompt, {"max_new_tokens": 8}, visual, i, "t", "test") for i, s in enumerate(samples)]
+        args = [(s.prompt, dict(gen or {"max_new_tokens": 8}), visual, i, "t", "test") for i, s in enumerate(samples)]
     else:
         args = [(s.prompt, continuation[i], visual, i, "t", "test") for i, s in enumerate(samples)]
     return [Instance(request_type=kind, arguments=a, idx=0, metadata={"task": "t", "doc_id": a[3], "repeats": 1})
             for a in args]
+
+
+def test_until_text_only_requests_and_beams(samples):
+    """`until` cuts the answer at the first stop string; a request without an image is answered by the unpruned
+    model (nothing to prune); beam search is refused by name."""
+    some = [s for s in samples if s.task == "locate"]  # answers "r<row> c<col>"
+    docs = {"t": {"test": [{"s": s} for s in some]}}
+    pruned, full = TpxModel("organism", "fastv", 0.02, layer=1), TpxModel("organism")
+    pruned.task_dict = full.task_dict = docs
+    whole = full.generate_until(_requests(some))
+    cut = full.generate_until(_requests(some, gen={"max_new_tokens": 8, "until": [" c"]}))
+    assert all(" c" in w for w in whole) and cut == [w.split(" c")[0] for w in whole]
+    blind = _requests(some, images=False)
+    assert pruned.generate_until(blind) == full.generate_until(blind)
+    with pytest.raises(ValueError, match="num_beams"):
+        pruned.generate_until(_requests(some, gen={"num_beams": 2}))
 
 
 @pytest.mark.parametrize("method, kwargs", [(None, {}), ("fastv", {"retention": 0.25, "layer": 2}),

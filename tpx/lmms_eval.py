@@ -127,20 +127,20 @@ class TpxModel(lmms):
         self._rank, self._world_size = state.process_index, state.num_processes
         self.threads = torch_threads.apply(self.model, threads, processes=state.num_processes)
         self.pretrained = str(pretrained)
+        self._ignored: set[str] = set()  # generation kwargs already warned about
 
     # ---- requests --------------------------------------------------------------------------------------
 
-    def _batches(self, requests: Sequence[Instance], key: Any) -> list[list[tuple[int, tuple]]]:
-        """Request indices with their args, grouped by `key(args)` and task, in document order, `batch_size`
-        at a time."""
+    def _batches(self, requests: Sequence[Instance]) -> list[list[tuple[int, tuple]]]:
+        """`generate_until` requests as (index, args), grouped by task, split and generation kwargs, in
+        document order, `batch_size` at a time."""
         groups: dict[str, list[tuple[int, tuple]]] = {}
         for i, request in enumerate(requests):
-            args = request.args
-            groups.setdefault(json.dumps([args[-2], args[-1], key(args)], sort_keys=True, default=str), []).append(
-                (i, args))
+            context, gen, doc_to_visual, doc_id, task, split = request.args
+            groups.setdefault(json.dumps([task, split, gen], sort_keys=True, default=str), []).append((i, request.args))
         out = []
         for group in groups.values():
-            group.sort(key=lambda item: item[1][-3])  # doc_id
+            group.sort(key=lambda item: item[1][3])  # doc_id
             out += [group[i:i + self.batch_size] for i in range(0, len(group), self.batch_size)]
         return out
 
@@ -185,7 +185,7 @@ class TpxModel(lmms):
         from tqdm.auto import tqdm
 
         answers: list[str] = [""] * len(requests)
-        batches = self._batches(requests, key=lambda args: args[1])
+        batches = self._batches(requests)
         for batch in tqdm(batches, desc="tpx lmms-eval batches", disable=self.rank != 0):
             samples = [self._sample(args[0], *args[2:]) for _, args in batch]
             gen = dict(batch[0][1][1] or {})
@@ -198,9 +198,10 @@ class TpxModel(lmms):
     def _generate(self, samples: list[Sample], gen: dict[str, Any]) -> list[str]:
         from tpx.evaluate import model_inputs
 
-        ignored = sorted(set(gen) - set(GENERATION_KEYS))
+        ignored = sorted(set(gen) - set(GENERATION_KEYS) - self._ignored)
         if ignored:
             log.warning("tpx lmms-eval model ignores generation kwargs %s", ignored)
+            self._ignored.update(ignored)
         if int(gen.get("num_beams", 1) or 1) != 1:
             raise ValueError(f"num_beams must be 1 (greedy or sampling), got {gen['num_beams']!r}")
         until = gen.get("until") or []
