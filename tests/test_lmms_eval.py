@@ -188,6 +188,26 @@ def test_model_args_are_read_as_literals():
     assert lm.pruning == {"retention": 0.25, "pivot": "random", "exact_budget": False}
 
 
+def test_written_rows_score_as_tpx_scores_them(samples, task):
+    """Rows read back from the parquet file give the image and prompt of their sample, and `process_results`
+    scores an answer as `tpx.scoring.score` does, also on a row without its image column (lmms-eval drops media
+    columns before scoring unless samples are logged)."""
+    import datasets
+    import numpy as np
+
+    from tpx.lmms_eval import doc_to_text, doc_to_visual, process_results
+    from tpx.scoring import score
+
+    rows = datasets.load_dataset("parquet", data_files=str(task / "tpx_organism_test.parquet"), split="train",
+                                 cache_dir=str(task / "cache"))
+    assert len(rows) == len(samples)
+    for row, s in zip(rows, samples):
+        assert doc_to_text(row) == s.prompt and np.array_equal(np.asarray(doc_to_visual(row)[0]), np.asarray(s.image))
+        bare = {k: v for k, v in row.items() if k != "image"}
+        for answer in (s.answer, "r0 c0", "no"):
+            assert process_results(bare, [f" {answer} "]) == {"score": score(s, answer), f"score_{s.task}": score(s, answer)}
+
+
 def test_write_task_refuses_samples_without_one_image(samples, tmp_path):
     bad = samples[0].__class__(**{**samples[0].__dict__, "image": None})
     with pytest.raises(ValueError, match="exactly one image"):

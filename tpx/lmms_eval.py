@@ -344,8 +344,9 @@ def write_task(samples: Sequence[Sample], folder: str | Path, name: str = "tpx_o
 
 
 def _doc_sample(doc: dict[str, Any]) -> Sample:
-    """The tpx `Sample` a `write_task` row was written from (image decoded by `datasets`)."""
-    return Sample(id=doc["id"], image=doc_to_visual(doc)[0], question=doc["question"], prompt=doc["prompt"],
+    """The tpx `Sample` a `write_task` row was written from, without its image (lmms-eval scores rows whose
+    media columns it has dropped)."""
+    return Sample(id=doc["id"], image=None, question=doc["question"], prompt=doc["prompt"],
                   answers=list(doc["answers"]), task=doc["task"], benchmark=doc["benchmark"],
                   metadata=json.loads(doc["metadata"]))
 
