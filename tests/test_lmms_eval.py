@@ -79,9 +79,10 @@ def test_lmms_eval_scores_equal_tpx_evaluate(name, samples, organism, task, tmp_
                           task_manager=TaskManager("ERROR", include_path=str(task)), log_samples=True,
                           bootstrap_iters=0, random_seed=None, numpy_random_seed=None, torch_random_seed=None)
     model, processor = organism
+    rest = {k: v for k, v in kwargs.items() if k not in ("retention", "seed")}
     df = evaluate(model, processor, samples, methods=[method or UNPRUNED],
                   retentions=[kwargs.get("retention", 1.0)], seeds=[kwargs.get("seed", 0)], batch_size=BATCH,
-                  max_new_tokens=16, progress=False, **{k: v for k, v in kwargs.items() if k not in ("retention", "seed")})
+                  max_new_tokens=16, progress=False, **rest)
     logged = sorted(out["samples"]["tpx_organism_test"], key=lambda row: row["doc_id"])
     assert [row["doc"]["id"] for row in logged] == list(df["id"])
     assert [row["filtered_resps"][0].strip() for row in logged] == list(df["answer"])
@@ -202,10 +203,12 @@ def test_written_rows_score_as_tpx_scores_them(samples, task):
                                  cache_dir=str(task / "cache"))
     assert len(rows) == len(samples)
     for row, s in zip(rows, samples):
-        assert doc_to_text(row) == s.prompt and np.array_equal(np.asarray(doc_to_visual(row)[0]), np.asarray(s.image))
+        assert doc_to_text(row) == s.prompt
+        assert np.array_equal(np.asarray(doc_to_visual(row)[0]), np.asarray(s.image))
         bare = {k: v for k, v in row.items() if k != "image"}
         for answer in (s.answer, "r0 c0", "no"):
-            assert process_results(bare, [f" {answer} "]) == {"score": score(s, answer), f"score_{s.task}": score(s, answer)}
+            value = score(s, answer)
+            assert process_results(bare, [f" {answer} "]) == {"score": value, f"score_{s.task}": value}
 
 
 def test_write_task_refuses_samples_without_one_image(samples, tmp_path):
