@@ -118,7 +118,7 @@ def _requests(samples, kind="generate_until", continuation=None, gen=None, image
 
 def test_until_text_only_requests_and_beams(samples):
     """`until` cuts the answer at the first stop string; a request without an image is answered by the unpruned
-    model (nothing to prune); beam search is refused by name."""
+    model (nothing to prune); beam search and videos are refused with a message that names them."""
     some = [s for s in samples if s.task == "locate"]  # answers "r<row> c<col>"
     docs = {"t": {"test": [{"s": s} for s in some]}}
     pruned, full = TpxModel("organism", "fastv", 0.02, layer=1), TpxModel("organism")
@@ -130,6 +130,10 @@ def test_until_text_only_requests_and_beams(samples):
     assert pruned.generate_until(blind) == full.generate_until(blind)
     with pytest.raises(ValueError, match="num_beams"):
         pruned.generate_until(_requests(some, gen={"num_beams": 2}))
+    video = Instance(request_type="generate_until", arguments=("q", {}, lambda doc: ["clip.mp4"], 0, "t", "test"),
+                     idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1})
+    with pytest.raises(TypeError, match="images only"):
+        pruned.generate_until([video])
 
 
 @pytest.mark.parametrize("method, kwargs", [(None, {}), ("fastv", {"retention": 0.25, "layer": 2}),

@@ -36,8 +36,6 @@ __all__ = ["MODEL_ID", "TpxModel", "doc_to_text", "doc_to_visual", "manifest", "
 
 log = logging.getLogger(__name__)
 MODEL_ID = "tpx"
-# `tpx.pruning` arguments that are not method parameters; every other unknown model_arg is one
-ENGINE_ARGS = ("layer", "layers", "hook", "seed", "positions", "attention", "native")
 GENERATION_KEYS = ("until", "max_new_tokens", "temperature", "do_sample", "top_p", "num_beams")
 
 
@@ -136,7 +134,7 @@ class TpxModel(lmms):
         document order, `batch_size` at a time."""
         groups: dict[str, list[tuple[int, tuple]]] = {}
         for i, request in enumerate(requests):
-            context, gen, doc_to_visual, doc_id, task, split = request.args
+            _, gen, _, _, task, split = request.args
             groups.setdefault(json.dumps([task, split, gen], sort_keys=True, default=str), []).append((i, request.args))
         out = []
         for group in groups.values():
@@ -153,7 +151,7 @@ class TpxModel(lmms):
             flat += list(v) if isinstance(v, list | tuple) else [v]
         wrong = next((v for v in flat if not isinstance(v, Image.Image)), None)
         if wrong is not None:
-            raise ValueError(f"tpx's lmms-eval model takes images only; task {task!r} doc {doc_id} gave a "
+            raise TypeError(f"tpx's lmms-eval model takes images only; task {task!r} doc {doc_id} gave a "
                              f"{type(wrong).__name__} ({wrong!r:.60})")
         return Sample(id=f"{task}/{split}/{doc_id}", image=[im.convert("RGB") for im in flat] or None,
                       question=context, prompt=context, answers=[], task=task, benchmark="lmms-eval")
@@ -179,8 +177,8 @@ class TpxModel(lmms):
         the model_arg), `temperature` / `do_sample` / `top_p` (greedy unless temperature > 0 or do_sample).
 
         Raises:
-            ValueError: for `num_beams` > 1 (the engine is not verified with beam reordering) or a request
-                whose visuals are not images.
+            ValueError: for `num_beams` > 1 (the engine is not verified with beam reordering).
+            TypeError: for a request whose visuals are not images (videos, audio).
         """
         from tqdm.auto import tqdm
 
