@@ -105,7 +105,6 @@ def reference_stages(run, outputs: list, visual: torch.Tensor, entries: list | N
     entries = run.trace if entries is None else entries
     stage_positions = run.stage_positions if stage_positions is None else stage_positions
     stages, prev, i = [], None, 0
-    hidden_size = run.adapter.text_model.config.hidden_size
     for entry, stage in zip(entries, run.plan.stages, strict=True):
         grids = entry.grids
         per_segment = stage.per_segment and (len(grids) > 1 or "grid" in stage.needs.selector)
@@ -116,7 +115,7 @@ def reference_stages(run, outputs: list, visual: torch.Tensor, entries: list | N
             starts = [sum(r * c for r, c in grids[:k]) for k in range(len(grids))] if per_segment else [0]
             index = torch.cat([o.index + start for o, start in zip(outs, starts, strict=True)], dim=1)
             features = torch.cat([o.features for o in outs], dim=1)
-            if features.shape[-1] != hidden_size:
+            if stage.hook == "V":  # merged vision features (whatever their width): the engine projects them
                 features = run.adapter.project(features)
             current = visual if prev is None else visual.gather(1, prev.kept)
             subs = (current.gather(1, index), features)

@@ -335,7 +335,9 @@ class Run:
             grid=grids[0] if len(grids) == 1 else None,
             generator=self._generator(stage, hidden.device) if "generator" in stage.ingredients else None)
         chosen = stage.select(ing.compute(stage.ingredients, ctx), grids)
-        if chosen.merged is not None and stage.hook == "V" and chosen.merged.shape[-1] != hidden.shape[-1]:
+        if chosen.merged is not None and stage.hook == "V":
+            # merged at hook V means merged vision features: always projected (also when the vision tower's width
+            # equals the LLM's, as in the organism, where a shape test would let them in unprojected)
             chosen = chosen._replace(merged=self.adapter.project(chosen.merged))
         return chosen
 
