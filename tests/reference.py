@@ -112,7 +112,8 @@ def image_blocks(token_type_ids: torch.Tensor) -> torch.Tensor:
     return torch.where(image, starts.long().cumsum(1) - 1, -1)
 
 
-def reference_stages(run, outputs: list, visual: torch.Tensor) -> list:
+def reference_stages(run, outputs: list, visual: torch.Tensor, entries: list | None = None,
+                     stage_positions: dict | None = None) -> list:
     """`MaskReference` stages of a pruned run's prefill from its selectors' outputs (`spy`, in call order).
 
     Per stage: its layer, the positions layers ≥ it attended to, and the merged tokens to substitute there
@@ -123,10 +124,14 @@ def reference_stages(run, outputs: list, visual: torch.Tensor) -> list:
     Args:
         run: the `tpx.engine.Run` of one prefill. outputs: what the spied selectors returned during it.
         visual: `(B, N)` positions of the prunable visual tokens (`tpx.models.layout(model, inputs).positions`).
+        entries, stage_positions: the trace entries and `run.stage_positions` of the prefill to reproduce
+            (default: the run's whole trace and its last prefill; a run with several prefills, e.g. two turns of
+            a conversation, passes each one's).
     """
+    entries = run.trace if entries is None else entries
+    stage_positions = run.stage_positions if stage_positions is None else stage_positions
     stages, prev, i = [], None, 0
-    hidden_size = run.adapter.text_model.config.hidden_size
-    for entry, stage in zip(run.trace, run.plan.stages, strict=True):
+    for entry, stage in zip(entries, run.plan.stages, strict=True):
         grids = entry.grids
         per_segment = stage.per_segment and (len(grids) > 1 or "grid" in stage.needs.selector)
         count = len(grids) if per_segment else 1
@@ -136,11 +141,11 @@ def reference_stages(run, outputs: list, visual: torch.Tensor) -> list:
             starts = [sum(r * c for r, c in grids[:k]) for k in range(len(grids))] if per_segment else [0]
             index = torch.cat([o.index + start for o, start in zip(outs, starts, strict=True)], dim=1)
             features = torch.cat([o.features for o in outs], dim=1)
-            if features.shape[-1] != hidden_size:
+            if stage.hook == "V":  # merged vision features (whatever their width): the engine projects them
                 features = run.adapter.project(features)
             current = visual if prev is None else visual.gather(1, prev.kept)
             subs = (current.gather(1, index), features)
-        stages.append((entry.layer, run.stage_positions[entry.layer], subs))
+        stages.append((entry.layer, stage_positions[entry.layer], subs))
         prev = entry
     return stages
 

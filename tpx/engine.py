@@ -29,6 +29,7 @@ from tpx.methods import Method
 from tpx.models import adapter_for, native_plan
 from tpx.models.base import Adapter
 from tpx.plan import Plan, Selection, Stage, plan
+from tpx.stopwatch import Lap
 
 __all__ = ["Run", "TraceEntry", "plan_for", "pruning", "reachable"]
 
@@ -49,6 +50,8 @@ class TraceEntry:
         scores: `(B, n_visual)` float scores (NaN where a token was already gone), or None if unscored.
         grids: `(rows, cols)` of every image segment; `grid` is the first one.
         native: the stage is the checkpoint's own compression (`config.tpx_compression`), not the asked method.
+        lap: the time the stage spent choosing (ingredients, scorer, selector) when the run was opened with
+            `timing=True`, else None; read it as `select_ms`.
     """
 
     method: str
@@ -64,6 +67,13 @@ class TraceEntry:
     scores: torch.Tensor | None
     grids: list[tuple[int, int]] = field(default_factory=list)
     native: bool = False
+    lap: Lap | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def select_ms(self) -> float | None:
+        """Milliseconds the stage spent computing its ingredients and running its scorer and selector (None
+        unless the run was opened with `timing=True`; on a GPU, reading it waits for that work)."""
+        return None if self.lap is None else self.lap.ms
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -103,8 +113,8 @@ class Run:
         kept_positions: `(B, L')` original sequence positions that survive all stages of the last prefill.
     """
 
-    def __init__(self, model: torch.nn.Module, adapter: Adapter, plan: Plan) -> None:
-        self.model, self.adapter, self.plan = model, adapter, plan
+    def __init__(self, model: torch.nn.Module, adapter: Adapter, plan: Plan, timing: bool = False) -> None:
+        self.model, self.adapter, self.plan, self.timing = model, adapter, plan, timing
         self.trace: list[TraceEntry] = []
         self.native_trace: list[TraceEntry] = []
         self.kept_positions: torch.Tensor | None = None
@@ -197,6 +207,7 @@ class Run:
         self._mask2d = mask
         self._prefill = cache is None or cache.get_seq_length() == 0
         if not self._prefill:
+            self._continue(input_ids, kwargs.get("inputs_embeds"))
             return
         if input_ids is None:
             raise ValueError("tpx.pruning needs input_ids to find the image tokens; "
@@ -224,6 +235,34 @@ class Run:
         self._at = {s.layer: s for s in resolved.stages}
         self._p = _Prefill(resolved, layout, length, is_visual, vis_index, is_text,
                            torch.arange(length, device=dev).expand(b, -1), n, mask, blocks)
+
+    def _continue(self, input_ids: torch.Tensor | None, embeds: torch.Tensor | None) -> None:
+        """Check a call that continues the cached sequence: a decode step, or the next turn of a conversation.
+
+        A next turn is answered from the pruned cache: its new tokens attend to what the prefill kept, exactly as
+        the mask reference does. Two continuations cannot be answered that way and are refused rather than run
+        wrongly: new image tokens (pruning happens at prefill, so they would silently stay unpruned), and a
+        cache pruned before decoder layer 0 (hook E / V, or K = 0), whose length transformers reads as the
+        sequence length, so that `generate` would feed again tokens the cache already holds (measured: wrong
+        tokens). A decode step brings one token per row; a call bringing more is taken as a new turn.
+        """
+        p = self._p
+        if p is None:
+            return  # a decode step before any prefill: `_decode_kwargs` raises where it matters
+        x = input_ids if input_ids is not None else embeds
+        n_new = 0 if x is None else x.shape[1]
+        cut = [f"{st.method.name!r} at hook {st.hook}" for st in p.plan.stages if st.layer == 0]
+        if n_new > 1 and cut:
+            raise ValueError(
+                f"this call continues a cached sequence with {n_new} new tokens, but {', '.join(cut)} pruned the "
+                "cache before decoder layer 0, and transformers reads that shorter cache's length as the sequence "
+                "length, so generate would feed again tokens the cache already holds. Continue a conversation from a "
+                "cache pruned at hook 'L' (K ≥ 1), or answer the new turn from a fresh prefill of the whole "
+                "conversation (generate without the cache)")
+        if n_new > 1 and input_ids is not None and bool((input_ids == self.adapter.image_token_id).any()):
+            raise ValueError("this call continues a cached conversation with new image tokens, which tpx would not "
+                             "prune (it prunes at prefill); answer the new turn from a fresh prefill of the whole "
+                             "conversation (generate without the cache)")
 
     def _before_layer(self, layer: int, args: tuple, kwargs: dict, stash: bool) -> tuple[tuple, dict]:
         p = self._p
@@ -261,7 +300,10 @@ class Run:
         vis_cur = select.mask_to_index(vis_mask, p.n_cur)                           # (B, n_cur)
         vis_orig = p.vis_index.gather(1, p.seq.gather(1, vis_cur))                 # (B, n_cur) into visual span
         with torch.no_grad():
+            lap = Lap(hidden.device).start() if self.timing else None
             chosen = self._select(stage, hidden, vis_cur)
+            if lap is not None:
+                lap.stop()
         n_keep = chosen.index.shape[1]  # a method may document a count other than the budget (DART's official one)
         keep = select.mask_to_index((~vis_mask).scatter(1, vis_cur.gather(1, chosen.index), True),
                                     length - p.n_cur + n_keep)                     # (B, L') sorted
@@ -271,7 +313,7 @@ class Run:
             new_hidden = new_hidden.scatter(1, slots[..., None].expand(-1, -1, d), chosen.merged.to(new_hidden.dtype))
         self._shorten(layer, keep, new_hidden, kwargs)
         p.n_cur = n_keep
-        self._record(stage, vis_orig, chosen, n_keep)
+        self._record(stage, vis_orig, chosen, n_keep, lap)
         return new_hidden
 
     def _shorten(self, layer: int, keep: torch.Tensor, new_hidden: torch.Tensor, kwargs: dict) -> None:
@@ -320,7 +362,9 @@ class Run:
             generator=self._generator(stage, hidden.device) if "generator" in stage.ingredients else None,
             mask2d=p.mask2d)
         chosen = stage.select(ing.compute(stage.ingredients, ctx), grids)
-        if chosen.merged is not None and stage.hook == "V" and chosen.merged.shape[-1] != hidden.shape[-1]:
+        if chosen.merged is not None and stage.hook == "V":
+            # merged at hook V means merged vision features: always projected (also when the vision tower's width
+            # equals the LLM's, as in the organism, where a shape test would let them in unprojected)
             chosen = chosen._replace(merged=self.adapter.project(chosen.merged))
         return chosen
 
@@ -340,7 +384,7 @@ class Run:
                              f"{batch} rows")
         return vision
 
-    def _record(self, stage: Stage, vis_orig: torch.Tensor, chosen: Selection, n_keep: int) -> None:
+    def _record(self, stage: Stage, vis_orig: torch.Tensor, chosen: Selection, n_keep: int, lap: Lap | None) -> None:
         layout = self._p.layout
         kept = vis_orig.gather(1, chosen.index)
         segment, grid_rc = layout.locate(kept)
@@ -352,7 +396,7 @@ class Run:
         (self.native_trace if stage.native else self.trace).append(TraceEntry(
             method=stage.method.name, hook=stage.hook, layer=stage.layer, stage=stage.index, params=params,
             n_visual=layout.n_visual, n_keep=n_keep, kept=kept.detach(), segment=segment.detach(),
-            grid_rc=grid_rc.detach(), scores=full_scores, grids=list(layout.grids), native=stage.native,
+            grid_rc=grid_rc.detach(), scores=full_scores, grids=list(layout.grids), native=stage.native, lap=lap,
         ))
 
     # ---- decode -------------------------------------------------------------------------------------
@@ -419,6 +463,7 @@ def pruning(
     positions: Literal["keep", "renumber"] = "keep",
     attention: Literal["rows", "maps"] = "rows",
     native: bool = True,
+    timing: bool = False,
     **params: Any,
 ) -> Iterator[Run]:
     """Prune visual tokens of `model` inside the `with` block; hooks are removed on exit, even on error.
@@ -443,6 +488,9 @@ def pruning(
         attention: "rows" (recompute the needed attention rows; the model keeps SDPA) or "maps" (read the
             eager attention maps of layer K−1, the original FastV way; needs an eager model).
         native: put the checkpoint's `config.tpx_compression` first (default True).
+        timing: time what each stage spends choosing its tokens (ingredients, scorer, selector) into its trace
+            entry's `select_ms` (`tpx.stopwatch`: CUDA events on a GPU, so nothing waits; `perf_counter` on the
+            CPU). Off by default.
         **params: the method's parameters (`get_method(name).params` lists them and their allowed values).
 
     Yields:
@@ -454,8 +502,10 @@ def pruning(
         TypeError: for an unsupported model, or a method without a retention.
     """
     adapter = adapter_for(model)
+    if not isinstance(timing, bool):
+        raise ValueError(f"timing must be True or False, got {timing!r}")
     run = Run(model, adapter, _plan(model, adapter, method, retention, layer, layers, hook, seed, positions,
-                                    attention, native, params, None))
+                                    attention, native, params, None), timing)
     run._install()
     try:
         yield run

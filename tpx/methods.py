@@ -31,7 +31,7 @@ Hook = Literal["V", "E", "L"]
 HOOKS: tuple[Hook, ...] = ("V", "E", "L")
 # names that belong to the engine's call or to `tpx.pruning` / `tpx.plan`, never to a method's parameters
 RESERVED = frozenset({"scores", "n_keep", "retention", "seed", "layer", "layers", "hook", "positions", "attention",
-                      "n_layers", "layout", "native"})
+                      "n_layers", "layout", "native", "timing"})
 
 
 class Needs(NamedTuple):
@@ -248,6 +248,11 @@ _CDPRUNER = "Zhang et al., Maximizing Conditional Diversity for Token Pruning (C
 _VISPRUNER = "Zhang et al., Exploiting Visual Cues for Effective Token Pruning (VisPruner), ICCV 2025, arXiv 2412.01818"
 _HIPRUNE = "Liu et al., HiPrune: Training-Free Visual Token Pruning via Hierarchical Attention, 2025, arXiv 2508.00553"
 _IDPRUNER = "IDPruner: Harmonizing Importance and Diversity in Visual Token Pruning for MLLMs, 2026, arXiv 2602.13315"
+_DOWNSAMPLE = (
+    "Liao et al., Are We Using the Right Benchmark: An Evaluation Framework for Visual Token Compression Methods"
+    " (VTC-Bench), arXiv 2510.07143 (downsampling baseline); Peng et al., Can Visual Input Be Compressed?"
+    " (UniPruneBench), arXiv 2511.02650"
+)
 _DART_TEXT = ("normed_features", "normed_text", "text_mask", "text_keys")
 
 
@@ -281,6 +286,12 @@ METHODS: dict[str, Method] = {
         name="pooling", hooks=("E", "L"), layers=(2,), scorer=None, selector=select.pool2d,
         needs=Needs(selector=("features", "grid")), seeded=False, grid_check=select.pool_grid,
         paper=_STUDY + " (2-D average pooling baseline)",
+    ),
+    # the downsampling baseline: the pre-projector patch grid averaged (select.downsample says why not a resize)
+    "downsample": Method(
+        name="downsample", hooks=("V",), layers=(), scorer=None, selector=select.downsample,
+        needs=Needs(selector=("vision_features", "grid")), seeded=False, grid_check=select.pool_grid,
+        paper=_DOWNSAMPLE,
     ),
     "fastv": Method(
         name="fastv", hooks=("L",), layers=(2,), scorer=scores.last_token_attention, selector=select.topk,
