@@ -140,8 +140,8 @@ def test_hook_e_equals_the_model_on_the_shortened_sequence(built, positions):
 def test_cls_methods_are_refused_on_entry_with_the_reason(built, name, hook):
     model, processor = built("sdpa")
     before = {id(h) for layer in model.model.language_model.layers for h in layer._forward_pre_hooks.values()}
-    why = r"(no \[CLS\] token|does not record the attention patches receive)"
-    with pytest.raises(ValueError, match=r"needs '(cls_attn|vision_received)'.*" + why):
+    why = r"(no \[CLS\] token|does not record the attention patches receive|does not record Gemma 3's pre-projector)"
+    with pytest.raises(ValueError, match=r"needs '(cls_attn|vision_received|vision_features)'.*" + why):
         with tpx.pruning(model, name, retention=0.25, hook=hook):
             pass
     after = {id(h) for layer in model.model.language_model.layers for h in layer._forward_pre_hooks.values()}

@@ -30,6 +30,8 @@ __all__ = ["Gemma3Adapter", "NO_CLS"]
 
 NO_CLS = ("Gemma 3's SigLIP vision tower has no [CLS] token (and no pooling head) whose attention could score "
           "patches; use a hook 'E' or 'L' method")
+NO_FEATURES = ("tpx does not record Gemma 3's pre-projector SigLIP features (its projector pools 4x4 patches before "
+               "projecting); use a hook 'E' or 'L' method")
 NO_RECEIVED = ("tpx does not record the attention patches receive inside Gemma 3's SigLIP tower (HiPrune's anchors and "
                "registers); use a hook 'E' or 'L' method")
 
@@ -47,7 +49,7 @@ class Gemma3Adapter:
 
     model_type = "gemma3"
     supports_renumber = True  # 1-D RoPE positions can be compacted
-    unavailable_ingredients = ({name: NO_CLS for name in ("cls_attn", "vision_keys", "vision_features")}
+    unavailable_ingredients = ({name: NO_CLS for name in ("cls_attn", "vision_keys")} | {"vision_features": NO_FEATURES}
                                | {name: NO_RECEIVED for name in ("vision_received", "vision_received_object")})
     vision_ingredients: frozenset[str] = frozenset()  # nothing recorded from the tower (see above)
 
