@@ -103,11 +103,14 @@ def reference_stages(run, outputs: list, visual: torch.Tensor) -> list:
     for entry, stage in zip(run.trace, run.plan.stages, strict=True):
         grids = entry.grids
         per_segment = stage.per_segment and (len(grids) > 1 or "grid" in stage.needs.selector)
-        count = len(grids) if per_segment else 1
+        sizes = [r * c for r, c in grids]
+        shares = select.split_budget(entry.n_keep, sizes) if per_segment and len(grids) > 1 else [entry.n_keep]
+        starts = [sum(sizes[:k]) for k in range(len(shares))]
+        starts = [s for s, share in zip(starts, shares, strict=True) if share]  # segments left nothing: no call
+        count = len(starts)
         outs, i = outputs[i:i + count], i + count
         subs = None
         if isinstance(outs[0], select.Merged):
-            starts = [sum(r * c for r, c in grids[:k]) for k in range(len(grids))] if per_segment else [0]
             index = torch.cat([o.index + start for o, start in zip(outs, starts, strict=True)], dim=1)
             features = torch.cat([o.features for o in outs], dim=1)
             if features.shape[-1] != hidden_size:

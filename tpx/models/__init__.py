@@ -141,7 +141,9 @@ def load(
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
         try:
             processor = AutoProcessor.from_pretrained(path)
-        except ImportError:  # video processors need torchvision, which cannot load beside CPU torch
+        except (ImportError, ValueError) as err:  # video processors need torchvision, absent beside CPU torch
+            if isinstance(err, ValueError) and "torchvision" not in str(err):
+                raise
             if config.model_type in ("qwen2_vl", "qwen2_5_vl"):
                 from tpx.models.qwen2_vl import load_processor
 
