@@ -2,12 +2,11 @@
 (tests/published_configs.py: true vision and text widths, 1–2 layers per tower, random weights, float32), fed a
 real photograph (Grace Hopper, shipped with matplotlib) through the real image processor settings.
 
-| checkpoint | photo | geometry |
-|---|---|---|
-| llava-hf/llava-1.5-7b-hf | 512×600 as is | 336-px centre crop, 24×24 = 576 tokens |
-| llava-hf/llava-v1.6-mistral-7b-hf | a 512×60 strip | 336×672 canvas (1×2 crops), unpadded to 6×48, + 6 newlines |
-| OpenGVLab/InternVL3-1B-hf | a 512×256 band | 2 tiles of 448 px side by side + thumbnail, 3 × 16×16 |
-| llava-hf/llava-onevision-qwen2-0.5b-ov-hf | a 512×367 band at 1536×1100 | 1152×1536 canvas (3×4 crops), 81×108 unpadded to 77×108, AnyRes-Max-9 shrinks it to 68×95; 27×27 base |
+- llava-hf/llava-1.5-7b-hf, the 512×600 photo: 336-px centre crop, 24×24 = 576 tokens;
+- llava-hf/llava-v1.6-mistral-7b-hf, a 512×60 strip: 336×672 canvas (1×2 crops), unpadded to 6×48, 6 newlines;
+- OpenGVLab/InternVL3-1B-hf, a 512×256 band: 2 tiles of 448 px side by side + thumbnail, 3 grids of 16×16;
+- llava-hf/llava-onevision-qwen2-0.5b-ov-hf, a 512×367 band resized to 1536×1100: a 27×27 base view, then a
+  1152×1536 canvas (3×4 crops, 81×108 patches) unpadded to 77×108 and shrunk by AnyRes-Max-9 to 68×95.
 
 Each family: the layout (and the trace's grids) equals the processor's token count and the grids worked out by
 hand from the published rules; retention 1.0 reproduces the unpruned prefill logits bit for bit; a pruned
@@ -61,7 +60,7 @@ def case(one_thread, request):
     return name, model, processor, image, inputs
 
 
-def _processor_count(name, processor, image, inputs) -> int:
+def _processor_count(name, processor, image) -> int:
     """Image placeholders the processor writes for this image (InternVL: without `<img>` and `</img>`)."""
     counted = processor._get_num_multimodal_tokens(image_sizes=[(image.height, image.width)])["num_image_tokens"][0]
     return counted - 2 if name == "internvl3-1b" else counted
@@ -75,7 +74,7 @@ def test_layout_equals_the_processor(case):
     ids = inputs["input_ids"]
     in_prompt = int((ids == model.config.image_token_id).sum())
     assert list(layout.grids) == CASES[name][4]
-    assert layout.n_visual + fixed == in_prompt == _processor_count(name, processor, image, inputs)
+    assert layout.n_visual + fixed == in_prompt == _processor_count(name, processor, image)
     if "image_sizes" in inputs:  # AnyRes: generate() passes packed features, not image sizes
         with torch.no_grad():
             encoded = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
