@@ -12,8 +12,9 @@ Each family: the layout (and the trace's grids) equals the processor's token cou
 hand from the published rules; retention 1.0 reproduces the unpruned prefill logits bit for bit; a pruned
 prefill equals the unpruned model with the dropped positions masked (≤ 1e-5). Decoding is covered by the tiny
 models (tests/models/test_adapters.py): a 4096-wide layer over ~900 positions is ~10 CPU-seconds a forward, so
-these check prefill only. Measured on one thread of this project's 2-core machine (CPU time, the machine
-shared): about 25 s (LLaVA-1.5), 45 s (LLaVA-NeXT), 20 s (InternVL3), 75 s (LLaVA-OneVision) per family.
+these check prefill only. Measured per family with `/usr/bin/time pytest -k <family>` on one thread of this
+project's shared 2-core machine, CPU time (user + sys) including ~14 s of start-up: 38 s (LLaVA-1.5), 58 s
+(LLaVA-NeXT), 27 s (InternVL3), 72 s (LLaVA-OneVision); peak memory 0.9–2.0 GB.
 """
 
 from __future__ import annotations
@@ -57,7 +58,12 @@ def case(one_thread, request):
         image = image.resize(size)
     inputs = dict(processor(images=image, text=prompt(processor, "What is shown in the image?"),
                             return_tensors="pt"))
-    return name, model, processor, image, inputs
+    encoded = None
+    if "image_sizes" in inputs:  # AnyRes: the tower's crops encoded once, as generate() does before prefill
+        with torch.no_grad():
+            encoded = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"],
+                                                     **{k: inputs[k] for k in ("batch_num_images",) if k in inputs})
+    return name, model, processor, image, inputs, encoded
 
 
 def _processor_count(name, processor, image) -> int:
@@ -68,16 +74,14 @@ def _processor_count(name, processor, image) -> int:
 
 @pytest.mark.parametrize("case", NAMES, indirect=True)
 def test_layout_equals_the_processor(case):
-    name, model, processor, image, inputs = case
+    name, model, processor, image, inputs, encoded = case
     layout = tpx.models.layout(model, inputs)
     fixed = 0 if layout.fixed is None else layout.fixed.shape[1]
     ids = inputs["input_ids"]
     in_prompt = int((ids == model.config.image_token_id).sum())
     assert list(layout.grids) == CASES[name][4]
     assert layout.n_visual + fixed == in_prompt == _processor_count(name, processor, image)
-    if "image_sizes" in inputs:  # AnyRes: generate() passes packed features, not image sizes
-        with torch.no_grad():
-            encoded = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
+    if encoded is not None:  # AnyRes: generate() passes packed features, not image sizes
         packed = tpx.models.layout(model, {"input_ids": ids, "mm_encoder_outputs": {"image": encoded}})
         assert packed.grids == layout.grids and torch.equal(packed.positions, layout.positions)
         assert fixed == layout.grids[-1][0]  # one newline per crop-grid row
@@ -85,7 +89,7 @@ def test_layout_equals_the_processor(case):
 
 @pytest.mark.parametrize("case", NAMES, indirect=True)
 def test_retention_one_is_bit_exact(case):
-    name, model, _, _, inputs = case
+    name, model, _, _, inputs, _ = case
     method, hook = CASES[name][5]
     run = check_retention_one(model, inputs, method, hook, n_new=0)
     assert run.trace[0].grids == CASES[name][4]
@@ -93,14 +97,11 @@ def test_retention_one_is_bit_exact(case):
 
 @pytest.mark.parametrize("case", NAMES, indirect=True)
 def test_matches_mask_reference(case):
-    name, model, _, _, inputs = case
+    name, model, _, _, inputs, encoded = case
     method, hook = CASES[name][6]
     if hook == "L":  # two decoder layers: prune before layer 1, score at layer 0
         method = dataclasses.replace(tpx.get_method(method), layers=(1,))
-    if name.startswith("llava-onevision"):  # the tower's 13 crops are encoded once, as generate() does
-        with torch.no_grad():
-            encoded = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"],
-                                                     batch_num_images=inputs["batch_num_images"])
+    if encoded is not None and hook != "V":  # AnyRes: reuse the encoded crops (OneVision: 13 of them)
         inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"],
                   "mm_encoder_outputs": {"image": encoded}}
     run = check_mask_reference(model, inputs, method, hook, 0.25, n_new=0)
