@@ -20,6 +20,23 @@ PROMPTS = [
 ]
 
 
+def pytest_report_header(config):
+    import transformers
+
+    return f"transformers {transformers.__version__} ({Path(transformers.__file__).parent})"
+
+
+def pytest_sessionstart(session):
+    """`make oracles-newest` names the transformers it installed: the run fails unless that is the one imported."""
+    want = os.environ.get("TPX_EXPECT_TRANSFORMERS")
+    if want:
+        import transformers
+
+        if transformers.__version__ != want:
+            raise pytest.UsageError(f"TPX_EXPECT_TRANSFORMERS={want}, but transformers {transformers.__version__} "
+                                    f"is imported from {transformers.__file__}")
+
+
 def random_image(seed: int, size: int = 96) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
@@ -145,6 +162,11 @@ def qwen2_vl_inputs(processor, batch: int, seed: int = 0, sizes=None, per_row: i
     if batch > 1:
         assert bool((inputs["attention_mask"] == 0).any())
     return inputs
+
+
+def qwen3_vl_inputs(processor, batch: int, seed: int = 0, sizes=None, per_row: int = 1) -> dict[str, torch.Tensor]:
+    """Tiny Qwen3-VL inputs: a 192×256 image gives a 6×8 grid of merged tokens (16-pixel patches)."""
+    return qwen2_vl_inputs(processor, batch, seed, sizes or [(192, 256)] * (batch * per_row), per_row)
 
 
 INTERNVL_PROMPT = "<|im_start|>user\n<IMG_CONTEXT>\n{}<|im_end|>\n<|im_start|>assistant\n"

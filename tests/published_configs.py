@@ -1,4 +1,5 @@
-"""Real checkpoints' published configuration values, for real-size geometry tests (tests/models/test_real_geometry.py).
+"""Published configuration values of LLaVA-1.5, LLaVA-NeXT, InternVL3 and LLaVA-OneVision checkpoints, for the
+real-size geometry tests (tests/models/test_real_geometry_llava_internvl.py; Qwen-VL: tests/real_geometry.py).
 
 The hub cannot be reached where tests run, so the values of each checkpoint's `config.json`,
 `preprocessor_config.json` and `processor_config.json` that decide geometry and widths are written here. A model
@@ -90,7 +91,7 @@ def build(name: str, *, text_layers: int = 1, vision_layers: int = 2, seed: int 
 
     from tpx.models.processors import OfflineInternVLProcessor, OfflineLlavaOnevisionProcessor
     from tpx.models.tiny_internvl import never_generated
-    from tpx.models.tokenizer import tiny_tokenizer
+    from tpx.models.tiny_vocab import tiny_tokenizer
 
     spec = PUBLISHED[name]
     family = {"llava-1.5-7b": "llava", "llava-v1.6-mistral-7b": "llava", "internvl3-1b": "internvl",

@@ -166,6 +166,106 @@ def test_dart_rejects_bad_parameters(param, value):
                                  x["text_mask"], x["text_keys"], **{param: value})
 
 
+# ---- DART's official pivot order: a Python set of absolute positions ----------------------------------
+
+def official_dart(vkeys, feats, text, tmask, tkeys, n_keep, start, text_pos, n_vp=4, n_tp=4):
+    """The official DART rule (get_retained_image_token), one row at a time, written from its description:
+    pivots' absolute positions go into a Python set (visual, then text, each by decreasing key L1 norm); a copy
+    of the set is iterated, each pivot taking the n_keep // (n_vp + n_tp) free visual tokens least
+    cosine-similar to it; text pivots are dropped at the end. Visual token i sits at `start + i`, text slot t at
+    `text_pos[b][t]`. Returns the kept visual indices."""
+    out = []
+    for b in range(feats.shape[0]):
+        n = feats.shape[1]
+        top = n_keep // (n_vp + n_tp)
+        state = {start + i: feats[b, i] for i in range(n)}
+        real = [t for t in range(text.shape[1]) if tmask[b, t]]
+        state.update({text_pos[b][t]: text[b, t] for t in real})
+        image_idx = [start + i for i in sorted(range(n), key=lambda i: -float(vkeys[b, i].abs().sum()))[:n_vp]]
+        query_idx = [text_pos[b][t] for t in sorted(real, key=lambda t: -float(tkeys[b, t].abs().sum()))[:n_tp]]
+        indices = set(image_idx + query_idx)
+        valid = set(range(start, start + n)) - set(image_idx)
+        for item in list(indices.copy()):
+            free = list(valid)
+            sims = [cosine(state[item], state[v]) for v in free]
+            chosen = [free[k] for k in sorted(range(len(free)), key=lambda k: sims[k])[:top]]
+            indices.update(chosen)
+            valid.difference_update(chosen)
+        indices.difference_update(query_idx)
+        out.append(sorted(i - start for i in indices))
+    return out
+
+
+def test_python_set_order_is_cpythons():
+    # visual pivots at 610, 35, 600 and text pivots at 611, 40, ...: the set interleaves them by position mod 32
+    positions = torch.tensor([[610, 35, 600, 611, 40, 45, 67, 99], [36, 4, 68, 100, 0, 0, 0, 0]])
+    valid = torch.tensor([[True] * 8, [True] * 4 + [False] * 4])
+    order = dedup.python_set_order(positions, valid)
+    assert order[0].tolist() == [0, 3, 1, 6, 7, 4, 5, 2]          # 610, 611, 35, 67, 99, 40, 45, 600
+    assert order[1].tolist() == [3, 0, 1, 2, 4, 5, 6, 7]          # 100, 36, 4, 68, then the missing text pivots
+    assert [positions[0, j].item() for j in order[0]] == list(set(positions[0].tolist()).copy())
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("n_keep", [8, 16, 24])
+def test_dart_python_set_order_keeps_what_the_official_code_keeps(seed, n_keep):
+    x = selection_inputs(seed)                                     # 40 visual, 6 text slots, the last row padded
+    start = 35
+    vpos = (start + torch.arange(40)).expand(2, -1)
+    tpos = (start + 40 + torch.arange(6)).expand(2, -1)
+    kept = _dart(x, n_keep, exact_budget=False, pivot_order="python_set", visual_positions=vpos, text_positions=tpos)
+    want = official_dart(x["visual_keys"], x["normed_features"], x["normed_text"], x["text_mask"], x["text_keys"],
+                         n_keep, start, tpos.tolist())
+    assert_sorted_unique(kept, 4 + 8 * (n_keep // 8))
+    assert kept.tolist() == want
+
+
+def test_dart_visiting_order_changes_the_kept_set():
+    differs = 0
+    for seed in range(6):
+        x = selection_inputs(seed)
+        vpos, tpos = (35 + torch.arange(40)).expand(2, -1), (75 + torch.arange(6)).expand(2, -1)
+        official = _dart(x, 16, exact_budget=False, pivot_order="python_set", visual_positions=vpos, text_positions=tpos)
+        differs += not torch.equal(official, _dart(x, 16, exact_budget=False))
+    assert differs                                                  # the order is not a detail
+    with pytest.raises(ValueError, match="needs visual_positions and text_positions"):
+        _dart(selection_inputs(0), 16, pivot_order="python_set")
+    with pytest.raises(ValueError, match="pivot_order must be one of"):
+        _dart(selection_inputs(0), 16, pivot_order="sorted")
+
+
+def test_dart_official_order_in_the_model_keeps_the_official_set(tiny_models):
+    """On tiny LLaVA: the engine's kept set equals the official rule run on the model's own layer-1 keys and
+    normed layer-2 inputs; and it passes the mask-reference oracle."""
+    from conftest import make_inputs
+    from reference import check_mask_reference
+
+    import tpx
+    from tpx.methods import variant
+    from tpx.models import adapter_for, layout
+    from tpx.models.attention import attention_keys
+
+    model, processor = tiny_models["sdpa"]
+    official = variant("dart", "dart_official", defaults={"exact_budget": False, "pivot_order": "python_set"})
+    inputs = make_inputs(processor, 1, seed=12)
+    with torch.no_grad():
+        with tpx.pruning(model, "dart", retention=0.25, exact_budget=False, pivot_order="python_set") as run:
+            model(**inputs)
+        out = model(**inputs, output_hidden_states=True)
+        decoder = adapter_for(model).decoder
+        hidden = out.hidden_states
+        pe = decoder.rotary(hidden[1], torch.arange(hidden[1].shape[1])[None])
+        keys = attention_keys(decoder.layers[1], hidden[1], pe)[0]
+        normed = decoder.final_norm(hidden[2])[0]
+    visual = layout(model, inputs).positions[0]
+    text = torch.arange(int(visual[-1]) + 1, inputs["input_ids"].shape[1])
+    want = official_dart(keys[visual][None], normed[visual][None], normed[text][None],
+                         torch.ones(1, len(text), dtype=torch.bool), keys[text][None], 36, int(visual[0]),
+                         [text.tolist()])
+    assert run.trace[0].kept.tolist() == want and run.trace[0].n_keep == 36
+    check_mask_reference(model, make_inputs(processor, 2, seed=13), official, "L", 0.25, 3)
+
+
 def _divprune_reference(feats, n_keep):
     """Greedy max–min diversity from the paper's description, one token at a time."""
     out = []

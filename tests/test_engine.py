@@ -142,6 +142,33 @@ def test_trace_records_grid_cells_scores_and_parameters(tiny_models):
     torch.testing.assert_close(entry.scores.gather(1, entry.kept).sort(1).values, best.sort(1).values)
 
 
+@pytest.mark.parametrize("name", ["downsample", "visionzip"])
+def test_hook_v_merges_are_projected_when_vision_and_llm_widths_match(name):
+    """The organism's vision tower is as wide as its LLM (128): merged vision features must still be projected."""
+    from tpx.models import tiny
+
+    model, processor = tiny(vision_hidden=64, text_hidden=64, seed=2)
+    inputs = make_inputs(processor, 2, seed=23)
+    check_retention_one(model, inputs, name, "V", N_NEW)
+    check_mask_reference(model, inputs, name, "V", 0.25, N_NEW)
+
+
+def test_timing_is_off_by_default_and_changes_nothing(tiny_models):
+    """`timing=True` records each stage's choosing time beside its trace entry; the answers stay bit for bit."""
+    model, processor = tiny_models["sdpa"]
+    inputs = make_inputs(processor, 2, seed=22)
+    with torch.no_grad():
+        with tpx.pruning(model, "sparsevlm", retention=0.25) as plain:
+            want = model(**inputs).logits
+        with tpx.pruning(model, "sparsevlm", retention=0.25, timing=True) as timed:
+            got = model(**inputs).logits
+    assert torch.equal(got, want) and all(e.select_ms is None for e in plain.trace)
+    assert len(timed.trace) == 3 and all(isinstance(e.select_ms, float) and e.select_ms > 0 for e in timed.trace)
+    with pytest.raises(ValueError, match="timing must be True or False"):
+        with tpx.pruning(model, "fastv", retention=0.25, timing=1):
+            pass
+
+
 def test_same_seed_same_selection(tiny_models):
     model, processor = tiny_models["sdpa"]
     inputs = make_inputs(processor, 2)
@@ -393,22 +420,3 @@ def test_a_checkpoints_own_compression_is_the_first_stage(tiny_models):
             want_alone = model(**inputs).logits
     assert torch.equal(pruned, want) and torch.equal(alone, want_alone)
     assert torch.equal(run.kept_positions, same.kept_positions)
-
-
-def test_gemma3_text_inside_llava_is_refused_not_silently_wrong():
-    """The decoder logic does not yet reproduce Gemma 3's per-layer-type rotary and masks: refuse on entry."""
-    from transformers import Gemma3TextConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    from tpx.models.tiny import tiny
-
-    base, _ = tiny()
-    text = Gemma3TextConfig(vocab_size=base.config.text_config.vocab_size, hidden_size=32, intermediate_size=64,
-                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16)
-    config = LlavaConfig(vision_config=base.config.vision_config.to_dict(), text_config=text.to_dict(),
-                         image_token_id=base.config.image_token_id)
-    model = LlavaForConditionalGeneration(config).eval()
-    with pytest.raises(TypeError, match="'gemma3_text' language model"):
-        with tpx.pruning(model, "fastv", retention=0.5, layer=1):
-            pass
-    with tpx.pruning(model) as run:  # unpruned: allowed
-        assert run.trace == []

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 import pytest
 
 from tpx import evaluate as ev
@@ -200,3 +201,45 @@ def test_two_processes_gather_one_table(tmp_path):
     assert evaluate_cli.main(args + ["--out", str(tmp_path / "one.csv")]) == 0
     one, two = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "two.csv")
     pd.testing.assert_frame_equal(one, two)
+
+
+def test_grid_shares_batches_and_image_features_without_changing_answers(tiny, samples, monkeypatch):
+    """The grid runner prepares each batch and encodes its images once for all configurations of a group (hook V
+    methods excepted: their tower hooks must run); every answer equals answering each configuration alone."""
+    from tpx.grid import grid
+
+    model, processor = tiny
+    configs = (grid(["fastv", "random"], [0.25, 0.5], hooks=["L"], layers=[1], seeds=[0, 1], label_depth=True)
+               + grid(["random"], [0.25], hooks=["E"], seeds=[3], label_depth=True, baseline=False)
+               + grid(["fastervlm"], [0.25], hooks=["V"], label_depth=True, baseline=False))
+    tower = model.model.vision_tower
+    runs = []
+    handle = tower.register_forward_hook(lambda *a: runs.append(1))
+    try:
+        together = evaluate(model, processor, samples, configs=configs, batch_size=5, max_new_tokens=2, progress=False)
+    finally:
+        handle.remove()
+    n_batches = -(-len(samples) // 5)
+    # one encoding per batch for the shared configurations, one per batch for the hook-V one
+    assert len(runs) == 2 * n_batches
+    assert "get_image_features" not in vars(model.base_model)  # the reuse ends with the call
+    alone = pd.concat([evaluate(model, processor, samples, configs=[c], batch_size=5, max_new_tokens=2, progress=False)
+                       for c in configs], ignore_index=True)
+    cols = ["label", "id", "answer", "score", "n_keep", "kept_row", "coverage"]
+    pd.testing.assert_frame_equal(together[cols], alone[cols])
+    assert [list(k) if k is not None else None for k in together.kept] == \
+        [list(k) if k is not None else None for k in alone.kept]
+
+
+def test_reuse_image_features_keys_on_the_input_tensors(tiny, samples):
+    from tpx.models.base import reuse_image_features
+
+    model, processor = tiny
+    a = ev.model_inputs(processor, samples[:2], model)
+    b = ev.model_inputs(processor, samples[2:4], model)
+    with reuse_image_features(model) as seen:
+        first = model.base_model.get_image_features(pixel_values=a["pixel_values"]).pooler_output
+        again = model.base_model.get_image_features(pixel_values=a["pixel_values"]).pooler_output
+        other = model.base_model.get_image_features(pixel_values=b["pixel_values"]).pooler_output
+    assert seen == {"calls": 3, "encoded": 2}
+    assert again is first and not torch.equal(torch.stack(list(other)), torch.stack(list(first)))

@@ -29,6 +29,7 @@ def test_structure(table):
     assert (table.prefill_ms > 0).all() and (table.e2e_ms > 0).all() and (table.peak_mem_mb > 0).all()
     base = table.iloc[0]
     assert base.prefill_speedup == 1.0 and base.flops_rel == 1.0 and base.select_ms == 0.0 and base.stages == []
+    assert (table.select_ms[1:] > 0).all() and (table.select_ms < table.prefill_ms).all()  # a part of the prefill
     assert list(table.n_keep) == [144, 36, 36, 36] and table.stages[1] == [(2, 36)] and table.stages[2] == [(0, 36)]
     assert set(table.attn_implementation) == {"sdpa"} and set(table.device) == {"cpu"}
 

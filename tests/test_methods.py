@@ -49,3 +49,14 @@ def test_pure_modules_never_import_transformers():
     code = "import sys, tpx, tpx.scores, tpx.select, tpx.dedup, tpx.merge, tpx.schedules, tpx.analysis.spatial, tpx.methods; print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'datasets', 'seaborn', 'ipywidgets')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_list_methods_shows_hook_defaults_and_source():
+    rows = {m.name: m for m in tpx.list_methods(details=True)}
+    assert list(rows) == tpx.list_methods()
+    assert rows["cdpruner"].hooks == ("E",) and "arXiv 2506.10967" in rows["cdpruner"].source
+    assert rows["vispruner"].defaults == {"important_share": 0.5} and rows["vispruner"].hooks[0] == "V"
+    assert rows["hiprune"].defaults == {"anchor_share": 0.1} and "arXiv 2508.00553" in rows["hiprune"].source
+    assert rows["idpruner"].defaults == {"importance_weight": 0.5} and "arXiv 2602.13315" in rows["idpruner"].source
+    assert rows["dart"].defaults["pivot_order"] == "rank" and rows["fastv"].layers == (2,)
+    assert "python_set" in tpx.get_method("dart").params["pivot_order"].choices

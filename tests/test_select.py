@@ -133,3 +133,17 @@ def test_every_new_selector_gives_sorted_unique_exact_budgets_and_is_determinist
             first = call()
             assert_sorted_unique(first, 11)
             assert torch.equal(first, call())
+
+
+def test_downsample_averages_the_vision_grid_and_is_the_identity_at_full_budget():
+    # a 4x4 grid whose feature is (row, col): 2x2 windows average to their centres, indices at window starts
+    rows, cols = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    features = torch.stack([rows, cols], -1).reshape(1, 16, 2).expand(2, -1, -1)
+    out = select.downsample(features, 4, (4, 4))
+    assert out.index.tolist() == [[0, 2, 8, 10]] * 2
+    assert out.features[0].tolist() == [[0.5, 0.5], [0.5, 2.5], [2.5, 0.5], [2.5, 2.5]]
+    x = torch.randn(2, 12, 5, generator=torch.Generator().manual_seed(0))
+    full = select.downsample(x, 12, (3, 4))
+    assert torch.equal(full.features, x) and full.index.tolist() == [list(range(12))] * 2
+    with pytest.raises(ValueError, match="cannot keep exactly n_keep=7"):
+        select.downsample(x, 7, (3, 4))

@@ -17,9 +17,11 @@ import torch
 from tpx import scores as _scores
 from tpx.select import check_choice, check_count, check_flag, check_n_keep, check_unit, mask_to_index, take, topk
 
-__all__ = ["PIVOTS", "UNIQUENESS", "alpha_mix", "max_min_diversity", "pivot_duplication"]
+__all__ = ["PIVOT_ORDERS", "PIVOTS", "UNIQUENESS", "alpha_mix", "max_min_diversity", "pivot_duplication",
+           "python_set_order"]
 
 PIVOTS = ("max", "min", "random")  # DART pivot rules: largest / smallest key L1 norm, or a uniform draw
+PIVOT_ORDERS = ("rank", "python_set")  # DART visiting order: tpx's (visual, then text, by rank) or the official
 UNIQUENESS = ("dup", "last")  # readings of the study's uniqueness term (see `alpha_mix`)
 
 
@@ -139,6 +141,9 @@ def pivot_duplication(
     exact_budget: bool = True,
     pivot: str = "max",
     generator: torch.Generator | None = None,
+    pivot_order: str = "rank",
+    visual_positions: torch.Tensor | None = None,
+    text_positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DART: keep the pivots, then for each pivot in turn the remaining tokens least similar to it.
 
@@ -151,6 +156,12 @@ def pivot_duplication(
     Pivot rule (`pivot`, for DART's pivot study): `"max"` (DART's rule, the default) takes the largest key
     norms as above, `"min"` the smallest, `"random"` a uniform draw from `generator`; the rule picks both
     the visual and the text pivots and their visiting order.
+
+    Visiting order (`pivot_order`): `"rank"` (tpx's default) visits the visual pivots in rank order, then the
+    text pivots; `"python_set"` visits them as the official code does, in the iteration order of a CPython
+    `set` of their absolute sequence positions (`python_set_order`), which interleaves visual and text
+    pivots by position hash. With `exact_budget=False` and `pivot_order="python_set"` the kept set is the
+    official code's.
 
     Budget: with `exact_budget=True` (tpx's default) the visual pivots count within `n_keep`; the other
     n_keep − Pv tokens are split over the row's P pivots as ⌊(n_keep − Pv)/P⌋ each, the remainder going one
@@ -175,12 +186,16 @@ def pivot_duplication(
         exact_budget: keep exactly `n_keep` (True) or the official count (False).
         pivot: `"max"`, `"min"` or `"random"` (see Pivot rule).
         generator: draws the pivots for `pivot="random"` (the engine passes the run's seeded generator).
+        pivot_order: `"rank"` or `"python_set"` (see Visiting order).
+        visual_positions, text_positions: `(B, N)`, `(B, T)` sequence positions from the row's first real token
+            (`"python_set"` only).
 
     Returns:
         `(B, n_keep)` sorted indices, or `(B, Pv + P·⌊n_keep/P⌋)` with `exact_budget=False`.
 
     Raises:
-        ValueError: for a bad count, budget or pivot rule, or `pivot="random"` without a generator.
+        ValueError: for a bad count, budget, pivot rule or order, `pivot="random"` without a generator, or
+            `"python_set"` without positions.
     """
     b, n = scores.shape
     check_n_keep(n_keep, n)
@@ -191,6 +206,9 @@ def pivot_duplication(
     check_choice("pivot", pivot, PIVOTS)
     if pivot == "random" and generator is None:
         raise ValueError("pivot='random' needs a generator")
+    check_choice("pivot_order", pivot_order, PIVOT_ORDERS)
+    if pivot_order == "python_set" and (visual_positions is None or text_positions is None):
+        raise ValueError("pivot_order='python_set' needs visual_positions and text_positions")
     vis_piv = _pivot_rank(scores, pivot, generator).topk(n_vp, dim=1).indices             # (B, Pv)
     text_piv, text_ok = _text_pivots(text_keys, text_mask, n_text_pivots, pivot, generator)  # (B, Pt)
     x = torch.nn.functional.normalize(normed_features.float(), dim=-1)
@@ -198,6 +216,10 @@ def pivot_duplication(
     pivots = torch.cat([take(x, vis_piv), take(t, text_piv)], dim=1)                    # (B, P, D)
     ok = torch.cat([torch.ones_like(vis_piv, dtype=torch.bool), text_ok], dim=1)          # (B, P)
     n_piv = ok.shape[1]
+    if pivot_order == "python_set":
+        where = torch.cat([visual_positions.gather(1, vis_piv), text_positions.gather(1, text_piv)], dim=1)
+        visit = python_set_order(where, ok)                                               # (B, P) pivot slots
+        pivots, ok = take(pivots, visit), ok.gather(1, visit)
     if exact_budget:
         rest = n_keep - n_vp
         count = ok.sum(dim=1, keepdim=True)
@@ -258,6 +280,30 @@ def max_min_diversity(features: torch.Tensor, n_keep: int) -> torch.Tensor:
         kept = kept.scatter(1, pick, True)
         nearest = torch.minimum(nearest, dist.gather(1, pick[..., None].expand(-1, -1, n))[:, 0])
     return mask_to_index(kept, n_keep)
+
+
+def python_set_order(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The order in which the official DART code visits its pivots: `list(set(positions).copy())` in CPython.
+
+    The official code collects the absolute positions of its pivots (visual, then text, each by decreasing key
+    norm) in a Python `set` and iterates over a copy of it; CPython lays small ints out by their value modulo
+    the table size, so the order follows the positions, not the norms. The order is a property of CPython's
+    set, so it is taken from CPython itself, on the host (one sync for the B·P pivot positions).
+
+    Args:
+        positions: `(B, P)` distinct absolute positions of the pivots, in the order they are added to the set.
+        valid: `(B, P)` bool, pivots that exist (a short instruction has fewer text pivots); invalid ones come last.
+
+    Returns:
+        `(B, P)` int64 pivot slots in visiting order.
+    """
+    orders = []
+    for row, ok in zip(positions.tolist(), valid.tolist(), strict=True):
+        added = [p for p, v in zip(row, ok, strict=True) if v]   # built from a list, as the official set is
+        slot = {p: j for j, (p, v) in enumerate(zip(row, ok, strict=True)) if v}
+        seen = [slot[p] for p in list(set(added).copy())]
+        orders.append(seen + [j for j, v in enumerate(ok) if not v])
+    return torch.tensor(orders, dtype=torch.long, device=positions.device)
 
 
 def _pivot_rank(norm: torch.Tensor, pivot: str, generator: torch.Generator | None) -> torch.Tensor:

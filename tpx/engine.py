@@ -29,6 +29,7 @@ from tpx.methods import Method
 from tpx.models import adapter_for, native_plan
 from tpx.models.base import Adapter
 from tpx.plan import Plan, Selection, Stage, plan
+from tpx.stopwatch import Lap
 
 __all__ = ["Run", "TraceEntry", "plan_for", "pruning", "reachable"]
 
@@ -49,6 +50,8 @@ class TraceEntry:
         scores: `(B, n_visual)` float scores (NaN where a token was already gone), or None if unscored.
         grids: `(rows, cols)` of every image segment; `grid` is the first one.
         native: the stage is the checkpoint's own compression (`config.tpx_compression`), not the asked method.
+        lap: the time the stage spent choosing (ingredients, scorer, selector) when the run was opened with
+            `timing=True`, else None; read it as `select_ms`.
     """
 
     method: str
@@ -64,6 +67,13 @@ class TraceEntry:
     scores: torch.Tensor | None
     grids: list[tuple[int, int]] = field(default_factory=list)
     native: bool = False
+    lap: Lap | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def select_ms(self) -> float | None:
+        """Milliseconds the stage spent computing its ingredients and running its scorer and selector (None
+        unless the run was opened with `timing=True`; on a GPU, reading it waits for that work)."""
+        return None if self.lap is None else self.lap.ms
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -84,8 +94,10 @@ class _Prefill:
     seq: torch.Tensor               # (B, L') original positions of the current sequence
     n_cur: int                      # visual tokens in it
     mask2d: torch.Tensor | None     # its padding mask
-    pos0: torch.Tensor | None = None
-    cur: dict[str, Any] = field(default_factory=dict)         # kwargs that layers ≥ the last stage receive
+    blocks: torch.Tensor | None     # (B, L) bidirectional attention block of each position (−1: causal), or None
+    pos: torch.Tensor | None = None  # position ids of the current sequence (None: the model passes none)
+    stage_layer: int = -1           # the last stage layer the current call passed
+    cur: dict[Any, Any] = field(default_factory=dict)         # per layer type: kwargs of layers ≥ the stage layer
     cut: dict[int, dict[str, Any]] = field(default_factory=dict)  # per stage layer: its seq and position shift
     stash: dict[Any, Any] = field(default_factory=dict)       # what score layers K−1 received
 
@@ -101,8 +113,8 @@ class Run:
         kept_positions: `(B, L')` original sequence positions that survive all stages of the last prefill.
     """
 
-    def __init__(self, model: torch.nn.Module, adapter: Adapter, plan: Plan) -> None:
-        self.model, self.adapter, self.plan = model, adapter, plan
+    def __init__(self, model: torch.nn.Module, adapter: Adapter, plan: Plan, timing: bool = False) -> None:
+        self.model, self.adapter, self.plan, self.timing = model, adapter, plan, timing
         self.trace: list[TraceEntry] = []
         self.native_trace: list[TraceEntry] = []
         self.kept_positions: torch.Tensor | None = None
@@ -146,6 +158,12 @@ class Run:
         """`{layer: (B, L_s)}` original positions that layers ≥ that stage layer saw in the last prefill."""
         return {} if self._p is None else {k: v["seq"] for k, v in self._p.cut.items()}
 
+    def current_positions(self) -> torch.Tensor | None:
+        """`(B, L')` original positions of the tokens the decoder layers carry at this moment of a prefill (after
+        the stages cut so far; merged tokens at their representative's position), or None outside a prefill.
+        Adapters whose language model adds per-token inputs between layers (Qwen3-VL's DeepStack) read it."""
+        return self._p.seq if self._prefill and self._p is not None else None
+
     # ---- installation -------------------------------------------------------------------------------
     def _install(self) -> None:
         stages = self.plan.stages
@@ -164,7 +182,10 @@ class Run:
             for i in score:
                 self._handles.append(layers[i].self_attn.register_forward_hook(_MapCapture(self, i)))
         if any(s.reads_vision for s in stages):
-            self._handles.extend(self.adapter.vision_hooks(self._vision))
+            self._handles.extend(self.adapter.vision_hooks(self._vision, _vision_needs(self.plan)))
+        decoder_hooks = getattr(self.adapter, "decoder_hooks", None)  # optional: see base.Adapter
+        if decoder_hooks is not None:
+            self._handles.extend(decoder_hooks(self.current_positions))
 
     def _remove(self) -> None:
         for handle in self._handles:
@@ -186,6 +207,7 @@ class Run:
         self._mask2d = mask
         self._prefill = cache is None or cache.get_seq_length() == 0
         if not self._prefill:
+            self._continue(input_ids, kwargs.get("inputs_embeds"))
             return
         if input_ids is None:
             raise ValueError("tpx.pruning needs input_ids to find the image tokens; "
@@ -206,24 +228,61 @@ class Run:
             is_text = is_text.scatter(1, layout.fixed, False)  # never-pruned image tokens are not text
         if mask is not None:
             is_text = is_text & mask.bool()
+        blocks = None
+        if layout.bidirectional:  # each image's tokens attend to one another (Gemma 3): block id = its segment
+            segment, _ = layout.locate(torch.arange(n, device=dev).repeat(b, 1))
+            blocks = torch.full((b, length), -1, dtype=torch.long, device=dev).scatter(1, layout.positions, segment)
         self._at = {s.layer: s for s in resolved.stages}
         self._p = _Prefill(resolved, layout, length, is_visual, vis_index, is_text,
-                           torch.arange(length, device=dev).expand(b, -1), n, mask)
+                           torch.arange(length, device=dev).expand(b, -1), n, mask, blocks)
+
+    def _continue(self, input_ids: torch.Tensor | None, embeds: torch.Tensor | None) -> None:
+        """Check a call that continues the cached sequence: a decode step, or the next turn of a conversation.
+
+        A next turn is answered from the pruned cache: its new tokens attend to what the prefill kept, exactly as
+        the mask reference does. Two continuations cannot be answered that way and are refused rather than run
+        wrongly: new image tokens (pruning happens at prefill, so they would silently stay unpruned), and a
+        cache pruned before decoder layer 0 (hook E / V, or K = 0), whose length transformers reads as the
+        sequence length, so that `generate` would feed again tokens the cache already holds (measured: wrong
+        tokens). A decode step brings one token per row; a call bringing more is taken as a new turn.
+        """
+        p = self._p
+        if p is None:
+            return  # a decode step before any prefill: `_decode_kwargs` raises where it matters
+        x = input_ids if input_ids is not None else embeds
+        n_new = 0 if x is None else x.shape[1]
+        cut = [f"{st.method.name!r} at hook {st.hook}" for st in p.plan.stages if st.layer == 0]
+        if n_new > 1 and cut:
+            raise ValueError(
+                f"this call continues a cached sequence with {n_new} new tokens, but {', '.join(cut)} pruned the "
+                "cache before decoder layer 0, and transformers reads that shorter cache's length as the sequence "
+                "length, so generate would feed again tokens the cache already holds. Continue a conversation from a "
+                "cache pruned at hook 'L' (K ≥ 1), or answer the new turn from a fresh prefill of the whole "
+                "conversation (generate without the cache)")
+        if n_new > 1 and input_ids is not None and bool((input_ids == self.adapter.image_token_id).any()):
+            raise ValueError("this call continues a cached conversation with new image tokens, which tpx would not "
+                             "prune (it prunes at prefill); answer the new turn from a fresh prefill of the whole "
+                             "conversation (generate without the cache)")
 
     def _before_layer(self, layer: int, args: tuple, kwargs: dict, stash: bool) -> tuple[tuple, dict]:
         p = self._p
         hidden = args[0] if args else kwargs["hidden_states"]
         stage = self._at.get(layer)
         if stage is not None:
+            if not self._prefill and (p is None or layer not in p.cut):
+                raise RuntimeError("a decode step reached a pruned layer before any prefill inside this tpx.pruning "
+                                   "context")
+            p.stage_layer, p.cur = layer, {}  # masks (sized from this stage's caches) and rotary are rebuilt
             if self._prefill:
-                kwargs.update(p.cur)  # a later stage starts from the current (pruned) positions and rotary
                 hidden = self._cut(stage, hidden, kwargs)
-            else:
-                p.cur = self._decode_kwargs(layer, hidden, kwargs)
         if layer >= self._first:
-            kwargs.update(p.cur)
+            kind = self.adapter.decoder.layer_type(layer)  # layers of one type share masks and rotary
+            if kind not in p.cur:
+                p.cur[kind] = (self._prefill_kwargs if self._prefill else self._decode_kwargs)(layer, hidden, kwargs)
+            kwargs.update(p.cur[kind])
         if stash and self._prefill:
-            p.stash[layer] = (hidden, kwargs["position_embeddings"], p.mask2d, kwargs.get("cache"))
+            p.stash[layer] = (hidden, kwargs["position_embeddings"], p.mask2d, kwargs.get("cache"),
+                              kwargs.get("attention_mask"))
         if args:
             return (hidden, *args[1:]), kwargs
         kwargs["hidden_states"] = hidden
@@ -241,7 +300,10 @@ class Run:
         vis_cur = select.mask_to_index(vis_mask, p.n_cur)                           # (B, n_cur)
         vis_orig = p.vis_index.gather(1, p.seq.gather(1, vis_cur))                 # (B, n_cur) into visual span
         with torch.no_grad():
+            lap = Lap(hidden.device).start() if self.timing else None
             chosen = self._select(stage, hidden, vis_cur)
+            if lap is not None:
+                lap.stop()
         n_keep = chosen.index.shape[1]  # a method may document a count other than the budget (DART's official one)
         keep = select.mask_to_index((~vis_mask).scatter(1, vis_cur.gather(1, chosen.index), True),
                                     length - p.n_cur + n_keep)                     # (B, L') sorted
@@ -251,34 +313,40 @@ class Run:
             new_hidden = new_hidden.scatter(1, slots[..., None].expand(-1, -1, d), chosen.merged.to(new_hidden.dtype))
         self._shorten(layer, keep, new_hidden, kwargs)
         p.n_cur = n_keep
-        self._record(stage, vis_orig, chosen, n_keep)
+        self._record(stage, vis_orig, chosen, n_keep, lap)
         return new_hidden
 
     def _shorten(self, layer: int, keep: torch.Tensor, new_hidden: torch.Tensor, kwargs: dict) -> None:
-        """Positions, rotary and mask of the kept rows, for layer `layer` and the layers after it."""
+        """Original positions, position ids and padding mask of the kept rows, for layer `layer` and after."""
         p = self._p
         b = keep.shape[0]
         position_ids = kwargs.get("position_ids")  # None in a Qwen2-VL forward (3-D M-RoPE lives in cos/sin)
-        if position_ids is not None:
-            position_ids = position_ids.expand(b, -1)
-        if p.pos0 is None:
-            p.pos0 = position_ids
-        cos, sin = kwargs["position_embeddings"]
-        gidx = keep[..., None].expand(-1, -1, cos.shape[-1])
-        pos = None if position_ids is None else position_ids.gather(1, keep)
-        pe = (cos.expand(b, -1, -1).gather(1, gidx), sin.expand(b, -1, -1).gather(1, gidx))
         new_seq = p.seq.gather(1, keep)
+        pos = None if position_ids is None else position_ids.expand(b, -1).gather(1, new_seq)
         shift = None
         if self.plan.positions == "renumber":
             kept_full = torch.zeros_like(p.is_visual).scatter(1, new_seq, True)
-            pos = p.pos0.gather(1, new_seq) - (~kept_full).long().cumsum(1).gather(1, new_seq)
+            pos = pos - (~kept_full).long().cumsum(1).gather(1, new_seq)
             shift = (~kept_full).long().sum(1, keepdim=True)
-            pe = self.adapter.decoder.rotary(new_hidden, pos)
         p.seq = self.kept_positions = new_seq
+        p.pos = pos
         p.mask2d = None if self._mask2d is None else self._mask2d[:, : p.length].gather(1, new_seq)
-        mask = self.adapter.decoder.causal_mask(new_hidden, p.mask2d, kwargs.get("cache"), layer)
-        p.cur = {"attention_mask": mask, "position_ids": pos, "position_embeddings": pe}
         p.cut[layer] = {"seq": new_seq, "shift": shift}
+
+    def _prefill_kwargs(self, layer: int, hidden: torch.Tensor, kwargs: dict) -> dict[str, Any]:
+        """Mask, position ids and rotary of the current sequence for decoder layer `layer` (and every later layer
+        of its type): the model hands each layer its own type's rotary for the full prompt, gathered here at the
+        kept positions (or recomputed for renumbered ones); the mask is rebuilt from the layer's cache."""
+        p, decoder = self._p, self.adapter.decoder
+        if self.plan.positions == "renumber":
+            pe = decoder.rotary(hidden, p.pos, layer_idx=layer)
+        else:
+            cos, sin = kwargs["position_embeddings"]
+            gidx = p.seq[..., None].expand(-1, -1, cos.shape[-1])
+            pe = tuple(e.expand(p.seq.shape[0], -1, -1).gather(1, gidx) for e in (cos, sin))
+        extra = {} if p.blocks is None else {"blocks": p.blocks.gather(1, p.seq)}
+        mask = decoder.causal_mask(hidden, p.mask2d, kwargs.get("cache"), layer, **extra)
+        return {"attention_mask": mask, "position_ids": p.pos, "position_embeddings": pe}
 
     def _select(self, stage: Stage, hidden: torch.Tensor, vis_cur: torch.Tensor) -> Selection:
         p, layer = self._p, stage.layer
@@ -291,9 +359,12 @@ class Run:
             before=p.stash.pop(layer - 1, None), maps=p.stash.pop(("maps", layer - 1), None),
             vision=self._take_vision(hidden.shape[0]) if stage.reads_vision else None, score_layer=layer - 1,
             grid=grids[0] if len(grids) == 1 else None,
-            generator=self._generator(stage, hidden.device) if "generator" in stage.ingredients else None)
+            generator=self._generator(stage, hidden.device) if "generator" in stage.ingredients else None,
+            mask2d=p.mask2d)
         chosen = stage.select(ing.compute(stage.ingredients, ctx), grids)
-        if chosen.merged is not None and stage.hook == "V" and chosen.merged.shape[-1] != hidden.shape[-1]:
+        if chosen.merged is not None and stage.hook == "V":
+            # merged at hook V means merged vision features: always projected (also when the vision tower's width
+            # equals the LLM's, as in the organism, where a shape test would let them in unprojected)
             chosen = chosen._replace(merged=self.adapter.project(chosen.merged))
         return chosen
 
@@ -313,7 +384,7 @@ class Run:
                              f"{batch} rows")
         return vision
 
-    def _record(self, stage: Stage, vis_orig: torch.Tensor, chosen: Selection, n_keep: int) -> None:
+    def _record(self, stage: Stage, vis_orig: torch.Tensor, chosen: Selection, n_keep: int, lap: Lap | None) -> None:
         layout = self._p.layout
         kept = vis_orig.gather(1, chosen.index)
         segment, grid_rc = layout.locate(kept)
@@ -325,16 +396,15 @@ class Run:
         (self.native_trace if stage.native else self.trace).append(TraceEntry(
             method=stage.method.name, hook=stage.hook, layer=stage.layer, stage=stage.index, params=params,
             n_visual=layout.n_visual, n_keep=n_keep, kept=kept.detach(), segment=segment.detach(),
-            grid_rc=grid_rc.detach(), scores=full_scores, grids=list(layout.grids), native=stage.native,
+            grid_rc=grid_rc.detach(), scores=full_scores, grids=list(layout.grids), native=stage.native, lap=lap,
         ))
 
     # ---- decode -------------------------------------------------------------------------------------
     def _decode_kwargs(self, layer: int, hidden: torch.Tensor, kwargs: dict) -> dict[str, Any]:
+        """The decode step's mask for layer `layer` (and later layers of its type up to the next stage), sized
+        from that layer's shorter cache; shifted positions and their rotary when positions are renumbered."""
         p = self._p
-        if p is None or layer not in p.cut:
-            raise RuntimeError("a decode step reached a pruned layer before any prefill inside this tpx.pruning "
-                               "context")
-        cut = p.cut[layer]
+        cut = p.cut[p.stage_layer]
         mask2d = None
         if self._mask2d is not None:
             m = self._mask2d
@@ -343,7 +413,7 @@ class Run:
         cur: dict[str, Any] = {"attention_mask": mask}
         if cut["shift"] is not None:
             pos = kwargs["position_ids"].expand(hidden.shape[0], -1) - cut["shift"]
-            cur.update(position_ids=pos, position_embeddings=self.adapter.decoder.rotary(hidden, pos))
+            cur.update(position_ids=pos, position_embeddings=self.adapter.decoder.rotary(hidden, pos, layer_idx=layer))
         return cur
 
 
@@ -393,6 +463,7 @@ def pruning(
     positions: Literal["keep", "renumber"] = "keep",
     attention: Literal["rows", "maps"] = "rows",
     native: bool = True,
+    timing: bool = False,
     **params: Any,
 ) -> Iterator[Run]:
     """Prune visual tokens of `model` inside the `with` block; hooks are removed on exit, even on error.
@@ -417,6 +488,9 @@ def pruning(
         attention: "rows" (recompute the needed attention rows; the model keeps SDPA) or "maps" (read the
             eager attention maps of layer K−1, the original FastV way; needs an eager model).
         native: put the checkpoint's `config.tpx_compression` first (default True).
+        timing: time what each stage spends choosing its tokens (ingredients, scorer, selector) into its trace
+            entry's `select_ms` (`tpx.stopwatch`: CUDA events on a GPU, so nothing waits; `perf_counter` on the
+            CPU). Off by default.
         **params: the method's parameters (`get_method(name).params` lists them and their allowed values).
 
     Yields:
@@ -428,8 +502,10 @@ def pruning(
         TypeError: for an unsupported model, or a method without a retention.
     """
     adapter = adapter_for(model)
+    if not isinstance(timing, bool):
+        raise ValueError(f"timing must be True or False, got {timing!r}")
     run = Run(model, adapter, _plan(model, adapter, method, retention, layer, layers, hook, seed, positions,
-                                    attention, native, params, None))
+                                    attention, native, params, None), timing)
     run._install()
     try:
         yield run
@@ -466,13 +542,6 @@ def reachable(model: torch.nn.Module, method: str | Method, retention: float, **
     return None
 
 
-# language models the shared decoder logic does not yet reproduce exactly: refused rather than silently wrong
-UNSUPPORTED_TEXT = {
-    "gemma3_text": "its sliding-window and global layers use different rotary bases and masks, and its attention "
-                   "rows need q/k norms (measured: retention 1.0 changed logits by up to 6.8)",
-}
-
-
 def _plan(model: torch.nn.Module, adapter: Adapter, method: str | Method | Plan | None, retention: float | None,
           layer: int | None, layers: Sequence[int] | None, hook: str | None, seed: int, positions: str,
           attention: str, native: bool, params: dict[str, Any], layout: Layout | None) -> Plan:
@@ -490,11 +559,11 @@ def _plan(model: torch.nn.Module, adapter: Adapter, method: str | Method | Plan 
             raise TypeError("tpx.pruning with a method needs retention=")
         requested = plan(method, retention, layer=layer, layers=layers, hook=hook, n_layers=adapter.n_layers,
                          seed=seed, positions=positions, attention=attention, **params)
-    text_type = getattr(model.config.get_text_config(), "model_type", None)
-    if requested.stages and text_type in UNSUPPORTED_TEXT:
-        raise TypeError(f"pruning is not supported yet for a {text_type!r} language model inside "
-                        f"{type(model).__name__}: {UNSUPPORTED_TEXT[text_type]}; run it unpruned "
-                        "(tpx.pruning(model) or no context)")
+    unavailable = getattr(adapter, "unavailable_ingredients", {})  # what this family's model cannot give
+    for stage in requested.stages:
+        for name in sorted(stage.ingredients & set(unavailable)):
+            raise ValueError(f"{stage.method.name!r} at hook {stage.hook!r} is not supported on {type(model).__name__}:"
+                             f" it needs {name!r}, and {unavailable[name]}")
     own = native_plan(model, requested.positions, requested.attention) if native else None
     if own is not None:
         if requested.positions == "renumber":
@@ -504,7 +573,18 @@ def _plan(model: torch.nn.Module, adapter: Adapter, method: str | Method | Plan 
     if requested.positions == "renumber" and not adapter.supports_renumber:
         raise ValueError(f"positions='renumber' is not supported on {type(model).__name__}: its M-RoPE positions "
                          "are 3-D; use positions='keep'")
+    missing = sorted(_vision_needs(requested) - adapter.vision_ingredients)
+    if missing:
+        names = ", ".join(s.method.name for s in requested.stages if set(missing) & s.ingredients)
+        raise ValueError(f"{names} needs {', '.join(missing)} from the vision tower, which the "
+                         f"{type(adapter).__name__} does not record (it records "
+                         f"{', '.join(sorted(adapter.vision_ingredients))})")
     if requested.attention == "maps" and adapter.decoder.attn_implementation != "eager":
         raise ValueError("attention='maps' reads eager attention maps; load the model with attn_implementation='eager' "
                          f"(it uses {adapter.decoder.attn_implementation!r})")
     return requested.bind(n_layers=adapter.n_layers, layout=layout if layout is not None else adapter.nominal_layout())
+
+
+def _vision_needs(plan: Plan) -> frozenset[str]:
+    """The vision-tower ingredients the plan's stages need (recorded by the adapter's `vision_hooks`)."""
+    return frozenset(n for s in plan.stages for n in s.ingredients if ing.INGREDIENTS[n].reads == "vision")

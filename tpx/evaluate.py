@@ -24,6 +24,7 @@ import torch
 
 from tpx.data import Sample
 from tpx.grid import UNPRUNED, Config, seeded, unpruned
+from tpx.models.base import reuse_image_features
 from tpx.scoring import score, summarize
 
 __all__ = ["BLIND", "Config", "evaluate", "kept_summary", "model_inputs", "process_state", "reachable", "score", "summarize"]
@@ -31,6 +32,9 @@ __all__ = ["BLIND", "Config", "evaluate", "kept_summary", "model_inputs", "proce
 log = logging.getLogger(__name__)
 BLIND = (None, "no_image", "blank", "noise")
 COVERAGE_BLOCKS = 4  # coverage: share of the cells of a 4×4 partition of each image grid holding a kept token
+# configurations answered together, batch by batch: each batch is prepared, and its images encoded, once for all
+# of them; results are cached per configuration when its group ends
+GROUP = 16
 
 
 # ---- one batch --------------------------------------------------------------------------------------------
@@ -107,10 +111,11 @@ def kept_summary(entry: Any, b: int) -> dict[str, Any]:
 
 
 def _answer_batch(model: Any, processor: Any, batch: list[Sample], config: Config, blind: str | None,
-                  max_new_tokens: int) -> list[dict[str, Any]]:
+                  max_new_tokens: int, inputs: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
     from tpx.engine import pruning
 
-    inputs = model_inputs(processor, batch, model, blind)
+    if inputs is None:
+        inputs = model_inputs(processor, batch, model, blind)
     tok = processor.tokenizer
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     n_visual = (inputs["input_ids"] == model.config.image_token_id).sum(1).tolist()
@@ -202,6 +207,15 @@ def _legacy_configs(methods: Sequence[str | None], retentions: Sequence[float], 
         use = seeds if seeded(method, kw) else seeds[:1]
         configs += [Config(method, float(r), hook, layer, int(s), params, method) for r in retentions for s in use]
     return list(dict.fromkeys(configs))
+
+
+def _reads_vision(model: Any, config: Config) -> bool:
+    """Whether a configuration's plan (the checkpoint's own compression included) reads the vision tower."""
+    from tpx.engine import plan_for
+
+    method = None if config.method == UNPRUNED else config.method
+    plan = plan_for(model, method, **({} if method is None else config.kwargs()))
+    return any(s.reads_vision for s in plan.stages)
 
 
 def _validate(model: Any, configs: Sequence[Config], blind: str | None) -> None:
@@ -336,19 +350,29 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], methods: Seq
         batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
         bar = tqdm(total=len(batches) * len(todo), desc="evaluate batches", unit="batch",
                    disable=not progress or not state.is_main_process)
-        for config, path in todo:
-            bar.set_postfix(label=config.label, retention=config.retention, seed=config.seed)
-            rows = []
+        for start in range(0, len(todo), GROUP):
+            group = todo[start:start + GROUP]
+            rows: dict[Config, list[dict[str, Any]]] = {config: [] for config, _ in group}
+            # methods reading the vision tower (hook V) need it to run; the others share each batch's features
+            tower = [c for c, _ in group if _reads_vision(model, c)]
+            shared = [c for c, _ in group if c not in tower]
             for batch in batches:
-                rows += _answer_batch(model, processor, batch, config, blind, max_new_tokens)
-                bar.update()
-            if state.num_processes > 1:
-                rows = gather_object(rows)
-            frames[config] = pd.DataFrame(rows)
-            if path is not None and state.is_main_process:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                frames[config].to_parquet(tmp)
-                tmp.replace(path)  # atomic: an interrupted run leaves no half-written result
+                inputs = model_inputs(processor, batch, model, blind)
+                for config in tower:
+                    rows[config] += _answer_batch(model, processor, batch, config, blind, max_new_tokens, inputs)
+                    bar.update()
+                with reuse_image_features(model):
+                    for config in shared:
+                        bar.set_postfix(label=config.label, retention=config.retention, seed=config.seed)
+                        rows[config] += _answer_batch(model, processor, batch, config, blind, max_new_tokens, inputs)
+                        bar.update()
+            for config, path in group:
+                done = gather_object(rows[config]) if state.num_processes > 1 else rows[config]
+                frames[config] = pd.DataFrame(done)
+                if path is not None and state.is_main_process:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(".tmp")
+                    frames[config].to_parquet(tmp)
+                    tmp.replace(path)  # atomic: an interrupted run leaves no half-written result
         bar.close()
     return pd.concat([frames[c] for c in configs], ignore_index=True)

@@ -19,7 +19,7 @@ import torch
 
 from tpx.select import mask_to_index, take
 
-__all__ = ["INGREDIENTS", "Context", "Ingredient", "compute"]
+__all__ = ["INGREDIENTS", "OBJECT_DEPTH", "VISION", "Context", "Ingredient", "compute"]
 
 Axis = Literal["token", "key"] | None
 Reads = Literal["layer", "before", "vision", "run"]
@@ -53,13 +53,16 @@ class Context:
         hidden: `(B, L, D)` hidden states entering the pruned layer K.
         visual: `(B, N)` positions of the current visual tokens in the current sequence.
         is_text: `(B, L)` bool, the text tokens after the image in the current sequence (not padding).
-        before: `(hidden, position_embeddings, mask2d, cache)` entering layer K−1, or None; once layer K−1 ran,
-            the cache holds its keys and values, which the attention and key ingredients reuse.
+        before: `(hidden, position_embeddings, mask2d, cache, mask)` entering layer K−1, or None (`mask`: the
+            attention mask that layer received, which carries family rules such as Gemma 3's bidirectional image
+            blocks); once layer K−1 ran, the cache holds its keys and values, which the attention and key
+            ingredients reuse.
         maps: `(B, H, L, L)` eager attention maps of layer K−1 (attention="maps"), or None.
         vision: ingredients recorded on the vision tower, per batch row in layout order, or None.
         score_layer: K−1.
         grid: `(rows, cols)` of the image segment being selected from.
         generator: the run's seeded generator.
+        mask2d: `(B, L)` padding mask of the current sequence (1 = real token), or None without padding.
     """
 
     decoder: Any
@@ -72,6 +75,7 @@ class Context:
     score_layer: int = -1
     grid: tuple[int, int] | None = None
     generator: torch.Generator | None = None
+    mask2d: torch.Tensor | None = None
     _memo: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def once(self, key: str, fn: Callable[[], Any]) -> Any:
@@ -97,13 +101,13 @@ class Context:
             m = self.maps
             att = m.gather(2, rows[:, None, :, None].expand(-1, m.shape[1], -1, m.shape[3]))
         else:
-            hidden, pe, mask2d, cache = self._before()
-            att = self.decoder.attention_rows(self.score_layer, hidden, pe, rows, mask2d, cache=cache)
+            hidden, pe, mask2d, cache, mask = self._before()
+            att = self.decoder.attention_rows(self.score_layer, hidden, pe, rows, mask2d, cache=cache, mask=mask)
         return att.gather(3, self.visual[:, None, None, :].expand(-1, att.shape[1], att.shape[2], -1))
 
     def keys(self) -> torch.Tensor:
         """`(B, L, H_kv·d)` post-RoPE keys of every current position at layer K−1."""
-        hidden, pe, _, cache = self._before()
+        hidden, pe, _, cache, _ = self._before()
         return self.once("keys", lambda: self.decoder.keys(self.score_layer, hidden, pe, cache=cache))
 
     def normed(self) -> torch.Tensor:
@@ -116,10 +120,22 @@ class Context:
                                "stage")
         return self.vision[name]
 
+    def unpadded(self, positions: torch.Tensor) -> torch.Tensor:
+        """`positions` in the current sequence counted from the row's first real token (left padding removed),
+        so a padded row numbers its tokens as the same prompt alone would."""
+        if self.mask2d is None:
+            return positions
+        return positions - (self.mask2d == 0).sum(dim=1, keepdim=True)
+
     def _before(self) -> tuple:
         if self.before is None:
             raise RuntimeError(f"no record of layer {self.score_layer}'s input for this stage")
         return self.before
+
+
+# HiPrune's object layer: layer 9 (1-based) of CLIP ViT-L's 24, its default for LLaVA-1.5 and LLaVA-NeXT; other
+# towers use the layer at the same relative depth (round(9/24 · depth), at least 1, at most the feature layer)
+OBJECT_DEPTH = 9 / 24
 
 
 def _last(ctx: Context) -> torch.Tensor:
@@ -170,6 +186,21 @@ INGREDIENTS: dict[str, Ingredient] = {
     "vision_features": Ingredient(
         "(B, N, Dv) pre-projector patch features", "token", "vision",
         lambda ctx: ctx.recorded("vision_features")),
+    "text_features": Ingredient(
+        "(B, T, D) hidden states of the text tokens entering the pruned layer (hook E: their input embeddings)",
+        None, "layer", lambda ctx: take(ctx.hidden, ctx.text()[0])),
+    "visual_positions": Ingredient(
+        "(B, N) positions of the visual tokens in the current sequence, from the row's first real token", "token",
+        "layer", lambda ctx: ctx.unpadded(ctx.visual)),
+    "text_positions": Ingredient(
+        "(B, T) positions of the text tokens in the current sequence, from the row's first real token", None,
+        "layer", lambda ctx: ctx.unpadded(ctx.text()[0])),
+    "vision_received": Ingredient(
+        "(B, H, N) attention each patch receives at the vision feature layer, mean over every query row ([CLS] "
+        "included)", "key", "vision", lambda ctx: ctx.recorded("vision_received")),
+    "vision_received_object": Ingredient(
+        "(B, H, N) the same at the vision tower's object layer (`OBJECT_DEPTH` of its depth: CLIP-L's layer 9)",
+        "key", "vision", lambda ctx: ctx.recorded("vision_received_object")),
     "grid": Ingredient(
         "(rows, cols) of the image segment being selected from (a selector that takes it selects per segment)",
         None, "layer", lambda ctx: ctx.grid),
@@ -177,6 +208,10 @@ INGREDIENTS: dict[str, Ingredient] = {
         "torch.Generator seeded once per run, on the model's device (only for seeded methods)", None, "run",
         lambda ctx: ctx.generator),
 }
+
+
+# what hook "V" reads from the vision tower; every adapter records the first three (`Adapter.vision_ingredients`)
+VISION = ("cls_attn", "vision_keys", "vision_features", "vision_received", "vision_received_object")
 
 
 def compute(names: set[str] | frozenset[str], ctx: Context) -> dict[str, Any]:

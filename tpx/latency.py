@@ -12,8 +12,6 @@ layers, and the KV-cache bytes.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import logging
 import re
 import resource
@@ -143,30 +141,6 @@ def _peak_memory(fn: Callable[[], Any], device: torch.device) -> tuple[float, st
 
 # ---- timing -------------------------------------------------------------------------------------------------
 
-def _timed_method(name: str, sink: list[float], device: torch.device) -> Any:
-    """The registry entry with its scorer and selector wrapped to add their wall time to `sink` (seconds)."""
-    from tpx.methods import get_method
-
-    def wrap(fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
-        if fn is None:
-            return None
-
-        @functools.wraps(fn)  # keeps the signature the engine reads ingredient names from
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            out = fn(*args, **kwargs)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            sink.append(time.perf_counter() - start)
-            return out
-        return timed
-
-    method = get_method(name)
-    return dataclasses.replace(method, scorer=wrap(method.scorer), selector=wrap(method.selector))
-
-
 class _Clock:
     """A `generate` streamer that records when the prompt and each new token arrive (generate moves every
     token to the CPU before handing it over, so on a GPU each stamp follows a synchronisation)."""
@@ -207,38 +181,36 @@ class _Config:
         self.model, self.inputs, self.name, self.retention = model, inputs, method, retention
         self.timer = timer
         self.max_new_tokens, self.kwargs = max_new_tokens, pruning_kwargs
-        self.select_times: list[float] = []
-        device = next(model.parameters()).device
-        # timed runs use the registry entry; the wrapped copy (with syncs) only runs in `select_ms`
         self.method = None if method == UNPRUNED else method
-        self.timed = None if method == UNPRUNED else _timed_method(method, self.select_times, device)
+        self.last_trace: list[Any] = []
         self.stages: list[tuple[int, int]] = []
         self.times: dict[str, list[float]] = {"prefill": [], "decode": [], "genT": []}
 
-    def _run(self, fn: Callable[[], Any], method: Any = None) -> Any:
+    def _run(self, fn: Callable[[], Any], timing: bool = False) -> Any:
         from tpx.engine import pruning
 
         with torch.inference_mode():
             if self.method is None:
                 return fn()
-            with pruning(self.model, method or self.method, retention=self.retention, **self.kwargs) as run:
+            with pruning(self.model, self.method, retention=self.retention, timing=timing, **self.kwargs) as run:
                 out = fn()
             self.stages = [(e.layer, e.n_keep) for e in run.trace[-len(run.layers):]]
+            self.last_trace = run.trace[-len(run.layers):]
             return out
 
-    def prefill(self, method: Any = None) -> Any:
-        return self._run(lambda: self.model(**self.inputs, use_cache=True, logits_to_keep=1), method)
+    def prefill(self, timing: bool = False) -> Any:
+        return self._run(lambda: self.model(**self.inputs, use_cache=True, logits_to_keep=1), timing)
 
     def select_ms(self, calls: int = 5) -> float:
-        """Median over `calls` prefills of the time spent inside the scorer and selector (ms)."""
-        if self.timed is None:
+        """Median over `calls` prefills of the time the engine spent choosing tokens (ms): every stage's
+        ingredients, scorer and selector, timed inside the prefill (`tpx.pruning(timing=True)`)."""
+        if self.method is None:
             return 0.0
         per_call = []
         for _ in range(calls):
-            self.select_times.clear()
-            self.prefill(self.timed)
-            per_call.append(sum(self.select_times))
-        return 1e3 * statistics.median(per_call)
+            self.prefill(timing=True)
+            per_call.append(sum(e.select_ms for e in self.last_trace))
+        return statistics.median(per_call)
 
     def generate(self, tokens: int, streamer: Any = None) -> Any:
         pad = getattr(self.model.generation_config, "pad_token_id", None)
@@ -330,8 +302,10 @@ def measure(model: Any, processor: Any, samples: Sequence[Any] | None = None,
     Returns:
         One row per configuration, baseline first: method, retention, batch_size, n_tokens, n_visual,
         n_keep, stages [(layer, n_keep)], prefill_ms / prefill_iqr_ms, decode_ms_per_token / decode_iqr_ms,
-        e2e_ms / e2e_iqr_ms, max_new_tokens, select_ms (the method's scorer and selector functions alone;
-        the attention rows or features they are handed are not included), peak_mem_mb and peak_mem_kind,
+        e2e_ms / e2e_iqr_ms, max_new_tokens, select_ms (what the engine spent choosing tokens inside the
+        prefill: every stage's ingredients — recomputed attention rows, keys, features —, scorer and selector,
+        timed with `tpx.pruning(timing=True)`: CUDA events on a GPU, perf_counter on the CPU; a part of
+        prefill_ms, reported apart as UniPruneBench, arXiv 2511.02650, reports its methods' own time), peak_mem_mb and peak_mem_kind,
         flops (analytic, decoder layers, 2 × MACs), flops_counted (FlopCounterMode, decoder layers; it also
         counts the matrix products of the method's scoring and selection that run in those layers' hooks,
         e.g. a recomputed attention row or DivPrune's N × N similarities, which the formula leaves out), kv_bytes

@@ -30,6 +30,8 @@ class Layout:
         n_visual: N, the prunable visual tokens: the grids' areas summed (given explicitly only without grids).
         source: what the adapter read the layout from, for its own later use (LLaVA-NeXT: the AnyRes canvases
             the vision records are stitched from); no other module reads it.
+        bidirectional: the tokens of each image segment attend to one another in both directions inside the LLM
+            (Gemma 3 given `token_type_ids`), so the engine keeps that block structure among the kept tokens.
     """
 
     grids: tuple[tuple[int, int], ...] = ()
@@ -37,6 +39,7 @@ class Layout:
     fixed: torch.Tensor | None = None
     n_visual: int | None = None
     source: Any = field(default=None, repr=False)
+    bidirectional: bool = False
 
     def __post_init__(self) -> None:
         grids = tuple((int(r), int(c)) for r, c in self.grids)

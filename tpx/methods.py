@@ -22,16 +22,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
-from tpx import dedup, merge, schedules, scores, select
+from tpx import dedup, merge, schedules, scores, select, select_diverse
 from tpx.ingredients import INGREDIENTS
 
-__all__ = ["METHODS", "Method", "Needs", "Param", "get_method", "list_methods", "register", "variant"]
+__all__ = ["METHODS", "Method", "MethodInfo", "Needs", "Param", "get_method", "list_methods", "register", "variant"]
 
 Hook = Literal["V", "E", "L"]
 HOOKS: tuple[Hook, ...] = ("V", "E", "L")
 # names that belong to the engine's call or to `tpx.pruning` / `tpx.plan`, never to a method's parameters
 RESERVED = frozenset({"scores", "n_keep", "retention", "seed", "layer", "layers", "hook", "positions", "attention",
-                      "n_layers", "layout", "native"})
+                      "n_layers", "layout", "native", "timing"})
 
 
 class Needs(NamedTuple):
@@ -244,6 +244,15 @@ _VISIONZIP = (
     "Yang et al., VisionZip: Longer is Better but Not Necessary in Vision Language Models,"
     " CVPR 2025, arXiv 2412.04467"
 )
+_CDPRUNER = "Zhang et al., Maximizing Conditional Diversity for Token Pruning (CDPruner), NeurIPS 2025, arXiv 2506.10967"
+_VISPRUNER = "Zhang et al., Exploiting Visual Cues for Effective Token Pruning (VisPruner), ICCV 2025, arXiv 2412.01818"
+_HIPRUNE = "Liu et al., HiPrune: Training-Free Visual Token Pruning via Hierarchical Attention, 2025, arXiv 2508.00553"
+_IDPRUNER = "IDPruner: Harmonizing Importance and Diversity in Visual Token Pruning for MLLMs, 2026, arXiv 2602.13315"
+_DOWNSAMPLE = (
+    "Liao et al., Are We Using the Right Benchmark: An Evaluation Framework for Visual Token Compression Methods"
+    " (VTC-Bench), arXiv 2510.07143 (downsampling baseline); Peng et al., Can Visual Input Be Compressed?"
+    " (UniPruneBench), arXiv 2511.02650"
+)
 _DART_TEXT = ("normed_features", "normed_text", "text_mask", "text_keys")
 
 
@@ -257,7 +266,9 @@ def _alpha_needs(p: Mapping[str, Any]) -> Needs:
 
 
 def _dart_needs(p: Mapping[str, Any]) -> Needs:
-    return Needs(scorer=("visual_keys",), selector=_DART_TEXT + (("generator",) if p["pivot"] == "random" else ()))
+    extra = (("generator",) if p["pivot"] == "random" else ()) + (
+        ("visual_positions", "text_positions") if p["pivot_order"] == "python_set" else ())
+    return Needs(scorer=("visual_keys",), selector=_DART_TEXT + extra)
 
 
 def _sparsevlm_needs(p: Mapping[str, Any]) -> Needs:
@@ -275,6 +286,12 @@ METHODS: dict[str, Method] = {
         name="pooling", hooks=("E", "L"), layers=(2,), scorer=None, selector=select.pool2d,
         needs=Needs(selector=("features", "grid")), seeded=False, grid_check=select.pool_grid,
         paper=_STUDY + " (2-D average pooling baseline)",
+    ),
+    # the downsampling baseline: the pre-projector patch grid averaged (select.downsample says why not a resize)
+    "downsample": Method(
+        name="downsample", hooks=("V",), layers=(), scorer=None, selector=select.downsample,
+        needs=Needs(selector=("vision_features", "grid")), seeded=False, grid_check=select.pool_grid,
+        paper=_DOWNSAMPLE,
     ),
     "fastv": Method(
         name="fastv", hooks=("L",), layers=(2,), scorer=scores.last_token_attention, selector=select.topk,
@@ -312,7 +329,8 @@ METHODS: dict[str, Method] = {
     "dart": Method(
         name="dart", hooks=("L",), layers=(2,), scorer=scores.key_norm, selector=dedup.pivot_duplication,
         needs=_dart_needs, seeded=lambda p: p["pivot"] == "random",
-        params={**_PIVOTS, "exact_budget": Param.flag(True), "pivot": Param.choice("max", dedup.PIVOTS)},
+        params={**_PIVOTS, "exact_budget": Param.flag(True), "pivot": Param.choice("max", dedup.PIVOTS),
+                "pivot_order": Param.choice("rank", dedup.PIVOT_ORDERS)},
         paper=_DART,
     ),
     "divprune": Method(
@@ -328,6 +346,21 @@ METHODS: dict[str, Method] = {
         needs=Needs(scorer=("cls_attn",), selector=("vision_keys", "vision_features")), seeded=False,
         params={"dominant_share": Param.unit(54 / 64)}, paper=_VISIONZIP, per_segment=True,
     ),
+    # relevance from the LLM's input embeddings (llava-hf ships no CLIP text tower); DPP per image segment
+    "cdpruner": Method("cdpruner", ("E",), (), scores.instruction_relevance, select_diverse.conditional_dpp,
+                       Needs(("features", "text_features", "text_mask"), ("features",)), False, paper=_CDPRUNER,
+                       per_segment=True),
+    "vispruner": Method("vispruner", ("V",), (), scores.cls_attention, select_diverse.important_diverse,
+                        Needs(("cls_attn",), ("vision_features",)), False, {"important_share": Param.unit(0.5)},
+                        paper=_VISPRUNER, per_segment=True),
+    # anchors at the tower's object layer (CLIP-L's 9 of 24: ingredients.OBJECT_DEPTH), registers at its feature layer
+    "hiprune": Method("hiprune", ("V",), (), scores.received_attention, select_diverse.anchor_buffer_register,
+                      Needs(("vision_received",), ("vision_received_object", "grid")), False,
+                      {"anchor_share": Param.unit(0.1)}, paper=_HIPRUNE),
+    # importance from [CLS] attention: the official trained scorer has no weights for these models
+    "idpruner": Method("idpruner", ("V",), (), scores.cls_attention, select_diverse.marginal_relevance,
+                       Needs(("cls_attn",), ("vision_features",)), False, {"importance_weight": Param.unit(0.5)},
+                       paper=_IDPRUNER, per_segment=True),
 }
 
 
@@ -346,9 +379,24 @@ def get_method(name: str | Method) -> Method:
     raise ValueError(f"unknown method {name!r}{hint} known: {', '.join(sorted(METHODS))}")
 
 
-def list_methods(pattern: str = "*") -> list[str]:
-    """Registered method names matching a shell-style `pattern`, sorted."""
-    return sorted(n for n in METHODS if fnmatch.fnmatch(n, pattern))
+class MethodInfo(NamedTuple):
+    """A registry entry at a glance: its hook points (default first), default layer(s), parameter defaults, source."""
+
+    name: str
+    hooks: tuple[str, ...]
+    layers: tuple[int, ...]
+    defaults: dict[str, Any]
+    source: str
+
+
+def list_methods(pattern: str = "*", *, details: bool = False) -> list[str] | list[MethodInfo]:
+    """Registered method names matching a shell-style `pattern`, sorted; with `details=True`, a `MethodInfo`
+    (hooks, layers, defaults, source) for each instead."""
+    names = sorted(n for n in METHODS if fnmatch.fnmatch(n, pattern))
+    if not details:
+        return names
+    return [MethodInfo(n, METHODS[n].hooks, METHODS[n].layers, dict(METHODS[n].defaults), METHODS[n].paper)
+            for n in names]
 
 
 def register(method: Method) -> Method:

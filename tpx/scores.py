@@ -15,6 +15,10 @@ Papers covered:
     SparseVLM: Zhang et al., ICML 2025, arXiv 2410.04417.
     DART: Wen et al., "Stop Looking for Important Tokens in Multimodal Language Models: Duplication Matters
         More", EMNLP 2025, arXiv 2502.11494.
+    CDPruner: Zhang et al., "Beyond Attention or Similarity: Maximizing Conditional Diversity for Token Pruning
+        in MLLMs", NeurIPS 2025, arXiv 2506.10967.
+    HiPrune: Liu et al., "HiPrune: Training-Free Visual Token Pruning via Hierarchical Attention in
+        Vision-Language Models", 2025, arXiv 2508.00553.
     VATP: Guo et al., "Attention Score is not All You Need for Token Importance Indicator in KV Cache
         Reduction: Value Also Matters", EMNLP 2024, arXiv 2406.12335.
 """
@@ -24,8 +28,9 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "cls_attention", "key_norm", "last_token_attention", "last_token_uniqueness", "last_visual_attention", "minmax",
-    "random_scores", "text_rater_attention", "value_aware_attention",
+    "cls_attention", "instruction_relevance", "key_norm", "last_token_attention", "last_token_uniqueness",
+    "last_visual_attention", "minmax", "random_scores", "received_attention", "text_rater_attention",
+    "value_aware_attention",
 ]
 
 
@@ -218,3 +223,59 @@ def last_token_uniqueness(features: torch.Tensor, last_feature: torch.Tensor) ->
     """
     cos = torch.nn.functional.cosine_similarity(features.float(), last_feature.float()[:, None, :], dim=-1)
     return 1.0 - cos
+
+
+def instruction_relevance(features: torch.Tensor, text_features: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    """CDPruner relevance: how each visual token relates to the instruction, normalised to (0, 1].
+
+    The relevance r weights the DPP kernel diag(r)·S·diag(r) (`select_diverse.conditional_dpp`). As in the
+    official code, r is the *negated* cosine similarity averaged over the instruction's T tokens, then
+    min-max normalised over the row as (r − min + 1e-6) / (max − min); a row whose relevance is constant, or
+    that has no text token, gets r = 1 (the unconditional DPP).
+
+    Reference: Zhang et al., "Beyond Attention or Similarity: Maximizing Conditional Diversity for Token
+    Pruning in MLLMs" (CDPruner), NeurIPS 2025, arXiv 2506.10967, method section (instruction relevance,
+    conditional similarity).
+    Differs from the official code: the official relevance compares CLIP's projected patch embeddings with the
+    CLIP *text tower*'s embedding of the question (in 77-token segments); llava-hf checkpoints ship no text
+    tower, so tpx compares the projected visual tokens with the LLM's input embeddings of the text after the
+    image (the question and the chat template's tail), which every family has. The sign and normalisation
+    are the official code's; its min and max run over the whole batch of crops, tpx's over each row.
+
+    Args:
+        features: `(B, N, D)` visual tokens (hook E: the projected embeddings entering the LLM).
+        text_features: `(B, T, D)` the text tokens in the same space (hook E: their input embeddings).
+        text_mask: `(B, T)` bool, real text tokens.
+
+    Returns:
+        `(B, N)` float32 relevance in (0, 1].
+    """
+    x = torch.nn.functional.normalize(features.float(), dim=-1)
+    t = torch.nn.functional.normalize(text_features.float(), dim=-1)
+    valid = text_mask.to(torch.bool)
+    cos = torch.bmm(x, t.transpose(1, 2)) * valid[:, None, :]                  # (B, N, T)
+    rel = -cos.sum(dim=2) / valid.sum(dim=1, keepdim=True).clamp(min=1)
+    lo, hi = rel.amin(dim=1, keepdim=True), rel.amax(dim=1, keepdim=True)
+    span = hi - lo
+    scaled = (rel - lo + 1e-6) / span.clamp(min=torch.finfo(torch.float32).tiny)
+    return torch.where((span > 0) & valid.any(dim=1, keepdim=True), scaled, torch.ones_like(rel))
+
+
+def received_attention(vision_received: torch.Tensor) -> torch.Tensor:
+    """HiPrune register score: head-mean attention each patch receives at the vision feature layer.
+
+    Unlike the [CLS] row (`cls_attention`), the attention is averaged over every query row of the tower's
+    layer; HiPrune reads it at the deep (feature) layer, where high-attention tokens spread over the image
+    and carry global context.
+
+    Reference: Liu et al., "HiPrune: Training-Free Visual Token Pruning via Hierarchical Attention in
+    Vision-Language Models", arXiv 2508.00553, 2025, method section (register tokens); the official code
+    averages the attention map over heads and queries at the feature layer (`mm_vision_select_layer`).
+
+    Args:
+        vision_received: `(B, H, N)` attention received per head, mean over query rows.
+
+    Returns:
+        `(B, N)` float32 scores.
+    """
+    return vision_received.float().mean(dim=1)

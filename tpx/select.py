@@ -11,6 +11,8 @@ Papers covered:
     FastV top-k: Chen et al., "An Image is Worth 1/2 Tokens After Layer 2", ECCV 2024, arXiv 2403.06764.
     Window top-k ("Window FastV") and 2-D pooling baselines: Wen et al., "Token Pruning in Multimodal Large
     Language Models: Are We Solving the Right Problem?", Findings of ACL 2025, arXiv 2502.11501, Sec. 3 (Q1).
+    Downsampling baseline at matched token count: Liao et al., VTC-Bench, arXiv 2510.07143; Peng et al.,
+    UniPruneBench, arXiv 2511.02650.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 __all__ = ["Merged", "budget", "check_choice", "check_count", "check_flag", "check_n_keep", "check_retention",
-           "check_unit", "mask_to_index", "pool2d", "pool_grid", "round_count", "sorted_merge", "split_budget",
+           "check_unit", "downsample", "mask_to_index", "pool2d", "pool_grid", "round_count", "sorted_merge", "split_budget",
            "take", "topk", "window_topk"]
 
 class Merged(NamedTuple):
@@ -190,6 +192,40 @@ def pool2d(features: torch.Tensor, n_keep: int, grid: tuple[int, int]) -> Merged
     start_c = torch.div(torch.arange(w, device=features.device) * cols, w, rounding_mode="floor")
     index = (start_r[:, None] * cols + start_c[None, :]).reshape(1, -1).expand(b, -1)
     return Merged(index=index, features=pooled)
+
+
+def downsample(vision_features: torch.Tensor, n_keep: int, grid: tuple[int, int]) -> Merged:
+    """The downsampling baseline: the image's pre-projector patch grid averaged down to `n_keep` tokens.
+
+    VTC-Bench found that plainly downsampling the image beats many pruning methods at the same token count on
+    the common benchmarks, and UniPruneBench that content-blind baselines (random pruning) at a matched count
+    beat many published methods: a method that does not beat them has not shown that its choice of tokens
+    matters. tpx downsamples the **patch grid before
+    the projector** (hook "V": the vision tower's feature-layer output, as `pool2d` pools it, then projected
+    into the LLM) rather than resizing the image so the tower emits about n_keep tokens: pooling the grid is the
+    same operation for every family, read from the adapter's layout (one grid per image or AnyRes crop, Qwen2-VL's
+    merged 2x2 groups), keeps exactly n_keep tokens, and needs no change to the processor; resizing is
+    family-specific (LLaVA-1.5's CLIP tower takes a fixed 336 px input; a smaller one needs position embeddings
+    it was not trained with) and reaches only the counts the resize grid allows. Unlike `pooling` (hook E: average of the
+    *projected* embeddings), the projector here sees the averaged features, as it would see a coarser image's.
+
+    Reference: Liao et al., Are We Using the Right Benchmark: An Evaluation Framework for Visual Token Compression
+    Methods (VTC-Bench), arXiv 2510.07143 (downsampling baseline and difficult subset); Peng et al., Can Visual
+    Input Be Compressed? (UniPruneBench), arXiv 2511.02650 (simple baselines at matched token counts).
+    Differs from the official code: VTC-Bench resizes the input image of a native-resolution model (Qwen2-VL);
+    tpx averages the patch features of the image the processor made, so the vision tower still runs at full
+    resolution (no vision-side saving) and the grid is averaged after it.
+
+    Args:
+        vision_features: `(B, N, Dv)` pre-projector patch features, row-major over the grid.
+        n_keep: tokens kept (`pool_grid` picks the output grid; a budget no grid can hold is an error).
+        grid: `(rows, cols)` of the image (segment).
+
+    Returns:
+        `Merged(index (B, n_keep), features (B, n_keep, Dv))` in vision-feature space: each merged token takes
+        the place and position id of its window's first patch.
+    """
+    return pool2d(vision_features, n_keep, grid)
 
 
 # ---- budgets over segments and stages ------------------------------------------------------------------

@@ -36,7 +36,9 @@ def timing_repeats(model: Any, processor: Any, configs: Mapping[str, Mapping[str
         progress: a `tqdm.auto` bar over repeats.
 
     Returns:
-        One row per (repeat, label): repeat, label, method, attn_implementation, prefill_ms, e2e_ms.
+        One row per (repeat, label): repeat, label, method, attn_implementation, prefill_ms, select_ms (the part
+        of that prefill the engine spent choosing tokens: every stage's ingredients, scorer and selector, timed
+        with `tpx.pruning(timing=True)`; 0 unpruned), e2e_ms.
     """
     import contextlib
 
@@ -56,15 +58,18 @@ def timing_repeats(model: Any, processor: Any, configs: Mapping[str, Mapping[str
     pad = getattr(model.generation_config, "pad_token_id", None)
     previous = model.config.get_text_config()._attn_implementation
 
-    def run(spec: Mapping[str, Any], fn: Any) -> float:
+    def run(spec: Mapping[str, Any], fn: Any) -> tuple[float, float]:
+        """(ms of `fn`, ms the engine spent choosing tokens inside it: 0 unpruned)."""
         kw = {k: v for k, v in spec.items() if k not in ("method", "attn_implementation")}
-        ctx = contextlib.nullcontext() if spec.get("method") is None else pruning(model, spec["method"], **kw)
-        with torch.inference_mode(), ctx:
+        ctx = contextlib.nullcontext() if spec.get("method") is None else pruning(model, spec["method"], timing=True, **kw)
+        with torch.inference_mode(), ctx as pruned:
             start = timer()
             fn()
             if inputs["input_ids"].is_cuda:
                 torch.cuda.synchronize()
-            return 1e3 * (timer() - start)
+            took = 1e3 * (timer() - start)
+        chose = 0.0 if pruned is None else sum(e.select_ms for e in pruned.trace[:len(pruned.layers)])
+        return took, chose
 
     def prefill() -> Any:
         return model(**inputs, use_cache=True, logits_to_keep=1)
@@ -90,9 +95,10 @@ def timing_repeats(model: Any, processor: Any, configs: Mapping[str, Mapping[str
                 run(configs[labels[0]], prefill)  # untimed: the first call after a switch pays for the switch
                 for label in labels:
                     spec = configs[label]
+                    prefill_ms, select_ms = run(spec, prefill)
                     rows.append({"repeat": r, "label": label, "method": spec.get("method") or "unpruned",
-                                 "attn_implementation": impl or previous, "prefill_ms": run(spec, prefill),
-                                 "e2e_ms": run(spec, generate)})
+                                 "attn_implementation": impl or previous, "prefill_ms": prefill_ms,
+                                 "select_ms": select_ms, "e2e_ms": run(spec, generate)[0]})
     finally:
         model.set_attn_implementation(previous)
     return pd.DataFrame(rows)

@@ -80,6 +80,27 @@ def test_vision_records_equal_eager_clip_attention(tiny_models):
     assert sink["vision_keys"].shape == (2, 144, model.config.vision_config.hidden_size)
 
 
+def test_received_attention_records_equal_eager_clip_attention():
+    """HiPrune's records: attention received (mean over every query row) at the feature layer and at the object
+    layer round(9/24 · depth), as eager output_attentions gives them; recorded only when asked for."""
+    model, processor = tiny(attn_implementation="eager", vision_layers=4, seed=2)
+    inputs = make_inputs(processor, 2, seed=43)
+    adapter = adapter_for(model)
+    plain: dict = {}
+    sink: dict = {}
+    handles = adapter.vision_hooks(plain) + adapter.vision_hooks(sink, frozenset({"vision_received", "vision_received_object"}))
+    try:
+        with torch.no_grad():
+            out = model.model.vision_tower(inputs["pixel_values"], output_attentions=True, output_hidden_states=True)
+    finally:
+        for h in handles:
+            h.remove()
+    h = model.config.vision_feature_layer % (len(out.hidden_states))                # 3 of 4
+    torch.testing.assert_close(sink["vision_received"], out.attentions[h - 1].mean(2)[..., 1:], atol=1e-6, rtol=0)
+    torch.testing.assert_close(sink["vision_received_object"], out.attentions[1].mean(2)[..., 1:], atol=1e-6, rtol=0)
+    assert set(plain) == {"cls_attn", "vision_keys", "vision_features"}
+
+
 def test_rows_keys_and_values_from_the_cache_equal_recomputed_ones(tiny_models):
     model, processor = tiny_models["sdpa"]
     inputs = make_inputs(processor, 2, seed=42)

@@ -1,109 +1,104 @@
-"""Real-size geometry: the engine's oracles on models built from real checkpoints' published configurations
-(tests/published_configs.py: true vision and text widths, 1–2 layers per tower, random weights, float32), fed a
-real photograph (Grace Hopper, shipped with matplotlib) through the real image processor settings.
+"""Real-size geometry (issue 15, item 2): Qwen2-VL-2B and Qwen3-VL-2B at their published widths, patch sizes and
+pixel budgets, with 2 vision blocks and 2 decoder layers of random weights (`tests/real_geometry.py`), fed a real
+photograph (Grace Hopper, 512×600, shipped with matplotlib) through the published image-processor settings.
 
-- llava-hf/llava-1.5-7b-hf, the 512×600 photo: 336-px centre crop, 24×24 = 576 tokens;
-- llava-hf/llava-v1.6-mistral-7b-hf, a 512×60 strip: 336×672 canvas (1×2 crops), unpadded to 6×48, 6 newlines;
-- OpenGVLab/InternVL3-1B-hf, a 512×256 band: 2 tiles of 448 px side by side + thumbnail, 3 grids of 16×16;
-- llava-hf/llava-onevision-qwen2-0.5b-ov-hf, a 512×367 band resized to 1536×1100: a 27×27 base view, then a
-  1152×1536 canvas (3×4 crops, 81×108 patches) unpadded to 77×108 and shrunk by AnyRes-Max-9 to 68×95.
-
-Each family: the layout (and the trace's grids) equals the processor's token count and the grids worked out by
-hand from the published rules; retention 1.0 reproduces the unpruned prefill logits bit for bit; a pruned
-prefill equals the unpruned model with the dropped positions masked (≤ 1e-5). Decoding is covered by the tiny
-models (tests/models/test_adapters.py): a 4096-wide layer over ~900 positions is ~10 CPU-seconds a forward, so
-these check prefill only. Measured per family with `/usr/bin/time pytest -k <family>` on one thread of this
-project's shared 2-core machine, CPU time (user + sys) including ~14 s of start-up: 38 s (LLaVA-1.5), 58 s
-(LLaVA-NeXT), 27 s (InternVL3), 72 s (LLaVA-OneVision); peak memory 0.9–2.0 GB.
+The photo becomes 42×36 patches of 14 pixels (378 merged tokens) for Qwen2-VL and 38×32 patches of 16 pixels (304
+merged tokens) for Qwen3-VL: non-square grids two orders larger than the tiny models'. At that size the trace's
+grid equals the processor's `image_grid_thw` (forward and `generate`), retention 1.0 is bit-exact and pruning at
+K = 1 (inside Qwen3-VL's DeepStack layers) equals the mask reference; hook V's records are the merger's inputs
+grouped 2×2 on the real grid. The oracles' forwards reuse the photo's vision encoding (`mm_encoder_outputs`, as
+`generate` itself passes it at prefill), so each test pays for the vision tower once. Measured on a 2-core machine
+shared with other jobs: about 75 CPU-seconds for the whole module (both builds included), 10–65 s wall per test.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
-from published_configs import build
+from conftest import QWEN_IMAGE, QWEN_PROMPT
+from real_geometry import build
 from reference import check_mask_reference, check_retention_one
 
 import tpx
 import tpx.models
 from tpx import select
-from tpx.ask import prompt
 from tpx.data import sample_picture
+from tpx.methods import variant
 
-# name: (crop box of the photo, resize to, tower layers, decoder layers, the grids by hand, retention-1 method and
-# hook, mask-reference method and hook)
-CASES = {
-    "llava-1.5-7b": (None, None, 2, 1, [(24, 24)], ("visionzip", "V"), ("visionzip", "V")),
-    "llava-v1.6-mistral-7b": ((0, 200, 512, 260), None, 2, 1, [(24, 24), (6, 48)], ("visionzip", "V"),
-                              ("pooling", "E")),
-    "internvl3-1b": ((0, 100, 512, 356), None, 1, 2, [(16, 16)] * 3, ("visionzip", "V"), ("fastv", "L")),
-    "llava-onevision-qwen2-0.5b-ov": ((0, 100, 512, 467), (1536, 1100), 1, 1, [(27, 27), (68, 95)],
-                                      ("visionzip", "V"), ("random", "E")),
-}
-NAMES = list(CASES)
+N_NEW = 2
+# published checkpoint: the photo's image_grid_thw (t, h, w) under its published processor settings
+CHECKPOINTS = {"Qwen/Qwen2-VL-2B-Instruct": (1, 42, 36), "Qwen/Qwen3-VL-2B-Instruct": (1, 38, 32)}
+FASTV_K1 = variant("fastv", "fastv_k1", layers=(1,))  # 2 decoder layers: K = 1 is the only in-LLM depth
 
 
-@pytest.fixture(scope="module")
-def case(one_thread, request):
-    """One model at a time (module scope, indirect parametrisation keeps only the current one alive)."""
-    name = request.param
-    crop, size, vision_layers, text_layers, grids, *_ = CASES[name]
-    model, processor = build(name, text_layers=text_layers, vision_layers=vision_layers, seed=0)
-    image = sample_picture()
-    if crop is not None:
-        image = image.crop(crop)
-    if size is not None:
-        image = image.resize(size)
-    inputs = dict(processor(images=image, text=prompt(processor, "What is shown in the image?"),
-                            return_tensors="pt"))
-    encoded = None
-    if "image_sizes" in inputs:  # AnyRes: the tower's crops encoded once, as generate() does before prefill
-        with torch.no_grad():
-            encoded = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"],
-                                                     **{k: inputs[k] for k in ("batch_num_images",) if k in inputs})
-    return name, model, processor, image, inputs, encoded
+@pytest.fixture(scope="module", params=list(CHECKPOINTS))
+def real(request, one_thread):
+    """`(checkpoint, model, processor)`; module-scoped and parametrised, so pytest groups the tests by checkpoint
+    and builds each model once."""
+    return (request.param, *build(request.param))
 
 
-def _processor_count(name, processor, image) -> int:
-    """Image placeholders the processor writes for this image (InternVL: without `<img>` and `</img>`)."""
-    counted = processor._get_num_multimodal_tokens(image_sizes=[(image.height, image.width)])["num_image_tokens"][0]
-    return counted - 2 if name == "internvl3-1b" else counted
+def _inputs(processor) -> dict:
+    text = QWEN_PROMPT.format(QWEN_IMAGE, "Who is in the picture, and what is she wearing?")
+    return dict(processor(images=[sample_picture()], text=[text], return_tensors="pt"))
 
 
-@pytest.mark.parametrize("case", NAMES, indirect=True)
-def test_layout_equals_the_processor(case):
-    name, model, processor, image, inputs, encoded = case
+def _encoded(model, inputs) -> dict:
+    """`inputs` with the images encoded once: `mm_encoder_outputs` instead of `pixel_values`."""
+    call = dict(inputs)
+    with torch.no_grad():
+        call["mm_encoder_outputs"] = {"image": model.model.get_image_features(call.pop("pixel_values"),
+                                                                             call["image_grid_thw"])}
+    return call
+
+
+def test_trace_grid_equals_processor_grid(real):
+    checkpoint, model, processor = real
+    inputs = _inputs(processor)
+    t, h, w = CHECKPOINTS[checkpoint]
+    assert inputs["image_grid_thw"].tolist() == [[t, h, w]]
+    grid = (t * h // 2, w // 2)
+    n_image = int((inputs["input_ids"] == model.config.image_token_id).sum())
     layout = tpx.models.layout(model, inputs)
-    fixed = 0 if layout.fixed is None else layout.fixed.shape[1]
-    ids = inputs["input_ids"]
-    in_prompt = int((ids == model.config.image_token_id).sum())
-    assert list(layout.grids) == CASES[name][4]
-    assert layout.n_visual + fixed == in_prompt == _processor_count(name, processor, image)
-    if encoded is not None:  # AnyRes: generate() passes packed features, not image sizes
-        packed = tpx.models.layout(model, {"input_ids": ids, "mm_encoder_outputs": {"image": encoded}})
-        assert packed.grids == layout.grids and torch.equal(packed.positions, layout.positions)
-        assert fixed == layout.grids[-1][0]  # one newline per crop-grid row
+    assert layout.grids == (grid,) and layout.n_visual == n_image == grid[0] * grid[1]
+    with torch.no_grad(), tpx.pruning(model, "random", retention=0.25, hook="E", seed=0) as run:
+        model.generate(**_encoded(model, inputs), max_new_tokens=1, do_sample=False)  # layout from M-RoPE positions
+    entry = run.trace[0]
+    assert entry.grids == [grid] and entry.n_visual == n_image and entry.n_keep == select.budget(0.25, n_image)
+    assert bool((entry.grid_rc[0] < torch.tensor(grid)).all())
 
 
-@pytest.mark.parametrize("case", NAMES, indirect=True)
-def test_retention_one_is_bit_exact(case):
-    name, model, _, _, inputs, _ = case
-    method, hook = CASES[name][5]
-    run = check_retention_one(model, inputs, method, hook, n_new=0)
-    assert run.trace[0].grids == CASES[name][4]
+def test_retention_one_is_exact(real):
+    checkpoint, model, processor = real
+    run = check_retention_one(model, _encoded(model, _inputs(processor)), FASTV_K1, "L", N_NEW)
+    assert run.trace[0].layer == 1 and run.trace[0].grids == [(CHECKPOINTS[checkpoint][1] // 2,
+                                                               CHECKPOINTS[checkpoint][2] // 2)]
 
 
-@pytest.mark.parametrize("case", NAMES, indirect=True)
-def test_matches_mask_reference(case):
-    name, model, _, _, inputs, encoded = case
-    method, hook = CASES[name][6]
-    if hook == "L":  # two decoder layers: prune before layer 1, score at layer 0
-        method = dataclasses.replace(tpx.get_method(method), layers=(1,))
-    if encoded is not None and hook != "V":  # AnyRes: reuse the encoded crops (OneVision: 13 of them)
-        inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"],
-                  "mm_encoder_outputs": {"image": encoded}}
-    run = check_mask_reference(model, inputs, method, hook, 0.25, n_new=0)
-    entry = run.trace[-1]
-    assert entry.grids == CASES[name][4] and entry.n_keep == select.budget(0.25, entry.n_visual)
+def test_matches_mask_reference(real):
+    _, model, processor = real
+    run = check_mask_reference(model, _encoded(model, _inputs(processor)), FASTV_K1, "L", 0.25, N_NEW,
+                               positions=False)
+    assert run.trace[0].n_keep == select.budget(0.25, run.trace[0].n_visual)
+
+
+def test_vision_records_match_the_merger(real):
+    """Hook V's records at real size: per merged token of the 2×2 groups of a non-square grid, projected exactly
+    as the published-width merger projects them, with received attention summing to 1/4 per head."""
+    checkpoint, model, processor = real
+    inputs = _inputs(processor)
+    adapter = tpx.models.adapter_for(model)
+    sink: dict = {}
+    handles = adapter.vision_hooks(sink)
+    try:
+        with torch.no_grad():
+            encoded = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+            projected = adapter.project(sink["vision_features"])
+    finally:
+        for h in handles:
+            h.remove()
+    _, h, w = CHECKPOINTS[checkpoint]
+    heads = model.config.vision_config.num_heads
+    assert sink["cls_attn"].shape == (1, heads, h * w // 4)
+    torch.testing.assert_close(projected, torch.stack(encoded.pooler_output), atol=1e-5, rtol=0)
+    torch.testing.assert_close(sink["cls_attn"].sum(-1), torch.full((1, heads), 0.25), atol=1e-5, rtol=0)

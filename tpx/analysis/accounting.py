@@ -40,7 +40,7 @@ __all__ = ["maps_cost", "measured_config", "pruning_retention", "reduction", "re
 def tacr(model: Any) -> float:
     """Training-aware compression ratio of a loaded model: raw patches per token its LLM sees unpruned.
 
-    4 for Qwen2-VL / Qwen2.5-VL (2×2 merger, `vision_config.spatial_merge_size`), 1 / retention for a checkpoint
+    4 for Qwen2-VL / Qwen2.5-VL / Qwen3-VL (2×2 merger, `vision_config.spatial_merge_size`), 1 / retention for a checkpoint
     trained with a tpx compression always on (`config.tpx_compression`, e.g. the organism-pool2: 4), else 1.
     """
     config = model.config
@@ -48,7 +48,7 @@ def tacr(model: Any) -> float:
     if spec:
         return 1 / float(spec["retention"])
     merge = getattr(getattr(config, "vision_config", None), "spatial_merge_size", None)
-    if getattr(config, "model_type", None) in ("qwen2_vl", "qwen2_5_vl") and merge:
+    if getattr(config, "model_type", None) in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl") and merge:
         return float(merge) ** 2
     return 1.0
 

@@ -5,7 +5,8 @@ for `output_attentions` forces the eager kernel on every layer and materialises 
 `softmax(q_rows · Kᵀ · scale + mask)` from the layer's own norm, projections and rotary embedding costs one
 thin matrix product and gives the same probabilities as eager attention. Works for Llama-family decoder
 layers (Llama, Mistral, Qwen2 text models): `input_layernorm`, `self_attn.{q,k,v}_proj`, `head_dim`,
-`num_key_value_groups`, `scaling`.
+`num_key_value_groups`, `scaling`; and for those that normalise each head's query and key before the rotary
+embedding (Qwen3 text models: `self_attn.q_norm`, `self_attn.k_norm`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
-__all__ = ["attention_keys", "attention_rows", "attention_values", "cls_attention"]
+__all__ = ["attention_keys", "attention_rows", "attention_values", "cls_attention", "received_attention"]
 
 
 def attention_rows(
@@ -46,11 +47,11 @@ def attention_rows(
     cos, sin = (e.expand(b, -1, -1) for e in position_embeddings)
     x = layer.input_layernorm(hidden_in if keys is None else hidden_in.gather(1, rows[..., None].expand(-1, -1, hidden_in.shape[-1])))
     x_rows = x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1])) if keys is None else x
-    q = attn.q_proj(x_rows).view(b, r, -1, hd).transpose(1, 2)
+    q = _heads(attn, "q", x_rows, hd)
     gidx = rows[..., None].expand(-1, -1, cos.shape[-1])
     q, _ = apply_rotary_pos_emb(q, q, cos.gather(1, gidx), sin.gather(1, gidx))
     if keys is None:
-        k = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)
+        k = _heads(attn, "k", x, hd)
         _, keys = apply_rotary_pos_emb(k, k, cos, sin)
     k = repeat_kv(keys, attn.num_key_value_groups)
     logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scaling  # (B, H, R, T)
@@ -71,10 +72,18 @@ def attention_keys(
     attn = layer.self_attn
     x = layer.input_layernorm(hidden_in)
     b, t, _ = x.shape
-    k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    k = _heads(attn, "k", x, attn.head_dim)
     cos, sin = (e.expand(b, -1, -1) for e in position_embeddings)
     _, k = apply_rotary_pos_emb(k, k, cos, sin)
     return k.transpose(1, 2).reshape(b, t, -1)
+
+
+def _heads(attn: torch.nn.Module, kind: str, x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """`(B, H, T, head_dim)` queries (`kind="q"`) or keys (`"k"`) before rotary, through the layer's per-head norm
+    (`q_norm` / `k_norm`) when it has one, as the layer itself computes them."""
+    heads = getattr(attn, f"{kind}_proj")(x).view(*x.shape[:2], -1, head_dim)
+    norm = getattr(attn, f"{kind}_norm", None)
+    return (heads if norm is None else norm(heads)).transpose(1, 2)
 
 
 def attention_values(layer: torch.nn.Module, hidden_in: torch.Tensor) -> torch.Tensor:
@@ -105,3 +114,25 @@ def cls_attention(layer: torch.nn.Module, hidden_in: torch.Tensor) -> tuple[torc
     k = k_flat.view(b, t, -1, attn.head_dim).transpose(1, 2)                     # (B, H, T, hd)
     probs = (torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale).softmax(dim=-1)
     return probs[:, :, 0, 1:], k_flat[:, 1:]
+
+
+def received_attention(layer: torch.nn.Module, hidden_in: torch.Tensor) -> torch.Tensor:
+    """The attention each patch receives in a CLIP-style vision encoder layer, averaged over every query row.
+
+    HiPrune's "global attention": softmax(q·kᵀ·scale) of the layer (no mask: CLIP's tower attends
+    bidirectionally), averaged over all 1 + N query rows, [CLS] included, read at the N patch keys.
+
+    Args:
+        layer: a CLIP encoder layer (`layer_norm1`, `self_attn.{q,k}_proj`, `head_dim`, `scale`).
+        hidden_in: `(B, 1 + N, Dv)` hidden states entering the layer, [CLS] first.
+
+    Returns:
+        `(B, H, N)` float32 mean attention received by each patch, per head.
+    """
+    attn = layer.self_attn
+    x = layer.layer_norm1(hidden_in)
+    b, t, _ = x.shape
+    q = attn.q_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)             # (B, H, T, hd)
+    k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    probs = (torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale).softmax(dim=-1)
+    return probs.mean(dim=2)[:, :, 1:]

@@ -5,22 +5,32 @@ vision tower (records for hook "V", `project`) and holds a `Decoder`, which answ
 language model (attention rows, keys, values, final norm, rotary, causal masks, cache). Adapters hold no
 pruning logic, and families share decoder logic by holding the same decoder class, not by subclassing one
 another. A new family is one adapter file satisfying `Adapter` and one entry in `tpx.models.ADAPTERS`.
+
+An adapter whose model cannot give some ingredient (a vision tower without a [CLS] token) says so in an
+optional `unavailable_ingredients: Mapping[str, str]` (ingredient name → why); `tpx.pruning`, `plan_for` and
+`reachable` refuse a stage that needs one, with that reason, before any hook exists.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from tpx.layout import Layout
+from tpx.models.decoder import LlamaDecoder
+from tpx.models.gemma3_text import Gemma3Decoder
 
-__all__ = ["Adapter", "Decoder", "Layout", "image_positions", "image_runs"]
+__all__ = ["Adapter", "Decoder", "Layout", "decoder_for", "image_positions", "image_runs", "reuse_image_features"]
 
 
 @runtime_checkable
 class Decoder(Protocol):
-    """The language model of an MLLM, as the engine uses it (one class serves every Llama-family decoder)."""
+    """The language model of an MLLM, as the engine uses it (`decoder.LlamaDecoder` serves every Llama-family
+    decoder, `gemma3_text.Gemma3Decoder` Gemma 3; `decoder_for` picks one)."""
 
     text_model: torch.nn.Module
     layers: Any
@@ -32,9 +42,14 @@ class Decoder(Protocol):
     def check_cache(self, cache: object) -> None:
         """Raise `TypeError` for a cache class pruned layers cannot use."""
 
+    def layer_type(self, layer_idx: int) -> str:
+        """What decoder layers share masks and rotary ("full_attention", "sliding_attention")."""
+
     def attention_rows(self, layer_idx: int, hidden_in: torch.Tensor, position_embeddings: tuple,
-                       rows: torch.Tensor, mask2d: torch.Tensor | None, cache: object = None) -> torch.Tensor:
-        """`(B, H, R, T)` attention probabilities of query positions `rows` at decoder layer `layer_idx`."""
+                       rows: torch.Tensor, mask2d: torch.Tensor | None, cache: object = None,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`(B, H, R, T)` attention probabilities of query positions `rows` at decoder layer `layer_idx`
+        (`mask`: the attention mask the layer received, when the family's rules need it)."""
 
     def keys(self, layer_idx: int, hidden_in: torch.Tensor, position_embeddings: tuple,
              cache: object = None) -> torch.Tensor:
@@ -46,12 +61,14 @@ class Decoder(Protocol):
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         """The final norm the LM head reads."""
 
-    def rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotary `(cos, sin)` for explicit 1-D position ids."""
+    def rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor,
+               layer_idx: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary `(cos, sin)` for explicit 1-D position ids (of layer `layer_idx`'s type)."""
 
     def causal_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor | None, cache: object,
-                    layer_idx: int) -> torch.Tensor | None:
-        """The attention mask decoder layer `layer_idx` needs for `hidden`, sized from that layer's cache."""
+                    layer_idx: int, blocks: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The attention mask decoder layer `layer_idx` needs for `hidden`, sized from that layer's cache
+        (`blocks`: `(B, T)` bidirectional block of each position, −1 for causal ones, in prefill)."""
 
 
 @runtime_checkable
@@ -62,13 +79,22 @@ class Adapter(Protocol):
         model: the Hugging Face model. decoder: its `Decoder`.
         image_token_id: the image placeholder id in `input_ids`.
         supports_renumber: whether 1-D position ids can be compacted (False for 3-D M-RoPE).
+        vision_ingredients: the hook-"V" ingredients (`tpx.ingredients.VISION`) `vision_hooks` can record; a plan
+            needing another one is refused on entering `tpx.pruning`.
         layers, n_layers, text_model: the decoder's, for callers that need the modules.
+
+    Optional: `decoder_hooks(positions) -> handles` for a language model that adds per-token inputs between its
+    decoder layers outside their arguments (Qwen3-VL's DeepStack features after its first layers). The engine
+    installs them with a run's other hooks and passes `positions`, a callable returning the `(B, L')` original
+    positions of the tokens the layers carry at that moment of a prefill (None outside one), so the adapter can
+    keep those inputs aligned with a shortened sequence.
     """
 
     model: torch.nn.Module
     decoder: Decoder
     image_token_id: int
     supports_renumber: bool
+    vision_ingredients: frozenset[str]
     layers: Any
     n_layers: int
     text_model: torch.nn.Module
@@ -87,8 +113,10 @@ class Adapter(Protocol):
     def project(self, vision_features: torch.Tensor) -> torch.Tensor:
         """Map pre-projector vision features `(B, N, Dv)` into the LLM's embedding space."""
 
-    def vision_hooks(self, sink: dict[str, Any]) -> list[Any]:
-        """Hooks on the vision tower that record what hook-"V" ingredients need into `sink`; returns handles."""
+    def vision_hooks(self, sink: dict[str, Any], names: frozenset[str] = frozenset()) -> list[Any]:
+        """Hooks on the vision tower that record what hook-"V" ingredients need into `sink` (`names`: those the
+        plan needs beyond `cls_attn`, `vision_keys`, `vision_features`, which are always recorded); returns
+        handles."""
 
     def vision_records(self, sink: dict[str, Any], layout: Layout) -> dict[str, torch.Tensor]:
         """`cls_attn` (B, H, N), `vision_keys` (B, N, Dv), `vision_features` (B, N, Dv') per batch row, in layout
@@ -119,3 +147,59 @@ def image_runs(positions: torch.Tensor) -> torch.Tensor:
     breaks = torch.nonzero(positions[1:] - positions[:-1] != 1)[:, 0] + 1
     edges = torch.cat([breaks.new_zeros(1), breaks, breaks.new_full((1,), positions.numel())])
     return edges[1:] - edges[:-1]
+
+
+def decoder_for(text_model: torch.nn.Module) -> Decoder:
+    """The engine's view of an MLLM's language model: `Gemma3Decoder` for a Gemma 3 text model (the deep
+    organism's, inside LLaVA), else `LlamaDecoder` (Llama, Mistral, Qwen2 text models)."""
+    if getattr(text_model.config, "model_type", None) == "gemma3_text":
+        return Gemma3Decoder(text_model)
+    return LlamaDecoder(text_model)
+
+
+@contextmanager
+def reuse_image_features(model: torch.nn.Module) -> Iterator[dict]:
+    """Inside the block, the model's vision encoder runs once per pixel tensor: a repeated
+    `get_image_features` call with the very same input tensors returns the first call's output.
+
+    Why: a grid of pruning configurations answers the same batch many times, and every configuration that
+    prunes after the projector (hooks E and L) sees the same image features; on a small model the vision tower
+    is over a third of the time. Calls are matched by the identity of their tensor arguments (and equality of
+    the others), so new inputs are encoded afresh. transformers 5.x encodes images through
+    `model.base_model.get_image_features` in `generate` and `forward` alike; a model without that method runs
+    unchanged. Do not use it around methods that read the vision tower (hook V): their hooks need it to run.
+
+    Yields:
+        a dict whose "calls" and "encoded" count the calls and the encoder runs (for tests and benchmarks).
+    """
+    base = getattr(model, "base_model", None)
+    real = getattr(base, "get_image_features", None)
+    stats = {"calls": 0, "encoded": 0}
+    if real is None:
+        yield stats
+        return
+    memo: dict[tuple, Any] = {}
+
+    def key_of(v: Any) -> Any:
+        return ("tensor", id(v)) if isinstance(v, torch.Tensor) else ("value", repr(v))
+
+    @functools.wraps(real)  # generate reads the signature to pick the encoder's arguments
+    def reused(*args: Any, **kwargs: Any) -> Any:
+        stats["calls"] += 1
+        key = (tuple(key_of(a) for a in args), tuple(sorted((k, key_of(v)) for k, v in kwargs.items())))
+        if key not in memo:
+            stats["encoded"] += 1
+            # the inputs are kept alive with the output, so the ids in the key cannot be reused by new tensors
+            memo[key] = (real(*args, **kwargs), args, kwargs)
+        return memo[key][0]
+
+    own = vars(base).get("get_image_features")
+    base.get_image_features = reused  # an instance attribute shadows the class's method
+    try:
+        yield stats
+    finally:
+        if own is None:
+            del base.get_image_features
+        else:
+            base.get_image_features = own
+        memo.clear()

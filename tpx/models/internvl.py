@@ -53,6 +53,8 @@ class InternVLAdapter:
 
     model_type = "internvl"
     supports_renumber = True  # 1-D RoPE positions can be compacted
+    # the pooled [CLS] row, keys and shuffled features; HiPrune's received attention at two layers is not recorded
+    vision_ingredients = frozenset({"cls_attn", "vision_keys", "vision_features"})
 
     def __init__(self, model: torch.nn.Module) -> None:
         if not isinstance(model, InternVLForConditionalGeneration):
@@ -103,7 +105,7 @@ class InternVLAdapter:
         return self.model.model.multi_modal_projector(vision_features)
 
     # ---- vision tower (hook "V") ----------------------------------------------------------------------
-    def vision_hooks(self, sink: dict[str, Any]) -> list[Any]:
+    def vision_hooks(self, sink: dict[str, Any], names: frozenset[str] = frozenset()) -> list[Any]:
         """Hooks on the tower's feature layer that record, per tile, into `sink`: `cls_attn` (tiles, H, side²),
         the [CLS] attention pooled over each token's 2×2 patches; `vision_keys` (tiles, side², Dv), their mean
         key; `vision_features` (tiles, side², 4·Dv), the pixel-shuffled features the projector maps.

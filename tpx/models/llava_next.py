@@ -25,9 +25,11 @@ from tpx.layout import Layout
 from tpx.models.anyres import AnyRes, Packing
 from tpx.models.base import image_positions
 from tpx.models.decoder import LlamaDecoder
-from tpx.models.llava import clip_feature_hooks
+from tpx.models.llava import CLIP_RECORDS, clip_feature_hooks
 
 __all__ = ["LlavaNextAdapter"]
+
+_HEADS_FIRST = frozenset({"cls_attn", "vision_received", "vision_received_object"})  # (crops, H, N) records
 
 
 class LlavaNextAdapter:
@@ -42,6 +44,7 @@ class LlavaNextAdapter:
 
     model_type = "llava_next"
     supports_renumber = True
+    vision_ingredients = CLIP_RECORDS
 
     def __init__(self, model: torch.nn.Module) -> None:
         if not isinstance(model, LlavaNextForConditionalGeneration):
@@ -104,14 +107,15 @@ class LlavaNextAdapter:
         return image_positions(input_ids, self.image_token_id)
 
     # ---- vision tower (hook "V") ----------------------------------------------------------------------
-    def vision_hooks(self, sink: dict[str, Any]) -> list[Any]:
+    def vision_hooks(self, sink: dict[str, Any], names: frozenset[str] = frozenset()) -> list[Any]:
         """Hooks on the vision tower's feature layer that record, per crop, into `sink`: `cls_attn`
-        (crops, H, side²), `vision_keys` and `vision_features` (crops, side², Dv); `vision_records` stitches them.
+        (crops, H, side²), `vision_keys` and `vision_features` (crops, side², Dv), and the received attention
+        `names` asks for (`clip_feature_hooks`); `vision_records` stitches them.
 
         Raises:
             ValueError: for a multi-layer feature selection or the "full" strategy.
         """
-        return clip_feature_hooks(self.model, sink.update)
+        return clip_feature_hooks(self.model, sink.update, names)
 
     def vision_records(self, sink: dict[str, Any], layout: Layout) -> dict[str, torch.Tensor]:
         """Per-crop records stitched per batch row in layout order: `cls_attn` (B, H, N), `vision_keys` and
@@ -120,8 +124,6 @@ class LlavaNextAdapter:
         Each crop's [CLS] attends over its own patches (softmax per crop, as in the tower); the crops of the
         canvas are stitched and unpadded exactly as the model packs its features.
         """
-        per_crop = {k: sink[k] for k in ("cls_attn", "vision_keys", "vision_features")}
-        per_crop["cls_attn"] = per_crop["cls_attn"].transpose(1, 2)  # (crops, N, H): token axis second
-        records = self.anyres.stitch(per_crop, layout)
-        records["cls_attn"] = records["cls_attn"].transpose(1, 2)
-        return records
+        per_crop = {k: sink[k].transpose(1, 2) if k in _HEADS_FIRST else sink[k] for k in CLIP_RECORDS if k in sink}
+        records = self.anyres.stitch(per_crop, layout)  # (crops, N, H): token axis second while stitching
+        return {k: v.transpose(1, 2) if k in _HEADS_FIRST else v for k, v in records.items()}

@@ -49,6 +49,8 @@ class LlavaOnevisionAdapter:
 
     model_type = "llava_onevision"
     supports_renumber = True
+    # received attention (as `cls_attn`), keys and projected features; HiPrune's two-layer records are not recorded
+    vision_ingredients = frozenset({"cls_attn", "vision_keys", "vision_features"})
 
     def __init__(self, model: torch.nn.Module) -> None:
         if not isinstance(model, LlavaOnevisionForConditionalGeneration):
@@ -73,9 +75,10 @@ class LlavaOnevisionAdapter:
         return None
 
     def project(self, vision_features: torch.Tensor) -> torch.Tensor:
-        """Map pre-projector SigLIP features `(B, N, Dv)` into the LLM's space (the records of `vision_records`
-        are already projected, so the engine does not call this for them)."""
-        return self.model.model.multi_modal_projector(vision_features)
+        """The identity: the `vision_features` this adapter records are the projector's outputs, already in the
+        LLM's space (OneVision projects each crop before it shrinks the canvas), so merged ones need nothing more.
+        The engine projects every merged hook-"V" feature through this method."""
+        return vision_features
 
     # ---- layout -------------------------------------------------------------------------------------
     def image_grids(self, **call: Any) -> list[Packing]:
@@ -113,7 +116,7 @@ class LlavaOnevisionAdapter:
         return image_positions(input_ids, self.image_token_id)
 
     # ---- vision tower (hook "V") ----------------------------------------------------------------------
-    def vision_hooks(self, sink: dict[str, Any]) -> list[Any]:
+    def vision_hooks(self, sink: dict[str, Any], names: frozenset[str] = frozenset()) -> list[Any]:
         """Hooks that record, per crop, into `sink`: at SigLIP's feature layer `cls_attn` (crops, H, side²), the
         attention each patch receives (mean over its crop's query patches), and `vision_keys` (crops, side², Dv);
         at the projector, `vision_features` (crops, side², D), the projected crop features. Images only: a call

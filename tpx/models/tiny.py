@@ -13,11 +13,11 @@ import torch
 
 from tpx.models.tiny_internvl import tiny_internvl
 from tpx.models.tiny_llava_onevision import tiny_llava_onevision
-from tpx.models.tokenizer import FAMILIES, tiny_tokenizer
+from tpx.models.tiny_qwen3_vl import tiny_qwen3_vl
+from tpx.models.tiny_vocab import QWEN_SPECIALS, tiny_tokenizer
 
-__all__ = ["tiny", "tiny_internvl", "tiny_llava_next", "tiny_llava_onevision", "tiny_qwen2_vl", "tiny_tokenizer"]
-
-_QWEN_SPECIALS = FAMILIES["qwen2_vl"].specials
+__all__ = ["tiny", "tiny_gemma3", "tiny_internvl", "tiny_llava_next", "tiny_llava_onevision", "tiny_qwen2_vl",
+           "tiny_qwen3_vl", "tiny_tokenizer"]
 
 
 def tiny(
@@ -183,7 +183,7 @@ def tiny_qwen2_vl(
     if version not in ("2", "2.5"):
         raise ValueError(f"version must be '2' or '2.5', got {version!r}")
     tok = tiny_tokenizer(family="qwen2_vl")
-    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
     text = dict(
         vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
         num_hidden_layers=text_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
@@ -245,3 +245,6 @@ def _clip_llama(tok: Any, image_size: int, patch_size: int, vision_hidden: int, 
         eos_token_id=tok.eos_token_id,
     )
     return vision, text
+
+
+from tpx.models.tiny_gemma3 import tiny_gemma3  # noqa: E402  (Gemma 3 lives in its own module)

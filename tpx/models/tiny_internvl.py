@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from tpx.models.tokenizer import tiny_tokenizer
+from tpx.models.tiny_vocab import tiny_tokenizer
 
 __all__ = ["never_generated", "qwen2_text", "tiny_internvl"]
 

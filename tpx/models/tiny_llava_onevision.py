@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from tpx.models.tiny_internvl import never_generated, qwen2_text
-from tpx.models.tokenizer import tiny_tokenizer
+from tpx.models.tiny_vocab import tiny_tokenizer
 
 __all__ = ["tiny_llava_onevision"]
 

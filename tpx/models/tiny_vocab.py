@@ -1,15 +1,16 @@
-"""The tiny tokenizers of the tiny random MLLMs: one byte-level BPE trained in memory, per family its specials.
+"""The tiny byte-level BPE tokenizer every tiny random model in `tpx.models` shares, trained in memory offline,
+with per family the special tokens its processor expects (`<image>`, `<|image_pad|>`, InternVL's `<img>`
+`<IMG_CONTEXT>` `</img>`), so placeholders never split.
 
-Each tiny builder (`tpx.models.tiny`, `tiny_internvl`, `tiny_llava_onevision`) asks for its family's tokenizer
-here, so the placeholder tokens a family's processor expects (`<image>`, `<|image_pad|>`, InternVL's `<img>`
-`<IMG_CONTEXT>` `</img>`) are special tokens that never split, and no builder module imports another.
+Its own module so that each tiny builder (`tiny`, `tiny_qwen3_vl`, `tiny_internvl`, ...) can import it without
+importing the others.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["FAMILIES", "tiny_tokenizer"]
+__all__ = ["FAMILIES", "QWEN_SPECIALS", "tiny_tokenizer"]
 
 _CORPUS = [
     "USER: What is shown in the image? ASSISTANT: A person standing in front of a flag.",
@@ -44,6 +45,7 @@ FAMILIES: dict[str, Spec] = {
     "llava_onevision": Spec([*_QWEN, "<image>", "<video>"], None, dict(
         _QWEN_KW, extra_special_tokens={"image_token": "<image>", "video_token": "<video>"})),
 }
+QWEN_SPECIALS = FAMILIES["qwen2_vl"].specials
 
 
 def tiny_tokenizer(vocab_size: int = 400, family: str = "llava") -> Any:
