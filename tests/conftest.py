@@ -167,3 +167,23 @@ def qwen2_vl_inputs(processor, batch: int, seed: int = 0, sizes=None, per_row: i
 def qwen3_vl_inputs(processor, batch: int, seed: int = 0, sizes=None, per_row: int = 1) -> dict[str, torch.Tensor]:
     """Tiny Qwen3-VL inputs: a 192×256 image gives a 6×8 grid of merged tokens (16-pixel patches)."""
     return qwen2_vl_inputs(processor, batch, seed, sizes or [(192, 256)] * (batch * per_row), per_row)
+
+
+INTERNVL_PROMPT = "<|im_start|>user\n<IMG_CONTEXT>\n{}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def internvl_inputs(processor, batch: int, seed: int = 0, sizes=None) -> dict[str, torch.Tensor]:
+    """Tiny InternVL inputs: a 40×64 image is cut into 2 tiles side by side plus a thumbnail (3 grids of 4×4)."""
+    sizes = sizes or [(40, 64)] * batch
+    images = [random_array_image(seed + i, size) for i, size in enumerate(sizes)]
+    texts = [INTERNVL_PROMPT.format(QUESTIONS[i % 2]) for i in range(batch)]
+    return dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
+
+
+def llava_onevision_inputs(processor, batch: int, seed: int = 0, sizes=None) -> dict[str, torch.Tensor]:
+    """Tiny LLaVA-OneVision inputs: a 40×64 image fills the 2×2 canvas, unpadded to 6×8 and shrunk by AnyRes-Max
+    to 4×6 (a 4×4 base grid, a 4×6 crop grid, 4 newlines)."""
+    sizes = sizes or [(40, 64)] * batch
+    images = [random_array_image(seed + i, size) for i, size in enumerate(sizes)]
+    texts = [QWEN_PROMPT.format("<image>", QUESTIONS[i % 2]) for i in range(batch)]
+    return dict(processor(images=images, text=texts, return_tensors="pt", padding=True))

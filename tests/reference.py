@@ -134,11 +134,14 @@ def reference_stages(run, outputs: list, visual: torch.Tensor, entries: list | N
     for entry, stage in zip(entries, run.plan.stages, strict=True):
         grids = entry.grids
         per_segment = stage.per_segment and (len(grids) > 1 or "grid" in stage.needs.selector)
-        count = len(grids) if per_segment else 1
+        sizes = [r * c for r, c in grids]
+        shares = select.split_budget(entry.n_keep, sizes) if per_segment and len(grids) > 1 else [entry.n_keep]
+        starts = [sum(sizes[:k]) for k in range(len(shares))]
+        starts = [s for s, share in zip(starts, shares, strict=True) if share]  # segments left nothing: no call
+        count = len(starts)
         outs, i = outputs[i:i + count], i + count
         subs = None
         if isinstance(outs[0], select.Merged):
-            starts = [sum(r * c for r, c in grids[:k]) for k in range(len(grids))] if per_segment else [0]
             index = torch.cat([o.index + start for o, start in zip(outs, starts, strict=True)], dim=1)
             features = torch.cat([o.features for o in outs], dim=1)
             if stage.hook == "V":  # merged vision features (whatever their width): the engine projects them
@@ -194,17 +197,17 @@ def greedy(model, inputs, n_new: int):
 
 def check_retention_one(model, inputs, method, hook: str, n_new: int):
     """Oracle 1: at retention 1.0 the pruned model is the unpruned one, bit for bit (logits, greedy tokens,
-    every decode step). Returns the run."""
+    every decode step; `n_new=0`: the prefill logits only). Returns the run."""
     import tpx
 
     with torch.no_grad():
         ref_logits = model(**inputs).logits
-        ref_tokens, ref_steps = greedy(model, inputs, n_new)
+        ref_tokens, ref_steps = greedy(model, inputs, n_new) if n_new else (None, [])
         with tpx.pruning(model, method, retention=1.0, hook=hook, seed=3) as run:
             logits = model(**inputs).logits
-            tokens, steps = greedy(model, inputs, n_new)
+            tokens, steps = greedy(model, inputs, n_new) if n_new else (None, [])
     assert run.trace and all(e.n_keep == e.n_visual for e in run.trace)
-    assert torch.equal(logits, ref_logits) and torch.equal(tokens, ref_tokens)
+    assert torch.equal(logits, ref_logits) and (n_new == 0 or torch.equal(tokens, ref_tokens))
     for a, b in zip(steps, ref_steps, strict=True):
         assert torch.equal(a, b)
     return run
@@ -213,7 +216,8 @@ def check_retention_one(model, inputs, method, hook: str, n_new: int):
 def check_mask_reference(model, inputs, method, hook: str, retention: float, n_new: int, positions: bool = True,
                          atol: float = 1e-5):
     """Oracle 2: the pruned model equals the unpruned one with the dropped positions masked (merged tokens
-    substituted) — logits ≤ 1e-5 and the same greedy tokens, prefill and every decode step.
+    substituted) — logits ≤ 1e-5 and the same greedy tokens, prefill and every decode step (`n_new=0`: the
+    prefill logits only, for models too large to decode without a cache).
 
     Args:
         method: a `Method` (its selector is spied on to read the merged tokens) or a registry name.
@@ -237,18 +241,22 @@ def check_mask_reference(model, inputs, method, hook: str, retention: float, n_n
     with torch.no_grad():
         with tpx.pruning(model, spied, retention=retention, hook=hook, seed=7) as run:
             logits = model(**inputs, **extra).logits
-        with tpx.pruning(model, spied, retention=retention, hook=hook, seed=7) as again:
-            tokens, steps = greedy(model, inputs, n_new)
+        in_forward = len(outputs)  # the forward's prefill, not generate's
+        tokens, steps, ref_tokens, ref_steps = None, [], None, []
+        if n_new:
+            with tpx.pruning(model, spied, retention=retention, hook=hook, seed=7) as again:
+                tokens, steps = greedy(model, inputs, n_new)
+            assert torch.equal(again.kept_positions, run.kept_positions)  # same seed, same prefill: same selection
         kept = run.kept_positions
-        assert torch.equal(again.kept_positions, kept)  # same seed, same prefill: same selection
         visual = tpx.models.layout(model, inputs).positions
-        stages = reference_stages(run, outputs[: len(outputs) // 2], visual)  # the forward's prefill, not generate's
+        stages = reference_stages(run, outputs[:in_forward], visual)
         types = inputs.get("token_type_ids")
         ref = MaskReference(model, stages, inputs["input_ids"].shape[1],
                             blocks=None if types is None else image_blocks(types))
         try:
             full = model(**inputs, **extra).logits
-            ref_tokens, ref_steps = reference_generate(model, inputs, ref, n_new, positions=positions)
+            if n_new:
+                ref_tokens, ref_steps = reference_generate(model, inputs, ref, n_new, positions=positions)
         finally:
             ref.remove()
     entry = run.trace[-1]
@@ -256,7 +264,7 @@ def check_mask_reference(model, inputs, method, hook: str, retention: float, n_n
     ref_logits = full.gather(1, kept[..., None].expand(-1, -1, full.shape[-1]))
     real = inputs["attention_mask"].gather(1, kept).bool()
     torch.testing.assert_close(logits[real], ref_logits[real], atol=atol, rtol=0)
-    assert torch.equal(tokens, ref_tokens)
+    assert n_new == 0 or torch.equal(tokens, ref_tokens)
     for a, b in zip(steps, ref_steps, strict=True):
         torch.testing.assert_close(a, b, atol=atol, rtol=0)
     return run

