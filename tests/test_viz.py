@@ -242,7 +242,7 @@ def test_keep_frequency_figure_names_missing_methods():
 
     df = pd.DataFrame({"id": ["a", "a", "a"], "method": ["fastv", "random", "pdrop"], "retention": [0.5, 0.5, 1 / 3],
                        "kept": [[0, 1], [2, 3], [0, 3]]})
-    fig = widgets.keep_frequency_figure(df, (2, 2), ["fastv", "random", "pdrop"], 0.5)
+    fig = widgets.keep_frequency_figure(df, ["fastv", "random", "pdrop"], 0.5, (2, 2))
     assert len([im for ax in fig.axes for im in ax.images]) == 2
     assert "(1 samples" in fig._suptitle.get_text()
     assert "not evaluated at this retention: pdrop" in fig._suptitle.get_text()

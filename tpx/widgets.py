@@ -250,14 +250,18 @@ def overlap_figure(df: Any, methods: list[str], retention: float, pivot: str = "
 
 
 
-def keep_frequency_figure(df: Any, grid: tuple[int, int], methods: list[str], retention: float) -> Any:
+def keep_frequency_figure(df: Any, methods: list[str], retention: float, grid: tuple[int, int] | None = None) -> Any:
     """Keep-frequency heatmaps of `methods` at one retention from evaluation rows, on one colour scale (Q1).
 
-    Methods with no rows at this retention (one that cannot reach it) are named in the title, not drawn.
+    Methods with no rows at this retention (one that cannot reach it) are named in the title, not drawn. The
+    map is on the image's own grid when every row has one single-grid layout, else on a common normalised grid
+    (`tpx.analysis.spatial.map_grid`: LLaVA-NeXT's base and crop grids, Qwen2-VL images of several sizes), and
+    the title says so.
 
     Args:
-        df: `tpx.evaluate.evaluate` rows (column kept). grid: `(rows, cols)` of the image.
-        methods: methods to draw, in order. retention: one of the evaluated retentions.
+        df: `tpx.evaluate.evaluate` rows (columns kept, grids). methods: methods to draw, in order.
+        retention: one of the evaluated retentions. grid: `(rows, cols)` of a single-grid image; None: from
+            the rows' layouts.
 
     Returns:
         `tpx.viz.keep_frequency_maps`'s `Figure`.
@@ -270,6 +274,13 @@ def keep_frequency_figure(df: Any, grid: tuple[int, int], methods: list[str], re
     missing = [m for m in methods if m not in present]
     n = at.loc[at["method"].isin(present), "id"].nunique()
     title = f"share of samples keeping each cell, retention {retention:.3g} ({n} samples, seeds pooled)"
+    pruned = at[at["method"].isin(present)]
+    if grid is None and len(pruned):
+        shape, normalised = spatial.map_grid(spatial.row_grids(pruned))
+        if normalised:
+            title += (f"\non a common normalised {shape[0]}×{shape[1]} grid: every image grid "
+                      f"({', '.join(sorted({f'{r}×{c}' for g in spatial.row_grids(pruned) for r, c in g}))}) "
+                      "area-weighted onto it")
     if missing:
         title += f"\nnot evaluated at this retention: {', '.join(missing)}"
     maps = spatial.frequency_maps(df, retention, grid, present)

@@ -75,9 +75,12 @@ def finding(notebook: str, key: str, question: str, claim: str, model: str, conf
         estimate: from `stats.compare` / `stats.score` (its level already adjusted for a family).
         direction: +1 if the study reports the effect positive, −1 if negative.
         study: the study's number(s) in words. unit: unit of the estimate. family: name of the family of
-            comparisons the record belongs to (its CI level is then Bonferroni-adjusted). notes: caveats.
+            comparisons the record belongs to (its CI level is then Bonferroni-adjusted). notes: caveats; a
+            degenerate estimate's reason (`Estimate.note`, e.g. no relative score over a baseline that answers
+            nothing right) comes first, and its verdict is "inconclusive".
     """
     n = min(estimate.n_per_task.values()) if estimate.n_per_task else 0
+    notes = "; ".join(n for n in (estimate.note, notes) if n)
     return Finding(notebook, key, question, claim, model, {k: dict(v) for k, v in configs.items()},
                    _num(estimate.estimate), _num(estimate.ci_low), _num(estimate.ci_high), estimate.level,
                    _num(estimate.p), unit, n, direction, stats.verdict(estimate.ci_low, estimate.ci_high, direction),
