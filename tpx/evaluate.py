@@ -26,7 +26,8 @@ from tpx.data import Sample
 from tpx.grid import UNPRUNED, Config, seeded, unpruned
 from tpx.scoring import score, summarize
 
-__all__ = ["BLIND", "Config", "evaluate", "kept_summary", "model_inputs", "process_state", "reachable", "score", "summarize"]
+__all__ = ["BLIND", "Config", "evaluate", "kept_summary", "layouts", "model_inputs", "process_state", "reachable", "score",
+           "summarize"]
 
 log = logging.getLogger(__name__)
 BLIND = (None, "no_image", "blank", "noise")
@@ -237,9 +238,10 @@ def _validate(model: Any, configs: Sequence[Config], blind: str | None) -> None:
             raise ValueError(f"label {c.label!r} names two configurations: {other} and {c}")
 
 
-def _layouts(model: Any, processor: Any, samples: Sequence[Sample]) -> list[Any]:
-    """The distinct layouts of the samples: one processor call (no forward) for the first sample of each
-    distinct tuple of image sizes, which is what a layout depends on (AnyRes crops, dynamic resolution)."""
+def layouts(model: Any, processor: Any, samples: Sequence[Sample]) -> list[Any]:
+    """The distinct layouts (`tpx.layout.Layout`: grids, N) of the samples' prompts, without a forward pass: one
+    processor call for the first sample of each distinct tuple of image sizes, which is what a layout depends on
+    (AnyRes crops, dynamic resolution). Samples without an image have none."""
     from tpx.models import layout
 
     firsts: dict[tuple, Sample] = {}
@@ -268,16 +270,16 @@ def reachable(model: Any, processor: Any, samples: Sequence[Sample], configs: Se
     """
     from tpx.engine import reachable as why_not
 
-    layouts = _layouts(model, processor, list(samples))
+    found = layouts(model, processor, list(samples))
     ok, skipped = [], []
     for c in configs:
         why = None
         if c.method != UNPRUNED:
             params = {k: v for k, v in c.kwargs().items() if k != "retention"}
-            for lay in layouts:
+            for lay in found:
                 why = why_not(model, c.method, c.retention, layout=lay, **params)
                 if why is not None:
-                    if len(layouts) > 1 or len(lay.grids) > 1:  # say which geometry refused it
+                    if len(found) > 1 or len(lay.grids) > 1:  # say which geometry refused it
                         why += f" (grids {[list(g) for g in lay.grids]}, N = {lay.n_visual})"
                     break
         if why is None:

@@ -119,7 +119,7 @@ def explore_figure(model: Any, processor: Any, sample: Any, method: str, retenti
     pruned = ask(model, processor, sample.image, sample.prompt, method, retention=retention, **kwargs)
     entry = pruned.entry
     title = f"{method}, retention {retention:g}: kept {entry.n_keep} of {entry.n_visual} tokens"
-    fig = viz.kept_tokens(viz.model_view(pruned.pixel_values, processor), entry, title=title)
+    fig = viz.kept_tokens(viz.model_view(pruned.pixel_values, processor, sample.image), entry, title=title)
     reference = " | ".join(sample.answers) if getattr(sample, "answers", None) else "?"
     text = (f"Q: {sample.question}\nreference: {reference!r}\nunpruned:  {full.text!r}\n"
             f"pruned:    {pruned.text!r}\nkept {entry.n_keep} of {entry.n_visual} visual tokens")
@@ -146,7 +146,7 @@ def alpha_figure(model: Any, processor: Any, image: Any, question: str, *, alpha
     out = ask(model, processor, image, question, "alpha", retention=retention, layer=layer, seed=seed,
               max_new_tokens=max_new_tokens, alpha=alpha, uniqueness=uniqueness)
     caption = f"Q: {question!r} → {out.text!r}" + (f" (reference {reference!r})" if reference is not None else "")
-    return viz.alpha_kept(viz.model_view(out.pixel_values, processor), out.entry, caption=caption)
+    return viz.alpha_kept(viz.model_view(out.pixel_values, processor, image), out.entry, caption=caption)
 
 
 def alpha_explorer(model: Any, processor: Any, image: Any, question: str, *, alpha: float = 0.2,
