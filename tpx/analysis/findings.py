@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +130,8 @@ def frame(records: Sequence[Finding | Mapping[str, Any]]) -> pd.DataFrame:
     """Records as a table for figures (`tpx.viz.effects`): name (claim, key), estimate, CI, n, verdict."""
     rows = [asdict(r) if isinstance(r, Finding) else dict(r) for r in records]
     out = pd.DataFrame(rows)
-    if out.empty:
-        return pd.DataFrame(columns=["name", "estimate", "ci_low", "ci_high", "n_per_task", "verdict"])
+    if out.empty:  # every column a notebook may select, so "no finding on this model" is a table, not a KeyError
+        return pd.DataFrame(columns=["name", *(f.name for f in fields(Finding))])
     out.insert(0, "name", out["key"])
     return out
 
