@@ -59,6 +59,24 @@ def test_natural_positions_reproduce_the_evaluated_kept_sets(tiny):
     assert set(rev.label) == {"fastv reverse noise"} and len(rev) == len(samples)
 
 
+@pytest.mark.parametrize("family", ["tiny-llava-next", "tiny-qwen2-vl"])
+def test_natural_positions_are_the_models_own_on_other_families(family, one_thread):
+    """Qwen2-VL's natural ids are its M-RoPE ids (captured from the model), LLaVA-NeXT's 1-D ones: the probe keeps
+    what `evaluate` keeps; reversing the image span's ids (newlines included) moves the kept set."""
+    from tpx.models import load
+
+    model, processor = load(family)
+    samples = load_samples("organism", n=2, tasks=["exist", "count"])
+    natural = probes.kept_under_positions(model, processor, samples, "fastv", retention=0.5, layer=1, batch_size=4,
+                                          progress=False)
+    rows = evaluate(model, processor, samples, methods=["fastv"], retentions=[0.5], layer=1, batch_size=4,
+                    max_new_tokens=1, progress=False)
+    assert [list(k) for k in natural.kept] == [list(k) for k in rows[rows.method == "fastv"].kept]
+    reverse = probes.kept_under_positions(model, processor, samples, "fastv", retention=0.5, layer=1,
+                                          order="reverse", batch_size=4, progress=False)
+    assert [list(k) for k in reverse.kept] != [list(k) for k in natural.kept]
+
+
 def test_noise_images_are_seeded_and_differ_from_blank(tiny):
     model, processor = tiny
     samples = load_samples("organism", n=1, tasks=["exist"])
