@@ -158,3 +158,13 @@ def test_a_baseline_that_answers_nothing_right_is_reported_not_raised():
     rec = findings.finding("nb", "k", "Q1", "claim", "tiny", {"a": findings.config("x")}, est, direction=1,
                            study="s", notes="mine")
     assert rec.verdict == "inconclusive" and rec.notes.startswith("undefined: the baseline") and rec.notes.endswith("; mine")
+
+
+def test_a_value_that_does_not_exist_is_undefined_not_unpaired():
+    """One kept token has no duplication (NaN): the comparison is undefined and says why; a missing row still raises."""
+    tasks = np.repeat(["a"], 4)
+    rows = _rows({"x": np.array([0.2, np.nan, 0.3, 0.1]), "y": np.array([0.1, 0.2, 0.3, 0.4])}, tasks)
+    est = stats.compare(rows, "x", "y")
+    assert math.isnan(est.estimate) and "has no value for ['x']" in est.note
+    with pytest.raises(ValueError, match="did not answer the same samples"):
+        stats.compare(rows[~((rows.label == "y") & (rows.id == 0))], "x", "y")

@@ -85,19 +85,23 @@ def paired_matrix(rows: pd.DataFrame, labels: Sequence[str], value: str = "score
         `(matrix, tasks)`: `(n_samples, len(labels))` values, each configuration's seeds averaged per sample,
         and the task of each sample row.
 
+        NaN values stay NaN (the estimate is then undefined and says so).
+
     Raises:
         ValueError: a label has no rows, or the configurations did not answer the same samples.
     """
     label = _label_column(rows)
-    columns = []
+    columns, answered = [], []
     for name in labels:
         part = rows[label == name]
         if part.empty:
             raise ValueError(f"no rows labelled {name!r}; present: {sorted(set(label))}")
         columns.append(part.groupby(list(KEY), sort=True)[value].mean().rename(name))
+        answered.append(part.groupby(list(KEY), sort=True).size().rename(name))
     wide = pd.concat(columns, axis=1)
-    if wide.isna().any().any():
-        missing = wide.columns[wide.isna().any()].tolist()
+    present = pd.concat(answered, axis=1)  # a NaN value (e.g. no duplication of one kept token) is not a missing row
+    if present.isna().any().any():
+        missing = present.columns[present.isna().any()].tolist()
         raise ValueError(f"configurations {missing} did not answer the same samples as the others; "
                          "a paired comparison needs every configuration on every sample")
     return wide.to_numpy(dtype=float), wide.index.get_level_values("task").to_numpy()
@@ -177,7 +181,7 @@ def compare(rows: pd.DataFrame, a: str, b: str, *, baseline: str | None = None, 
     else:
         def statistic(m: np.ndarray) -> np.ndarray:
             return _nanmean(_relative(m, 0, 2) - _relative(m, 1, 2))
-    return _explained(bootstrap(matrix, tasks, statistic, n_boot, seed, level), matrix, baseline)
+    return _explained(bootstrap(matrix, tasks, statistic, n_boot, seed, level), matrix, labels, value, baseline)
 
 
 def _nanmean(values: np.ndarray) -> np.ndarray:
@@ -187,9 +191,16 @@ def _nanmean(values: np.ndarray) -> np.ndarray:
         return np.where(count > 0, np.nansum(values, axis=-1) / np.maximum(count, 1), np.nan)
 
 
-def _explained(est: Estimate, matrix: np.ndarray, baseline: str | None) -> Estimate:
-    """Name the cause of an undefined relative score: a baseline that answers no sample right."""
-    if est.note and baseline is not None and not (matrix[:, -1] > 0).any():
+def _explained(est: Estimate, matrix: np.ndarray, labels: Sequence[str], value: str,
+               baseline: str | None) -> Estimate:
+    """Name the cause of an undefined estimate: values that do not exist, or a baseline that answers nothing right."""
+    if not est.note:
+        return est
+    empty = [name for j, name in enumerate(labels) if np.isnan(matrix[:, j]).any()]
+    if empty:
+        return replace(est, note=f"undefined: {value!r} has no value for {empty} on some samples (e.g. the "
+                                 "duplication of a single kept token)")
+    if baseline is not None and not (matrix[:, -1] > 0).any():
         return replace(est, note=f"undefined: the baseline {baseline!r} answers no sample right, so there is no "
                                  "relative score (% of baseline)")
     return est
@@ -209,7 +220,7 @@ def score(rows: pd.DataFrame, label: str, *, baseline: str | None = None, value:
     else:
         def statistic(m: np.ndarray) -> np.ndarray:
             return _nanmean(_relative(m, 0, 1))
-    return _explained(bootstrap(matrix, tasks, statistic, n_boot, seed, level), matrix, baseline)
+    return _explained(bootstrap(matrix, tasks, statistic, n_boot, seed, level), matrix, labels, value, baseline)
 
 
 def seed_spread(rows: pd.DataFrame, label: str, *, baseline: str | None = None, value: str = "score",
