@@ -109,3 +109,13 @@ def test_undefined_intervals_do_not_crash_the_task_rule():
                          "n": [3], "level": [0.95]}, index=["a"])
     dep = sweep.task_dependence(sets, comps)
     assert dep["alpha"] in (0.0, 0.5) and dep["common"] == [0.0, 0.5]
+
+
+def test_a_task_without_any_score_is_carried_not_raised():
+    """A task whose answers all score NaN has no best α by value: it ties to the smallest α, and its CIs are NaN."""
+    rows = _rows({"a": {0.0: 0.9, 0.5: 0.5, 1.0: 0.2}, "b": {0.0: 0.5, 0.5: 0.5, 1.0: 0.5}}, n=40)
+    rows.loc[rows.task == "b", "score"] = np.nan
+    sets, comps = sweep.task_sets(rows, SWEEP, "dup", n_boot=200)
+    assert sets.loc["b", "best_alpha"] == 0.0 and comps[comps.task == "b"].ci_high.isna().all()
+    dep = sweep.task_dependence(sets, comps)
+    assert dep["alpha"] in ALPHAS

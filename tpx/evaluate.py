@@ -114,7 +114,7 @@ def _geometry(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[int, list[li
     are not counted, Qwen2-VL's grids are each image's own. `(0, [])` for a batch without images."""
     from tpx.models import layout
 
-    if not bool((inputs["input_ids"] == model.config.image_token_id).any()):
+    if "pixel_values" not in inputs:  # blind="no_image": the processor saw no image
         return 0, []
     found = layout(model, inputs)
     return int(found.n_visual), [list(g) for g in found.grids]
