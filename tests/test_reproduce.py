@@ -179,3 +179,24 @@ def test_families_pass_model_and_render_the_pass_table(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{FAMILY_MARKERS[0]}\nold\n{FAMILY_MARKERS[1]}\nrest\n")
     assert update_family_table(readme, matrix) and f"{FAMILY_MARKERS[0]}\n{table}\n{FAMILY_MARKERS[1]}" in readme.read_text()
+
+
+def test_cli_families_prints_and_writes_the_table(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    import tpx.reproduce as rep
+
+    seen = {}
+
+    def fake(names, notebooks_dir, build_dir, **kw):
+        seen["names"] = names
+        return pd.DataFrame([("01_x.ipynb", 3.0, "ok", [], "", n) for n in names], columns=[*rep.COLUMNS, "family"])
+
+    monkeypatch.setattr(rep, "families", fake)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{rep.FAMILY_MARKERS[0]}\n{rep.FAMILY_MARKERS[1]}\n")
+    assert main(["reproduce", "--families", "a, b", "--readme", str(readme)]) == 0
+    assert seen["names"] == ("a", "b") and "| 01_x | ok (3 s) | ok (3 s) |" in capsys.readouterr().out
+    assert "| 01_x | ok (3 s) | ok (3 s) |" in readme.read_text()
+    main(["reproduce", "--families", "--readme", str(readme)])
+    assert seen["names"] == rep.FAMILIES
