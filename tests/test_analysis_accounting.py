@@ -57,6 +57,30 @@ def test_tacr_and_pruning_retention_per_model_family():
         pruning_retention(llava, 0)
 
 
+def test_token_counts_and_operating_points_per_model():
+    """raw / native from each model's own layout count, and the FastV† design refused with its reason, not raised."""
+    from types import SimpleNamespace as NS
+
+    from tpx.analysis.accounting import operating_points, token_counts
+
+    llava = NS(config=NS(model_type="llava", vision_config=NS()))
+    pooled = NS(config=NS(model_type="llava", tpx_compression={"method": "pooling", "retention": 0.25, "hook": "E"}))
+    qwen = NS(config=NS(model_type="qwen2_vl", vision_config=NS(spatial_merge_size=2)))
+    assert token_counts(llava, 144) == (144, 144)
+    assert token_counts(pooled, 144) == (144, 36)   # the compression acts inside tpx on the layout's tokens
+    assert token_counts(qwen, 9) == (36, 9)         # the merger acted before: the layout holds merged tokens
+    same = operating_points(llava, pooled, [36, 16, 9], 144, 144)
+    assert same.full.tolist() == pytest.approx([0.25, 16 / 144, 9 / 144])
+    assert same.trained.isna().tolist() == [True, False, False] and "not below" in same.trained_reason[0]
+    other = operating_points(qwen, pooled, [36, 16, 9], 36, 144)
+    assert other.full.isna().tolist() == [True, True, False] and "TACR 4" in other.full_reason[0]
+    assert other.trained.isna().all() and "different raw tokens (36 vs 144)" in other.trained_reason[2]
+    t = token_table({"q": pd.DataFrame([dict(task="a", method="unpruned", retention=1.0, seed=0, n_keep=9, score=1)]),
+                     "p": pd.DataFrame([dict(task="a", method="unpruned", retention=1.0, seed=0, n_keep=36, score=0)])},
+                    raw={"q": 36, "p": 144}, natives={"q": 9, "p": 36})
+    assert t.set_index("model").loc["q", "TACR"].tolist() == [4, 4] and t.set_index("model").loc["p", "TRR"].tolist() == [4, 4]
+
+
 # ---- Q5a: time against FLOPs over timing repeats ------------------------------------------------------------
 
 def _reps(times: dict[str, list[float]]) -> pd.DataFrame:

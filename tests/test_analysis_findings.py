@@ -96,3 +96,17 @@ def test_every_question_has_findings():
     assert {r["question"] for r in timing} == {"Q5a"}
     for r in timing:
         assert r["verdict"] == stats.verdict(r["ci_low"], r["ci_high"], r["direction"]), r["key"]
+
+
+def test_no_records_is_a_table_and_a_figure():
+    """A model on which no comparison is defined (e.g. FastV† across families) gets an empty table with every
+    column a notebook selects, and a findings figure that says so."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from tpx import viz
+
+    empty = findings.frame([])
+    assert empty.empty and {"name", "estimate", "ci_low", "ci_high", "level", "n_per_task", "verdict"} <= set(empty.columns)
+    fig = viz.effects(empty, title="none")
+    assert any("no estimate" in t.get_text() for t in fig.axes[0].texts)

@@ -22,12 +22,6 @@ def test_panel_mask_on_the_organism_and_a_finer_grid():
     assert int(guidance.panel_mask((0, 0, 5, 5), (96, 96), (12, 12)).sum()) == 1  # only cell (0, 0)'s centre
 
 
-def test_square_grid():
-    assert guidance.square_grid(144) == (12, 12) and guidance.square_grid(576) == (24, 24)
-    with pytest.raises(ValueError, match="not a square"):
-        guidance.square_grid(2880 + 1)
-
-
 def test_score_table():
     df = pd.DataFrame({"method": ["fastv"] * 4 + ["fastv_vis"] * 4 + ["random"] * 2,
                        "task": ["a", "a", "b", "b"] * 2 + ["a", "b"],
@@ -67,6 +61,23 @@ def test_panel_frame_shares(anchors):
     assert list(f.panel[:4]) == [s.metadata["panel"] for s in anchors]
     by = f.groupby("method")["share"].mean()
     assert by["fastv"] == 1.0 and by["random"] == 0.5 and by["unpruned"] == 0.25
+
+
+def test_panel_frame_and_maps_on_several_grids(anchors):
+    """LLaVA-NeXT-like layout: a 4×4 base view then an 8×8 crop grid, both spanning the image (N = 80)."""
+    grids = [[4, 4], [8, 8]]
+    base = [guidance.panel_mask(s.metadata["panel_box"], s.image.size, (4, 4)) for s in anchors]
+    crop = [guidance.panel_mask(s.metadata["panel_box"], s.image.size, (8, 8)) for s in anchors]
+    kept = [_cells(b) + [16 + i for i in _cells(c)] for b, c in zip(base, crop)]  # every token inside the panel
+    df = pd.concat([_rows(anchors, "fastv", kept), _rows(anchors, "unpruned", [None] * 4)], ignore_index=True)
+    df = df.assign(n_visual=80, grids=[grids] * len(df))
+    f = guidance.panel_frame(df, anchors)
+    assert (f[f.method == "fastv"].share == 1.0).all() and (f.chance == 0.25).all()
+    maps = guidance.panel_maps(f)[("fastv", 0.25)]
+    for p, freq in maps.items():  # on the common normalised 8×8 grid: kept everywhere inside the panel, nowhere else
+        inside = guidance.panel_mask(next(s.metadata["panel_box"] for s in anchors if s.metadata["panel"] == p),
+                                     anchors[0].image.size, (8, 8))
+        assert freq.shape == (8, 8) and torch.allclose(freq[inside], torch.ones(())) and float(freq[~inside].max()) == 0.0
 
 
 def test_panel_maps(anchors):

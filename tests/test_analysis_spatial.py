@@ -84,9 +84,43 @@ def test_kept_matrix_and_frequency_maps():
 
 def test_visual_distances_left_padded():
     ids = torch.tensor([[0, 0, 5, 9, 9, 7, 8], [0, 5, 9, 9, 7, 7, 8]])  # 9 = image token, 0 = padding
-    assert probes.visual_distances(ids, 9).tolist() == [[3, 2], [4, 3]]
-    with pytest.raises(ValueError, match="same, non-zero number"):
-        probes.visual_distances(torch.tensor([[9, 1], [1, 1]]), 9)
+    positions = (ids == 9).nonzero()[:, 1].view(2, -1)
+    assert probes.visual_distances(ids, positions).tolist() == [[3, 2], [4, 3]]
+    with pytest.raises(ValueError, match=r"positions must be \(B, N\)"):
+        probes.visual_distances(ids, positions[:1])
+
+
+def test_normalised_frequency_equals_keep_frequency_on_one_grid():
+    g = torch.Generator().manual_seed(0)
+    kept = torch.stack([torch.randperm(12, generator=g)[:5] for _ in range(7)])
+    mine = spatial.normalised_frequency(kept.tolist(), [((3, 4),)] * 7, (3, 4))
+    assert torch.allclose(mine, spatial.keep_frequency(kept, (3, 4)))
+
+
+def test_normalised_frequency_pools_segments_by_token_count():
+    # base 2×2 then crops 4×4 (N = 20), both spanning the image: keep the base's top-left token and the crops'
+    # top-left 2×2 block: the top-left quarter of the image is fully kept, the rest never
+    kept = [[0, 4, 5, 8, 9]]
+    freq = spatial.normalised_frequency(kept, [((2, 2), (4, 4))], (4, 4))
+    assert torch.allclose(freq[:2, :2], torch.ones(2, 2)) and float(freq.sum() - freq[:2, :2].sum()) == 0.0
+    # a position-blind rule (every token with the same probability) gives n_keep / N everywhere
+    g = torch.Generator().manual_seed(1)
+    many = [torch.randperm(20, generator=g)[:5].tolist() for _ in range(4000)]
+    blind = spatial.normalised_frequency(many, [((2, 2), (4, 4))] * 4000, (4, 4))
+    assert torch.allclose(blind, torch.full((4, 4), 0.25), atol=0.03)
+
+
+def test_map_grid_and_row_profile():
+    assert spatial.map_grid([((12, 12),), ((12, 12),)]) == ((12, 12), False)
+    assert spatial.map_grid([((4, 4), (8, 6))]) == ((8, 6), True)
+    assert spatial.map_grid([((3, 3),), ((3, 5),)]) == ((3, 5), True)
+    scores = torch.arange(20.0)[None]  # base 2×2 (rows 0-1: 0,1 / 2,3) then crops 4×4 (rows 4-7, 8-11, ...)
+    profile = spatial.row_profile(scores, [(2, 2), (4, 4)], 4)
+    # top row: base row 0 (mean 0.5, 4 of 20 tokens over 2 rows each) and crop row 0 (mean 5.5)
+    assert profile[0].item() == pytest.approx((4 * 0.5 + 16 * 5.5) / 20)
+    assert torch.allclose(spatial.row_profile(scores[:, :4], [(2, 2)], 2), torch.tensor([0.5, 2.5]))
+    with pytest.raises(ValueError, match="hold 4 tokens"):
+        spatial.row_profile(scores, [(2, 2)], 2)
 
 
 def test_last_token_attention_on_a_tiny_model():

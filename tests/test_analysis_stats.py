@@ -138,3 +138,33 @@ def test_difference_of_independent_estimates():
     assert d.ci_low < d.estimate < d.ci_high
     # independent: the CI is wider than either one's
     assert d.ci_high - d.ci_low > max(a.ci_high - a.ci_low, b.ci_high - b.ci_low)
+
+
+def test_a_baseline_that_answers_nothing_right_is_reported_not_raised():
+    """A random tiny model scores 0 everywhere: relative scores are undefined, and every function says so."""
+    from tpx.analysis import findings
+
+    tasks = np.repeat(["a", "b"], 5)
+    zeros = np.zeros(10)
+    rows = _rows({"x": zeros, "y": zeros, "unpruned": zeros}, tasks)
+    est = stats.compare(rows, "x", "y", baseline="unpruned")
+    assert math.isnan(est.estimate) and math.isnan(est.ci_low) and "answers no sample right" in est.note
+    one = stats.score(rows, "x", baseline="unpruned")
+    assert math.isnan(one.estimate) and "no relative score" in one.note
+    both = stats.difference(est, one)
+    assert math.isnan(both.estimate) and "answers no sample right" in both.note
+    plain = stats.compare(rows, "x", "y")  # no baseline: a defined zero with no spread
+    assert (plain.estimate, plain.ci_low, plain.ci_high, plain.note) == (0.0, 0.0, 0.0, "")
+    rec = findings.finding("nb", "k", "Q1", "claim", "tiny", {"a": findings.config("x")}, est, direction=1,
+                           study="s", notes="mine")
+    assert rec.verdict == "inconclusive" and rec.notes.startswith("undefined: the baseline") and rec.notes.endswith("; mine")
+
+
+def test_a_value_that_does_not_exist_is_undefined_not_unpaired():
+    """One kept token has no duplication (NaN): the comparison is undefined and says why; a missing row still raises."""
+    tasks = np.repeat(["a"], 4)
+    rows = _rows({"x": np.array([0.2, np.nan, 0.3, 0.1]), "y": np.array([0.1, 0.2, 0.3, 0.4])}, tasks)
+    est = stats.compare(rows, "x", "y")
+    assert math.isnan(est.estimate) and "has no value for ['x']" in est.note
+    with pytest.raises(ValueError, match="did not answer the same samples"):
+        stats.compare(rows[~((rows.label == "y") & (rows.id == 0))], "x", "y")

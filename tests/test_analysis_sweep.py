@@ -96,3 +96,26 @@ def test_first_per_task_keeps_order_and_nests():
     assert [s.id for s in sweep.first_per_task(samples, 2)] == ["a/0", "a/1", "b/0", "b/1"]
     with pytest.raises(ValueError, match="n must be"):
         sweep.first_per_task(samples, 0)
+
+
+def test_undefined_intervals_do_not_crash_the_task_rule():
+    """NaN scores (nothing answerable) give NaN CIs: the rule reports them, it does not raise."""
+    comps = pd.DataFrame([{"task": "a", "alpha": 0.5, "label": "alpha=0.5 dup", "best_label": "alpha=0 dup",
+                           "estimate": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "level": 0.95,
+                           "n_per_task": 3, "in_set": True,
+                           "_est": stats.Estimate(float("nan"), float("nan"), float("nan"), 0.95, float("nan"),
+                                                  {"a": 3}, np.zeros(0), "undefined")}])
+    sets = pd.DataFrame({"best_alpha": [0.0], "best_score": [float("nan")], "near": [[0.0, 0.5]], "spread": [0.0],
+                         "n": [3], "level": [0.95]}, index=["a"])
+    dep = sweep.task_dependence(sets, comps)
+    assert dep["alpha"] in (0.0, 0.5) and dep["common"] == [0.0, 0.5]
+
+
+def test_a_task_without_any_score_is_carried_not_raised():
+    """A task whose answers all score NaN has no best α by value: it ties to the smallest α, and its CIs are NaN."""
+    rows = _rows({"a": {0.0: 0.9, 0.5: 0.5, 1.0: 0.2}, "b": {0.0: 0.5, 0.5: 0.5, 1.0: 0.5}}, n=40)
+    rows.loc[rows.task == "b", "score"] = np.nan
+    sets, comps = sweep.task_sets(rows, SWEEP, "dup", n_boot=200)
+    assert sets.loc["b", "best_alpha"] == 0.0 and comps[comps.task == "b"].ci_high.isna().all()
+    dep = sweep.task_dependence(sets, comps)
+    assert dep["alpha"] in ALPHAS

@@ -94,3 +94,28 @@ def test_reachable_skips_cells_with_the_plans_reason(tiny):
     reasons = dict(zip(skipped["label"], skipped["reason"]))
     assert "pdrop can reach" in reasons["pdrop"] and "pooling cannot keep" in reasons["pooling"]
     assert "layer=9 out of range" in reasons["fastv @L9"]
+
+
+@pytest.mark.parametrize(("family", "unreachable"), [("tiny-llava-next", 1 / 80), ("tiny-qwen2-vl", 5 / 9)])
+def test_rows_and_reachable_read_the_layout(family, unreachable, one_thread):
+    """N and the grids come from the adapter's layout (LLaVA-NeXT: base and crop grids, newlines not counted;
+    Qwen2-VL: each image's merged grid), and a pooling budget no grid can hold is skipped with its reason."""
+    from tpx.evaluate import evaluate, layouts, model_inputs, reachable
+    from tpx.select import budget
+    from tpx.models import layout, load
+
+    model, processor = load(family)
+    samples = load_samples("organism", n=1, tasks=["exist", "count"])
+    found = layouts(model, processor, samples)
+    assert len(found) == 1  # the organism's images all have one size
+    truth = layout(model, model_inputs(processor, samples[:1], model))
+    assert found[0].grids == truth.grids and found[0].n_visual == truth.n_visual
+    n = truth.n_visual
+    cells = [Config(UNPRUNED), Config("fastv", 0.5, layer=1), Config("pooling", unreachable)]
+    ok, skipped = reachable(model, processor, samples, cells)
+    assert ok == cells[:2] and list(skipped["label"]) == ["pooling"] and "pooling" in skipped["reason"].iloc[0]
+    df = evaluate(model, processor, samples, configs=ok, batch_size=2, max_new_tokens=1, progress=False)
+    assert set(df.n_visual) == {n} and set(df[df.method == UNPRUNED].n_keep) == {n}
+    assert all([tuple(g) for g in grids] == list(truth.grids) for grids in df.grids)
+    fastv = df[df.method == "fastv"]
+    assert all(max(k) < n for k in fastv.kept) and set(fastv.n_keep) == {budget(0.5, n)}

@@ -1,6 +1,7 @@
 """Notebook sources follow the rules of STYLE.md (Notebooks): stripped, parametrised, runnable headless.
 
-nbmake executes them (see pyproject.toml); this file checks the committed files themselves.
+nbmake executes them with their defaults (see pyproject.toml); this file checks the committed files themselves
+and runs every notebook, unchanged, in fast mode on every model family's tiny model (`tpx.reproduce.FAMILIES`).
 """
 
 import ast
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
+from tpx.reproduce import FAMILIES, reproduce
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -113,3 +116,15 @@ def test_literal_assignments_rule(source, ok):
     else:
         with pytest.raises(ValueError, match="line"):
             literal_assignments(source)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_runs_on_every_family(path, family, tmp_path):
+    """As a user would: papermill with only `model` (and `fast`) changed, figures into a temporary folder.
+    Budgets a family cannot reach are skipped with their reason and degenerate results reported, not raised."""
+    table = reproduce(NOTEBOOKS_DIR, tmp_path / "notebooks", tmp_path / "figures", fast=True, only=path.name,
+                      progress=False, jobs=1, readme=None, parameters={"model": family})
+    assert table["notebook"].tolist() == [path.name]
+    row = table.iloc[0]
+    assert row.status == "ok", f"{path.name} on {family!r}: {row.error}"

@@ -13,12 +13,34 @@ from tpx.evaluate import evaluate, model_inputs
 def test_visual_position_ids_reverse_only_the_image_span():
     ids = torch.tensor([[0, 0, 5, 9, 9, 9, 6], [0, 5, 7, 9, 9, 9, 6]])
     mask = (ids != 0).long()
-    natural = probes.visual_position_ids(ids, mask, 9)
+    image = (ids == 9).nonzero()[:, 1].view(2, -1)
+    natural = probes.visual_position_ids(mask, image)
     assert natural.tolist() == [[0, 0, 0, 1, 2, 3, 4], [0, 0, 1, 2, 3, 4, 5]]
-    rev = probes.visual_position_ids(ids, mask, 9, "reverse")
+    rev = probes.visual_position_ids(mask, image, "reverse")
     assert rev.tolist() == [[0, 0, 0, 3, 2, 1, 4], [0, 0, 1, 4, 3, 2, 5]]
     with pytest.raises(ValueError, match="order must be one of"):
-        probes.visual_position_ids(ids, mask, 9, "shuffle")
+        probes.visual_position_ids(mask, image, "shuffle")
+
+
+def test_visual_position_ids_reverse_every_mrope_component():
+    """M-RoPE ids (P, B, T): each component's image ids reversed, the text's kept."""
+    mask = torch.ones(1, 6, dtype=torch.long)
+    own = torch.tensor([[[0, 1, 1, 1, 1, 3]], [[0, 1, 1, 2, 2, 3]], [[0, 1, 2, 1, 2, 3]]])  # t, h, w of a 2×2 grid
+    image = torch.tensor([[1, 2, 3, 4]])
+    rev = probes.visual_position_ids(mask, image, "reverse", own)
+    assert rev[:, 0].tolist() == [[0, 1, 1, 1, 1, 3], [0, 2, 2, 1, 1, 3], [0, 2, 1, 2, 1, 3]]
+    assert probes.visual_position_ids(mask, image, "natural", own) is own
+
+
+def test_padding_check_right_pads_every_per_token_input():
+    """Qwen2-VL's processor also returns `mm_token_type_ids` (B, T): right padding must move it with the ids."""
+    ids = torch.tensor([[0, 0, 5, 7], [0, 5, 6, 7]])
+    inputs = {"input_ids": ids, "attention_mask": (ids != 0).long(), "mm_token_type_ids": (ids == 5).long(),
+              "pixel_values": torch.ones(3, 4)}
+    out = probes._right_padded(inputs)
+    assert out["input_ids"].tolist() == [[5, 7, 0, 0], [5, 6, 7, 0]]
+    assert out["mm_token_type_ids"].tolist() == [[1, 0, 0, 0], [1, 0, 0, 0]]
+    assert out["pixel_values"] is inputs["pixel_values"]
 
 
 def test_natural_positions_reproduce_the_evaluated_kept_sets(tiny):
@@ -35,6 +57,24 @@ def test_natural_positions_reproduce_the_evaluated_kept_sets(tiny):
     rev = probes.kept_under_positions(model, processor, samples, "fastv", retention=0.25, layer=1, order="reverse",
                                       blind="noise", batch_size=4, progress=False)
     assert set(rev.label) == {"fastv reverse noise"} and len(rev) == len(samples)
+
+
+@pytest.mark.parametrize("family", ["tiny-llava-next", "tiny-qwen2-vl"])
+def test_natural_positions_are_the_models_own_on_other_families(family, one_thread):
+    """Qwen2-VL's natural ids are its M-RoPE ids (captured from the model), LLaVA-NeXT's 1-D ones: the probe keeps
+    what `evaluate` keeps; reversing the image span's ids (newlines included) moves the kept set."""
+    from tpx.models import load
+
+    model, processor = load(family)
+    samples = load_samples("organism", n=2, tasks=["exist", "count"])
+    natural = probes.kept_under_positions(model, processor, samples, "fastv", retention=0.5, layer=1, batch_size=4,
+                                          progress=False)
+    rows = evaluate(model, processor, samples, methods=["fastv"], retentions=[0.5], layer=1, batch_size=4,
+                    max_new_tokens=1, progress=False)
+    assert [list(k) for k in natural.kept] == [list(k) for k in rows[rows.method == "fastv"].kept]
+    reverse = probes.kept_under_positions(model, processor, samples, "fastv", retention=0.5, layer=1,
+                                          order="reverse", batch_size=4, progress=False)
+    assert [list(k) for k in reverse.kept] != [list(k) for k in natural.kept]
 
 
 def test_noise_images_are_seeded_and_differ_from_blank(tiny):

@@ -155,3 +155,48 @@ def test_schedule_waits_for_declared_notebooks(tmp_path):
     first_end = events.index(("end", "01_a.ipynb"))
     assert events.index(("start", "02_b.ipynb")) > first_end and events.index(("start", "04_d.ipynb")) > first_end
     assert events.index(("start", "03_c.ipynb")) < first_end  # the free slot is used meanwhile
+
+
+def test_families_pass_model_and_render_the_pass_table(tmp_path):
+    """`families` runs each notebook with only `model` changed (where declared) and `family_table` renders the
+    notebook × family table that the README shows between its markers."""
+    from tpx.reproduce import FAMILY_MARKERS, families, family_table, update_family_table
+
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    _write(nbs / "01_model.ipynb", 'model = "organism"\nfast = False\nfigures_dir = "../figures"',
+           "assert fast and model in ('a', 'b'), (fast, model)\nassert model != 'b', 'no b here'")
+    _write(nbs / "02_plain.ipynb", None, "x = 1")
+    matrix = families(["a", "b"], nbs, tmp_path / "build", progress=False, jobs=1)
+    assert matrix[["notebook", "family", "status"]].values.tolist() == [
+        ["01_model.ipynb", "a", "ok"], ["02_plain.ipynb", "a", "ok"],
+        ["01_model.ipynb", "b", "failed"], ["02_plain.ipynb", "b", "ok"]]
+    assert (tmp_path / "build" / "b" / "notebooks" / "01_model.ipynb").exists()  # executed copies per family
+    table = family_table(matrix)
+    lines = table.splitlines()
+    assert lines[0] == "| notebook | `a` | `b` |" and lines[2].startswith("| 01_model | ok (")
+    assert "**failed**: AssertionError: no b here" in lines[2]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{FAMILY_MARKERS[0]}\nold\n{FAMILY_MARKERS[1]}\nrest\n")
+    assert update_family_table(readme, matrix) and f"{FAMILY_MARKERS[0]}\n{table}\n{FAMILY_MARKERS[1]}" in readme.read_text()
+
+
+def test_cli_families_prints_and_writes_the_table(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    import tpx.reproduce as rep
+
+    seen = {}
+
+    def fake(names, notebooks_dir, build_dir, **kw):
+        seen["names"] = names
+        return pd.DataFrame([("01_x.ipynb", 3.0, "ok", [], "", n) for n in names], columns=[*rep.COLUMNS, "family"])
+
+    monkeypatch.setattr(rep, "families", fake)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{rep.FAMILY_MARKERS[0]}\n{rep.FAMILY_MARKERS[1]}\n")
+    assert main(["reproduce", "--families", "a, b", "--readme", str(readme)]) == 0
+    assert seen["names"] == ("a", "b") and "| 01_x | ok (3 s) | ok (3 s) |" in capsys.readouterr().out
+    assert "| 01_x | ok (3 s) | ok (3 s) |" in readme.read_text()
+    main(["reproduce", "--families", "--readme", str(readme)])
+    assert seen["names"] == rep.FAMILIES

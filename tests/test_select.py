@@ -82,6 +82,8 @@ def test_pool2d_at_full_budget_is_the_identity():
 
 def test_pool_grid_prefers_the_input_aspect_and_rejects_impossible_budgets():
     assert select.pool_grid(144, (24, 24)) == (12, 12)
+    with pytest.raises(ValueError, match="every image grid keeps at least one"):  # a grid's zero share of a split
+        select.pool_grid(0, (4, 4))
     assert select.pool_grid(64, (24, 24)) == (8, 8)
     assert select.pool_grid(48, (12, 12)) in {(6, 8), (8, 6)}
     with pytest.raises(ValueError, match="nearest feasible budgets"):

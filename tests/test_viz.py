@@ -38,6 +38,30 @@ def test_kept_tokens_figure_and_save(tiny_models, tmp_path):
     assert pdf.read_bytes() == first  # re-running does not churn the file
 
 
+def test_kept_tokens_draws_every_grid_of_a_layout():
+    """LLaVA-NeXT-like entry: a 2×2 base view then a 3×4 crop grid; one row of panels per grid, each titled."""
+    from tpx.engine import TraceEntry
+
+    kept = torch.tensor([[0, 3, 4, 15]])  # 2 of the base's 4, 2 of the crops' 12 (local 0 and 11)
+    entry = TraceEntry("fastv", "L", 2, 0, {"retention": 0.25}, 16, 4, kept, torch.zeros(1, 4, dtype=torch.long),
+                       torch.zeros(1, 4, 2, dtype=torch.long), torch.rand(1, 16), grids=[(2, 2), (3, 4)])
+    fig = viz.kept_tokens(torch.rand(96, 96, 3).numpy(), entry)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert "grid 1 (2×2): kept tokens (2 of 4)" in titles and "grid 2 (3×4): kept tokens (2 of 12)" in titles
+    assert [im.get_array().shape for ax in fig.axes for im in ax.images][1::2] == [(2, 2), (3, 4)]  # score maps
+
+
+def test_model_view_falls_back_to_the_image_for_packed_patches(tiny_models):
+    from PIL import Image
+
+    _, processor = tiny_models["sdpa"]
+    image = Image.new("RGB", (8, 6), (255, 0, 0))
+    view = viz.model_view(torch.rand(24, 1176), processor, image)  # Qwen2-VL packs (patches, C·T·P·P)
+    assert view.shape == (6, 8, 3) and view[..., 0].min() == 1.0 and view[..., 1].max() == 0.0
+    with pytest.raises(ValueError, match="packed patches"):
+        viz.model_view(torch.rand(24, 1176), processor)
+
+
 def test_frequency_maps_share_one_scale():
     g = torch.Generator().manual_seed(0)
     kept = torch.stack([torch.randperm(144, generator=g)[:36] for _ in range(20)])
@@ -242,7 +266,7 @@ def test_keep_frequency_figure_names_missing_methods():
 
     df = pd.DataFrame({"id": ["a", "a", "a"], "method": ["fastv", "random", "pdrop"], "retention": [0.5, 0.5, 1 / 3],
                        "kept": [[0, 1], [2, 3], [0, 3]]})
-    fig = widgets.keep_frequency_figure(df, (2, 2), ["fastv", "random", "pdrop"], 0.5)
+    fig = widgets.keep_frequency_figure(df, ["fastv", "random", "pdrop"], 0.5, (2, 2))
     assert len([im for ax in fig.axes for im in ax.images]) == 2
     assert "(1 samples" in fig._suptitle.get_text()
     assert "not evaluated at this retention: pdrop" in fig._suptitle.get_text()

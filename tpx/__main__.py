@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--readme", default=_in_root("README.md"),
                      help="README whose results table is rendered from figures/findings.json after a full run "
                           "(default: %(default)s)")
+    rep.add_argument("--families", nargs="?", const="all", metavar="NAMES",
+                     help="instead: every notebook in fast mode on each family's tiny model (comma-separated names; "
+                          "default: tpx.reproduce.FAMILIES), outputs in build/families/; prints the pass table and "
+                          "writes it into --readme between its families markers")
     for name, (_, help_text) in PASS_THROUGH.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -74,6 +78,8 @@ def _pass_through(command: str, argv: list[str]) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from tpx.reproduce import reproduce  # papermill and pandas only for this command
 
+    if args.families:
+        return _families(args)
     figures_dir = args.figures_dir or _in_root("build/figures-fast" if args.fast else "figures")
     table = reproduce(args.notebooks_dir, args.build_dir, figures_dir, fast=args.fast, only=args.only, jobs=args.jobs,
                       readme=args.readme)
@@ -87,6 +93,17 @@ def _reproduce(args: argparse.Namespace) -> int:
     for row in failed.itertuples():
         print(f"FAILED {row.notebook}: {row.error} (executed copy in {args.build_dir})", file=sys.stderr)
     return 1 if len(failed) else 0
+
+
+def _families(args: argparse.Namespace) -> int:
+    from tpx.reproduce import FAMILIES, FAMILY_MARKERS, families, family_table, update_family_table
+
+    names = FAMILIES if args.families == "all" else tuple(n.strip() for n in args.families.split(",") if n.strip())
+    matrix = families(names, args.notebooks_dir, _in_root("build/families"), only=args.only, jobs=args.jobs)
+    print(family_table(matrix))
+    if args.readme and Path(args.readme).exists() and FAMILY_MARKERS[0] in Path(args.readme).read_text():
+        update_family_table(args.readme, matrix)
+    return 1 if (matrix["status"] != "ok").any() else 0
 
 
 def one_line_errors(prog: str, run: Callable[[], int], traceback: bool = False) -> int:

@@ -27,7 +27,8 @@ from tpx.grid import UNPRUNED, Config, seeded, unpruned
 from tpx.models.base import reuse_image_features
 from tpx.scoring import score, summarize
 
-__all__ = ["BLIND", "Config", "evaluate", "kept_summary", "model_inputs", "process_state", "reachable", "score", "summarize"]
+__all__ = ["BLIND", "Config", "evaluate", "kept_summary", "layouts", "model_inputs", "process_state", "reachable", "score",
+           "summarize"]
 
 log = logging.getLogger(__name__)
 BLIND = (None, "no_image", "blank", "noise")
@@ -99,7 +100,8 @@ def model_inputs(processor: Any, batch: Sequence[Sample], model: Any,
 
 def kept_summary(entry: Any, b: int) -> dict[str, Any]:
     """What batch row `b` of a trace entry kept: n_keep, mean kept row / column ((row + 0.5) / rows: a uniform
-    choice gives 0.5), coverage of a 4×4 partition of each grid (`COVERAGE_BLOCKS`), and the kept indices."""
+    choice gives 0.5), coverage of a 4×4 partition of each grid (`COVERAGE_BLOCKS`), the kept indices, and the
+    grids they index (`grids`: `[rows, cols]` of every image segment, in visual-token order)."""
     rc = entry.grid_rc[b].float()
     rows = torch.tensor([entry.grids[s][0] for s in entry.segment[b].tolist()], dtype=torch.float)
     cols = torch.tensor([entry.grids[s][1] for s in entry.segment[b].tolist()], dtype=torch.float)
@@ -107,7 +109,19 @@ def kept_summary(entry: Any, b: int) -> dict[str, Any]:
     cells = {(int(s), int(c)) for s, c in zip(entry.segment[b].tolist(), block.tolist())}
     return {"n_keep": int(entry.n_keep), "kept_row": float(((rc[:, 0] + 0.5) / rows).mean()),
             "kept_col": float(((rc[:, 1] + 0.5) / cols).mean()),
-            "coverage": len(cells) / (len(entry.grids) * COVERAGE_BLOCKS ** 2), "kept": entry.kept[b].tolist()}
+            "coverage": len(cells) / (len(entry.grids) * COVERAGE_BLOCKS ** 2), "kept": entry.kept[b].tolist(),
+            "grids": [list(g) for g in entry.grids]}
+
+
+def _geometry(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[int, list[list[int]]]:
+    """N and the grids of a batch, from the adapter's layout (`tpx.models.layout`): LLaVA-NeXT's newline tokens
+    are not counted, Qwen2-VL's grids are each image's own. `(0, [])` for a batch without images."""
+    from tpx.models import layout
+
+    if "pixel_values" not in inputs:  # blind="no_image": the processor saw no image
+        return 0, []
+    found = layout(model, inputs)
+    return int(found.n_visual), [list(g) for g in found.grids]
 
 
 def _answer_batch(model: Any, processor: Any, batch: list[Sample], config: Config, blind: str | None,
@@ -118,7 +132,7 @@ def _answer_batch(model: Any, processor: Any, batch: list[Sample], config: Confi
         inputs = model_inputs(processor, batch, model, blind)
     tok = processor.tokenizer
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    n_visual = (inputs["input_ids"] == model.config.image_token_id).sum(1).tolist()
+    n_visual, grids = _geometry(model, inputs)
     entry = first = None
     with torch.inference_mode():
         # unpruned: only a checkpoint's own compression runs (config.tpx_compression; nothing for other models)
@@ -137,15 +151,16 @@ def _answer_batch(model: Any, processor: Any, batch: list[Sample], config: Confi
         text = text.strip()
         if entry is not None:
             kept = kept_summary(entry, b)
-        elif n_visual[b]:
-            kept = {"n_keep": n_visual[b], "kept_row": 0.5, "kept_col": 0.5, "coverage": 1.0, "kept": None}
+        elif n_visual:
+            kept = {"n_keep": n_visual, "kept_row": 0.5, "kept_col": 0.5, "coverage": 1.0, "kept": None, "grids": grids}
         else:
-            kept = {"n_keep": 0, "kept_row": math.nan, "kept_col": math.nan, "coverage": math.nan, "kept": None}
+            kept = {"n_keep": 0, "kept_row": math.nan, "kept_col": math.nan, "coverage": math.nan, "kept": None,
+                    "grids": []}
         rows.append({"id": sample.id, "benchmark": sample.benchmark, "task": sample.task, "method": config.method,
                      "retention": config.retention, "seed": config.seed, **where, "blind": blind or "",
                      "question": sample.question, "answer": text, "reference": sample.answer,
                      "score": score(sample, text), "image_id": sample.metadata.get("image_id"),
-                     "n_visual": n_visual[b], **kept})
+                     "n_visual": n_visual, **kept})
     return rows
 
 
@@ -237,29 +252,50 @@ def _validate(model: Any, configs: Sequence[Config], blind: str | None) -> None:
             raise ValueError(f"label {c.label!r} names two configurations: {other} and {c}")
 
 
+def layouts(model: Any, processor: Any, samples: Sequence[Sample]) -> list[Any]:
+    """The distinct layouts (`tpx.layout.Layout`: grids, N) of the samples' prompts, without a forward pass: one
+    processor call for the first sample of each distinct tuple of image sizes, which is what a layout depends on
+    (AnyRes crops, dynamic resolution). Samples without an image have none."""
+    from tpx.models import layout
+
+    firsts: dict[tuple, Sample] = {}
+    for s in samples:
+        firsts.setdefault(tuple(getattr(im, "size", None) for im in _images(s)), s)
+    found = {}
+    for s in firsts.values():
+        if not _images(s):
+            continue
+        lay = layout(model, model_inputs(processor, [s], model))
+        found.setdefault(lay.grids, lay)
+    return list(found.values())
+
+
 def reachable(model: Any, processor: Any, samples: Sequence[Sample], configs: Sequence[Config]
               ) -> tuple[list[Config], pd.DataFrame]:
     """The configurations that can run on these samples, and the others with the engine's reason.
+
+    Each configuration is planned (`tpx.engine.reachable`, no forward pass) on every distinct layout of the
+    samples (`tpx.models.layout`: the true grids and N, e.g. LLaVA-NeXT's base and crop grids without their
+    newline tokens, each Qwen2-VL image's own grid); it is skipped if any of them refuses it.
 
     Returns:
         `(ok, skipped)`: runnable configurations in order, and a DataFrame (label, method, hook, layer,
         retention, reason) of the rest — to be shown, never dropped silently.
     """
     from tpx.engine import reachable as why_not
-    from tpx.layout import Layout
-    from tpx.models import adapter_for
 
-    ids = model_inputs(processor, list(samples)[:1], model)["input_ids"]
-    n_visual = int((ids == model.config.image_token_id).sum())
-    try:
-        grid = adapter_for(model).grid(n_visual)
-    except (ValueError, AttributeError):
-        grid = None  # several grids (AnyRes, several images): the engine checks pooling's grid
+    found = layouts(model, processor, list(samples))
     ok, skipped = [], []
     for c in configs:
-        layout = Layout(grids=(grid,)) if grid is not None else Layout(n_visual=n_visual)
-        why = None if c.method == UNPRUNED else why_not(
-            model, c.method, c.retention, layout=layout, **{k: v for k, v in c.kwargs().items() if k != "retention"})
+        why = None
+        if c.method != UNPRUNED:
+            params = {k: v for k, v in c.kwargs().items() if k != "retention"}
+            for lay in found:
+                why = why_not(model, c.method, c.retention, layout=lay, **params)
+                if why is not None:
+                    if len(found) > 1 or len(lay.grids) > 1:  # say which geometry refused it
+                        why += f" (grids {[list(g) for g in lay.grids]}, N = {lay.n_visual})"
+                    break
         if why is None:
             ok.append(c)
         else:
@@ -342,8 +378,9 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], methods: Seq
         # the label names a configuration but does not change its answers: not part of the key
         what = (config.method, config.retention, config.hook, config.layer, config.seed, config.params)
         path = None if cache is None else cache / f"{_key(*base, *what)}.parquet"
-        if path is not None and path.exists() and not force:
-            frames[config] = pd.read_parquet(path).assign(label=config.label)
+        cached = pd.read_parquet(path) if path is not None and path.exists() and not force else None
+        if cached is not None and "grids" in cached.columns:  # older results without their grids: answered again
+            frames[config] = cached.assign(label=config.label)
         else:
             todo.append((config, path))
     with state.split_between_processes(samples) as mine:

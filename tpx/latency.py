@@ -230,9 +230,11 @@ class _Config:
 
 
 def _row(config: _Config, model: Any, inputs: dict, flops: bool) -> dict[str, Any]:
+    from tpx.models import layout
+
     ids = inputs["input_ids"]
     batch, n = ids.shape
-    n_visual = int((ids[0] == model.config.image_token_id).sum())
+    n_visual = int(layout(model, inputs).n_visual)  # prunable tokens: LLaVA-NeXT's newlines stay in every layer
     lengths = layer_lengths(len(_layers(model)), n, n_visual, config.stages)
     out = config.prefill()
     device = ids.device

@@ -55,12 +55,17 @@ def last_token_attention(model: Any, processor: Any, samples: Sequence[Any], *, 
         progress: a `tqdm.auto` bar over batches.
 
     Returns:
-        `(scores (S, N), distances (S, N))` on the CPU, float and long.
+        `(scores (S, N), distances (S, N))` on the CPU, float and long; N visual tokens in layout order
+        (`tpx.models.layout`: LLaVA-NeXT's newline tokens are not among them), distances in sequence positions.
+
+    Raises:
+        ValueError: batches of samples with different numbers of visual tokens.
     """
     from tqdm.auto import tqdm
 
     from tpx.engine import pruning
     from tpx.evaluate import model_inputs
+    from tpx.models import layout
 
     samples = list(samples)
     if not samples or batch_size < 1:
@@ -72,7 +77,10 @@ def last_token_attention(model: Any, processor: Any, samples: Sequence[Any], *, 
         with torch.inference_mode(), pruning(model, "fastv", retention=1.0, **kwargs) as run:
             model(**inputs)
         scores.append(run.trace[0].scores.float().cpu())
-        distances.append(visual_distances(inputs["input_ids"], model.config.image_token_id).cpu())
+        distances.append(visual_distances(inputs["input_ids"], layout(model, inputs).positions).cpu())
+    if len({s.shape[1] for s in scores}) > 1:
+        raise ValueError(f"the samples have different numbers of visual tokens per batch "
+                         f"({sorted({s.shape[1] for s in scores})}): pass samples that share one layout")
     return torch.cat(scores), torch.cat(distances)
 
 
@@ -134,53 +142,77 @@ def visual_features(model: Any, processor: Any, samples: Sequence[Any], layer: i
 # ---- tables ------------------------------------------------------------------------------------------
 
 
-def visual_distances(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
+def visual_distances(input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Distance from the last prompt position (FastV's query) back to each visual token, in positions.
 
-    Rows are left-padded (as tpx pads them), so every row's query is the last position and the distance in
-    the tensor equals the distance in RoPE position ids.
+    Rows are left-padded (as tpx pads them), so every row's query is the last position and, for 1-D RoPE, the
+    distance in the tensor equals the distance in position ids.
 
     Args:
-        input_ids: `(B, T)` prompt ids, each row holding the same number N of image tokens.
-        image_token_id: the model's image placeholder id.
+        input_ids: `(B, T)` prompt ids.
+        positions: `(B, N)` sequence positions of the visual tokens (`tpx.models.layout(...).positions`).
 
     Returns:
         `(B, N)` long tensor of distances ≥ 1, largest for the first visual token.
     """
-    is_image = input_ids == image_token_id
-    counts = is_image.sum(1)
-    if not bool(counts.any()) or not bool((counts == counts[0]).all()):
-        raise ValueError(f"every row must hold the same, non-zero number of image tokens, got {counts.tolist()}")
-    positions = is_image.nonzero()[:, 1].view(input_ids.shape[0], -1)
+    if positions.ndim != 2 or positions.shape[0] != input_ids.shape[0] or positions.shape[1] == 0:
+        raise ValueError(f"positions must be (B, N) with N ≥ 1 for {input_ids.shape[0]} rows, got {tuple(positions.shape)}")
     return input_ids.shape[1] - 1 - positions
 
 
-def visual_position_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_token_id: int,
-                        order: str = "natural") -> torch.Tensor:
+def visual_position_ids(attention_mask: torch.Tensor, image_positions: torch.Tensor, order: str = "natural",
+                        position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Position ids of a left-padded batch with the image tokens' ids in `order`.
 
-    "natural": 0, 1, 2, ... over the non-padded tokens (what the model uses by itself); "reverse": the same
-    set of ids, but the image span's ids reversed, so the first visual token (top-left) takes the position of
-    the last (bottom-right) one and is nearest the question. The text keeps its ids.
+    "natural": the model's own ids (`position_ids`; by default 0, 1, 2, ... over the non-padded tokens);
+    "reverse": the same set of ids, but the image span's ids reversed, so the first visual token (top-left) takes
+    the position of the last (bottom-right) one and is nearest the question. The text keeps its ids. M-RoPE ids
+    `(P, B, T)` (Qwen2-VL: temporal, height, width) are reversed over the image tokens in every component.
 
     Args:
-        input_ids, attention_mask: `(B, T)`. image_token_id: the placeholder id. order: one of `ORDERS`.
+        attention_mask: `(B, T)`. image_positions: `(B, M)` sequence positions of every image token, the
+            never-pruned ones included (`tpx.layout.Layout.image_positions`). order: one of `ORDERS`.
+        position_ids: the model's own `(B, T)` or `(P, B, T)` ids; None: built from the mask.
 
     Returns:
-        `(B, T)` long position ids on the inputs' device.
+        Position ids of the same shape as the model's, on the inputs' device.
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) if position_ids is None else position_ids
     if order == "natural":
         return positions
-    is_image = input_ids == image_token_id
-    counts = is_image.sum(1)
-    if not bool(counts.any()) or not bool((counts == counts[0]).all()):
-        raise ValueError(f"every row must hold the same, non-zero number of image tokens, got {counts.tolist()}")
-    index = is_image.nonzero()[:, 1].view(input_ids.shape[0], -1)        # (B, N) sequence index of each token
-    ids = positions.gather(1, index)
-    return positions.scatter(1, index, ids.flip(1))
+    if image_positions.ndim != 2 or image_positions.shape[1] == 0:
+        raise ValueError(f"image_positions must be (B, M) with M ≥ 1, got {tuple(image_positions.shape)}")
+    index = image_positions.expand(*positions.shape[:-2], *image_positions.shape)
+    ids = positions.gather(-1, index)
+    return positions.scatter(-1, index, ids.flip(-1))
+
+
+class _Captured(Exception):
+    """Raised by `_model_position_ids`'s hook to stop the forward once the language model's inputs are seen."""
+
+
+def _model_position_ids(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The position ids the language model receives for `inputs` (M-RoPE `(3, B, T)` for Qwen2-VL), or None when
+    the model builds 1-D ids itself. Stops the forward at the language model: nothing after the vision tower runs."""
+    from tpx.models import adapter_for
+
+    seen: dict[str, Any] = {}
+
+    def grab(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        seen["position_ids"] = kwargs.get("position_ids")
+        raise _Captured
+
+    handle = adapter_for(model).text_model.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            model(**inputs, use_cache=False)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    return seen.get("position_ids")
 
 
 def kept_under_positions(model: Any, processor: Any, samples: Sequence[Any], method: str = "fastv", *,
@@ -205,6 +237,7 @@ def kept_under_positions(model: Any, processor: Any, samples: Sequence[Any], met
 
     from tpx.engine import pruning
     from tpx.evaluate import kept_summary, model_inputs
+    from tpx.models import layout
 
     samples = list(samples)
     if not samples or batch_size < 1:
@@ -215,8 +248,8 @@ def kept_under_positions(model: Any, processor: Any, samples: Sequence[Any], met
     for i in tqdm(range(0, len(samples), batch_size), desc=f"{method} prefill ({order})", disable=not progress):
         batch = samples[i:i + batch_size]
         inputs = model_inputs(processor, batch, model, blind)
-        position_ids = visual_position_ids(inputs["input_ids"], inputs["attention_mask"],
-                                           model.config.image_token_id, order)
+        position_ids = visual_position_ids(inputs["attention_mask"], layout(model, inputs).image_positions(), order,
+                                           _model_position_ids(model, inputs))
         with torch.inference_mode(), pruning(model, method, **kwargs) as run:
             model(**inputs, position_ids=position_ids)
         entry, first = run.trace[-1], run.trace[0]
@@ -280,11 +313,13 @@ def batch_size_runs(model: Any, processor: Any, samples: Sequence[Any], batch_si
 
 
 def _right_padded(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The same left-padded batch with every row's padding moved to its end."""
+    """The same left-padded batch with every row's padding moved to its end: every per-token `(B, T)` input
+    (ids, mask, and e.g. Qwen2-VL's `mm_token_type_ids`) is rotated alike."""
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     shift = (mask == 0).sum(1, keepdim=True)
     index = (torch.arange(ids.shape[1], device=ids.device)[None] + shift) % ids.shape[1]
-    return {**inputs, "input_ids": ids.gather(1, index), "attention_mask": mask.gather(1, index)}
+    per_token = {k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape[:2] == ids.shape}
+    return {k: v.gather(1, index) if k in per_token else v for k, v in inputs.items()}
 
 
 def _answers(model: Any, processor: Any, batch: Sequence[Any], side: str, method: str | None, retention: float,

@@ -152,6 +152,9 @@ def pool_grid(n_keep: int, grid: tuple[int, int]) -> tuple[int, int]:
         ValueError: if no `h ≤ rows`, `w ≤ cols` multiply to `n_keep`; the message lists feasible budgets.
     """
     rows, cols = grid
+    if n_keep < 1:  # a grid's share of a budget split over several grids (LLaVA-NeXT's base view and crops)
+        raise ValueError(f"pooling cannot keep n_keep={n_keep} tokens of a {rows}x{cols} grid: every image grid "
+                         "keeps at least one token")
     pairs = [(h, n_keep // h) for h in range(1, rows + 1) if n_keep % h == 0 and n_keep // h <= cols]
     if not pairs:
         feasible = sorted({h * w for h in range(1, rows + 1) for w in range(1, cols + 1)})

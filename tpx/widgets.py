@@ -119,7 +119,7 @@ def explore_figure(model: Any, processor: Any, sample: Any, method: str, retenti
     pruned = ask(model, processor, sample.image, sample.prompt, method, retention=retention, **kwargs)
     entry = pruned.entry
     title = f"{method}, retention {retention:g}: kept {entry.n_keep} of {entry.n_visual} tokens"
-    fig = viz.kept_tokens(viz.model_view(pruned.pixel_values, processor), entry, title=title)
+    fig = viz.kept_tokens(viz.model_view(pruned.pixel_values, processor, sample.image), entry, title=title)
     reference = " | ".join(sample.answers) if getattr(sample, "answers", None) else "?"
     text = (f"Q: {sample.question}\nreference: {reference!r}\nunpruned:  {full.text!r}\n"
             f"pruned:    {pruned.text!r}\nkept {entry.n_keep} of {entry.n_visual} visual tokens")
@@ -146,7 +146,7 @@ def alpha_figure(model: Any, processor: Any, image: Any, question: str, *, alpha
     out = ask(model, processor, image, question, "alpha", retention=retention, layer=layer, seed=seed,
               max_new_tokens=max_new_tokens, alpha=alpha, uniqueness=uniqueness)
     caption = f"Q: {question!r} → {out.text!r}" + (f" (reference {reference!r})" if reference is not None else "")
-    return viz.alpha_kept(viz.model_view(out.pixel_values, processor), out.entry, caption=caption)
+    return viz.alpha_kept(viz.model_view(out.pixel_values, processor, image), out.entry, caption=caption)
 
 
 def alpha_explorer(model: Any, processor: Any, image: Any, question: str, *, alpha: float = 0.2,
@@ -250,14 +250,18 @@ def overlap_figure(df: Any, methods: list[str], retention: float, pivot: str = "
 
 
 
-def keep_frequency_figure(df: Any, grid: tuple[int, int], methods: list[str], retention: float) -> Any:
+def keep_frequency_figure(df: Any, methods: list[str], retention: float, grid: tuple[int, int] | None = None) -> Any:
     """Keep-frequency heatmaps of `methods` at one retention from evaluation rows, on one colour scale (Q1).
 
-    Methods with no rows at this retention (one that cannot reach it) are named in the title, not drawn.
+    Methods with no rows at this retention (one that cannot reach it) are named in the title, not drawn. The
+    map is on the image's own grid when every row has one single-grid layout, else on a common normalised grid
+    (`tpx.analysis.spatial.map_grid`: LLaVA-NeXT's base and crop grids, Qwen2-VL images of several sizes), and
+    the title says so.
 
     Args:
-        df: `tpx.evaluate.evaluate` rows (column kept). grid: `(rows, cols)` of the image.
-        methods: methods to draw, in order. retention: one of the evaluated retentions.
+        df: `tpx.evaluate.evaluate` rows (columns kept, grids). methods: methods to draw, in order.
+        retention: one of the evaluated retentions. grid: `(rows, cols)` of a single-grid image; None: from
+            the rows' layouts.
 
     Returns:
         `tpx.viz.keep_frequency_maps`'s `Figure`.
@@ -270,6 +274,13 @@ def keep_frequency_figure(df: Any, grid: tuple[int, int], methods: list[str], re
     missing = [m for m in methods if m not in present]
     n = at.loc[at["method"].isin(present), "id"].nunique()
     title = f"share of samples keeping each cell, retention {retention:.3g} ({n} samples, seeds pooled)"
+    pruned = at[at["method"].isin(present)]
+    if grid is None and len(pruned):
+        shape, normalised = spatial.map_grid(spatial.row_grids(pruned))
+        if normalised:
+            title += (f"\non a common normalised {shape[0]}×{shape[1]} grid: every image grid "
+                      f"({', '.join(sorted({f'{r}×{c}' for g in spatial.row_grids(pruned) for r, c in g}))}) "
+                      "area-weighted onto it")
     if missing:
         title += f"\nnot evaluated at this retention: {', '.join(missing)}"
     maps = spatial.frequency_maps(df, retention, grid, present)

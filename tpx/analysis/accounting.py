@@ -33,8 +33,8 @@ import pandas as pd
 
 from tpx.analysis import stats
 
-__all__ = ["maps_cost", "measured_config", "pruning_retention", "reduction", "repeat_shares", "stage_excess", "tacr",
-           "time_flops_gap", "token_table"]
+__all__ = ["maps_cost", "measured_config", "operating_points", "pruning_retention", "reduction", "repeat_shares",
+           "stage_excess", "tacr", "time_flops_gap", "token_counts", "token_table"]
 
 
 def tacr(model: Any) -> float:
@@ -71,6 +71,57 @@ def pruning_retention(model: Any, total: float) -> float:
     return float(total) if getattr(model.config, "tpx_compression", None) else float(total * ratio)
 
 
+def token_counts(model: Any, n_visual: int) -> tuple[int, int]:
+    """`(raw, native)` of a model whose layout holds `n_visual` prunable visual tokens (`tpx.models.layout`, the
+    `n_visual` of `tpx.evaluate.evaluate` rows): what the vision tower made and what the LLM sees unpruned.
+
+    A merger before the LLM (Qwen2-VL's 2×2) already shrank the layout's tokens: raw = N · TACR, native = N.
+    A tpx compression (`config.tpx_compression`, organism-pool2) acts inside tpx on the layout's tokens:
+    raw = N, native = its budget of N. Otherwise raw = native = N.
+    """
+    from tpx.select import budget
+
+    n = int(n_visual)
+    spec = getattr(model.config, "tpx_compression", None)
+    if spec:
+        return n, budget(float(spec["retention"]), n)
+    return round(n * tacr(model)), n
+
+
+def operating_points(full: Any, trained: Any, kept: Sequence[int], raw: int, raw_trained: int) -> pd.DataFrame:
+    """The FastV† design at each kept-token count: the retention each side is given, or why it cannot run.
+
+    Args:
+        full: the model trained on all tokens (FastV, free pooling). trained: the model trained with its
+            compression (FastV†). kept: visual tokens the LLM keeps. raw, raw_trained: each model's raw tokens
+            (`token_counts`).
+
+    Returns:
+        One row per count: kept, total (kept / raw), full (retention for `full`, NaN when unreachable),
+        trained (retention for FastV† on `trained`: only below what its compression already keeps, and only
+        when both models start from the same raw tokens), and the reasons ("" when runnable).
+    """
+    rows = []
+    for k in kept:
+        total = k / raw
+        row = {"kept": int(k), "total": total, "full": float("nan"), "trained": float("nan"),
+               "full_reason": "", "trained_reason": ""}
+        try:
+            row["full"] = pruning_retention(full, total)
+        except ValueError as err:
+            row["full_reason"] = str(err)
+        if raw != raw_trained:
+            row["trained_reason"] = (f"the models start from different raw tokens ({raw} vs {raw_trained}): "
+                                     "no equal-token comparison")
+        elif not total < 1 / tacr(trained):
+            row["trained_reason"] = (f"{k} of {raw} tokens is not below what the trained compression keeps "
+                                     f"({1 / tacr(trained):g} of raw)")
+        else:
+            row["trained"] = pruning_retention(trained, total)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["kept", "total", "full", "trained", "full_reason", "trained_reason"])
+
+
 def reduction(raw: int, native: int, kept: int) -> dict[str, float]:
     """TACR, TFRR, TRR and the reduction in percent for one operating point (see the module docstring).
 
@@ -87,13 +138,13 @@ def reduction(raw: int, native: int, kept: int) -> dict[str, float]:
             "reduction_pct": 100 * (1 - kept / raw)}
 
 
-def token_table(frames: dict[str, pd.DataFrame], raw: int, natives: dict[str, int]) -> pd.DataFrame:
+def token_table(frames: dict[str, pd.DataFrame], raw: int | Mapping[str, int], natives: dict[str, int]) -> pd.DataFrame:
     """Per-task accuracy (×100) of several models' evaluations, with each row's token accounting.
 
     Args:
         frames: model label → `tpx.evaluate.evaluate` output (columns task, method, retention, seed,
             n_keep, score).
-        raw: visual tokens before any compression.
+        raw: visual tokens before any compression, one count for every model or model label → its count.
         natives: model label → tokens its LLM sees unpruned (raw for a full-token model).
 
     Returns:
@@ -113,7 +164,7 @@ def token_table(frames: dict[str, pd.DataFrame], raw: int, natives: dict[str, in
         for (method, retention), group in df.groupby(["method", "retention"], sort=False):
             acc = group.groupby("task", sort=False)["score"].agg(["mean", "size"])
             kept = int(group["n_keep"].median())
-            info = reduction(raw, natives[label], kept)
+            info = reduction(raw if isinstance(raw, int) else raw[label], natives[label], kept)
             for task, (mean, n) in acc.iterrows():
                 rows.append(dict(model=label, method=method, retention=retention, **info, task=task,
                                  score=100 * mean, n=int(n)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +75,12 @@ def finding(notebook: str, key: str, question: str, claim: str, model: str, conf
         estimate: from `stats.compare` / `stats.score` (its level already adjusted for a family).
         direction: +1 if the study reports the effect positive, −1 if negative.
         study: the study's number(s) in words. unit: unit of the estimate. family: name of the family of
-            comparisons the record belongs to (its CI level is then Bonferroni-adjusted). notes: caveats.
+            comparisons the record belongs to (its CI level is then Bonferroni-adjusted). notes: caveats; a
+            degenerate estimate's reason (`Estimate.note`, e.g. no relative score over a baseline that answers
+            nothing right) comes first, and its verdict is "inconclusive".
     """
     n = min(estimate.n_per_task.values()) if estimate.n_per_task else 0
+    notes = "; ".join(n for n in (estimate.note, notes) if n)
     return Finding(notebook, key, question, claim, model, {k: dict(v) for k, v in configs.items()},
                    _num(estimate.estimate), _num(estimate.ci_low), _num(estimate.ci_high), estimate.level,
                    _num(estimate.p), unit, n, direction, stats.verdict(estimate.ci_low, estimate.ci_high, direction),
@@ -127,8 +130,8 @@ def frame(records: Sequence[Finding | Mapping[str, Any]]) -> pd.DataFrame:
     """Records as a table for figures (`tpx.viz.effects`): name (claim, key), estimate, CI, n, verdict."""
     rows = [asdict(r) if isinstance(r, Finding) else dict(r) for r in records]
     out = pd.DataFrame(rows)
-    if out.empty:
-        return pd.DataFrame(columns=["name", "estimate", "ci_low", "ci_high", "n_per_task", "verdict"])
+    if out.empty:  # every column a notebook may select, so "no finding on this model" is a table, not a KeyError
+        return pd.DataFrame(columns=["name", *(f.name for f in fields(Finding))])
     out.insert(0, "name", out["key"])
     return out
 

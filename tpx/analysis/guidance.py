@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 __all__ = ["TEXT_GUIDED", "VISION_ONLY", "kept_overlap_table", "layout", "panel_frame", "panel_maps", "panel_mask",
-           "panel_masks", "score_table", "square_grid", "swap_question", "swapped"]
+           "panel_masks", "score_table", "swap_question", "swapped"]
 
 TEXT_GUIDED = ("fastv", "sparsevlm")        # visual scores from text-token queries
 VISION_ONLY = ("fastv_vis", "fastervlm")    # the same machinery without the question: last visual token, [CLS]
@@ -71,18 +71,6 @@ def layout(table: pd.DataFrame, column: str, retention: float, value: str = "sco
     return out.reindex(order)
 
 
-def square_grid(n_visual: int) -> tuple[int, int]:
-    """The (rows, cols) of a square single-image grid of `n_visual` tokens (12×12 organism, 24×24 LLaVA-1.5).
-
-    Raises:
-        ValueError: `n_visual` is not a square (several images or AnyRes crops: pass the grid explicitly).
-    """
-    g = math.isqrt(int(n_visual))
-    if g * g != n_visual or g == 0:
-        raise ValueError(f"n_visual={n_visual} is not a square single-image grid; pass grid=(rows, cols)")
-    return (g, g)
-
-
 def panel_mask(box: Sequence[float], image_size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
     """Grid cells whose centre lies inside a pixel box of the image, assuming the model sees the whole image.
 
@@ -112,20 +100,25 @@ def panel_frame(df: pd.DataFrame, samples: Sequence[Any], grid: tuple[int, int] 
     Args:
         df: rows from `evaluate`.
         samples: the samples evaluated; those with `metadata["panel_box"]` (the organism's `anchor`) are kept.
-        grid: (rows, cols) of the visual tokens; default: `square_grid` of each row's `n_visual`.
+        grid: (rows, cols) of a single-grid image; default: each row's own grids (`grids`, from the adapter's
+            layout: one per image segment, each spanning the whole image — LLaVA-NeXT's base view and crop
+            canvas, a Qwen2-VL image's grid).
 
     Returns:
         The matching rows plus columns panel (the named panel), haystack (panels holding objects; NaN when
-        not set), chance (the panel's share of the grid: what a position-blind selection keeps inside it on
-        average) and share (the share of kept visual tokens inside the named panel; the unpruned model keeps
-        every token, so its share is the chance).
+        not set), chance (the share of visual tokens inside the panel: what a position-blind selection keeps
+        inside it on average) and share (the share of kept visual tokens inside the named panel; the
+        unpruned model keeps every token, so its share is the chance).
     """
+    from tpx.analysis.spatial import row_grids
+
     meta = {s.id: (s.metadata, tuple(s.image.size)) for s in samples if "panel_box" in s.metadata}
     rows = df[df["id"].isin(list(meta))].copy()
+    grids = [(grid,)] * len(rows) if grid is not None else row_grids(rows)
     panel, haystack, chance, share = [], [], [], []
-    for sid, kept, n_visual in zip(rows["id"], rows["kept"], rows["n_visual"], strict=True):
+    for sid, kept, layout in zip(rows["id"], rows["kept"], grids, strict=True):
         m, size = meta[sid]
-        mask = panel_mask(m["panel_box"], size, grid or square_grid(n_visual)).flatten()
+        mask = torch.cat([panel_mask(m["panel_box"], size, g).flatten() for g in layout])
         idx = torch.arange(mask.numel()) if kept is None else torch.as_tensor(list(kept), dtype=torch.long)
         panel.append(m["panel"])
         haystack.append(m.get("haystack", math.nan))
@@ -140,20 +133,22 @@ def panel_maps(frame: pd.DataFrame,
 
     Args:
         frame: from `panel_frame` (pruned rows are used; unpruned rows keep everything and are skipped).
-        grid: (rows, cols); default: `square_grid` of the rows' `n_visual`.
+        grid: (rows, cols) of a single-grid image; default: from the rows (`tpx.analysis.spatial.map_grid`: the
+            image's own grid, or a common normalised grid for several segments or layouts).
 
     Returns:
         {(method, retention): {panel: (rows, cols) share of that panel's samples keeping each cell}}, panels
         in sorted order.
     """
-    from tpx.analysis.spatial import keep_frequency
+    from tpx.analysis.spatial import keep_frequency, map_grid, normalised_frequency, row_grids
 
     out: dict[tuple[str, float], dict[str, torch.Tensor]] = {}
     pruned = frame[frame["kept"].notna()]
     for (method, retention), part in pruned.groupby(["method", "retention"], sort=False):
-        g = grid or square_grid(int(part["n_visual"].iloc[0]))
+        g, normalised = (grid, False) if grid is not None else map_grid(row_grids(part))
         out[(method, retention)] = {
-            p: keep_frequency(torch.as_tensor([list(k) for k in rows["kept"]], dtype=torch.long), g)
+            p: normalised_frequency([list(k) for k in rows["kept"]], row_grids(rows), g) if normalised else
+            keep_frequency(torch.as_tensor([list(k) for k in rows["kept"]], dtype=torch.long), g)
             for p, rows in sorted(part.groupby("panel"), key=lambda kv: kv[0])}
     return out
 

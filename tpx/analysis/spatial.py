@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["attention_by_distance", "frequency_maps", "keep_frequency", "kept_matrix", "rope_decay", "spatial_stats"]
+__all__ = ["attention_by_distance", "frequency_maps", "keep_frequency", "kept_matrix", "map_grid", "normalised_frequency",
+           "row_grids", "row_profile", "rope_decay", "spatial_stats"]
 
 
 def _check(kept: torch.Tensor, grid: tuple[int, int]) -> tuple[int, int]:
@@ -138,7 +139,104 @@ def kept_matrix(kept: Sequence[Sequence[int]]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
-def frequency_maps(df: Any, retention: float, grid: tuple[int, int],
+def row_grids(rows: Any) -> list[tuple[tuple[int, int], ...]]:
+    """The grids of every row (`grids` column of `tpx.evaluate.evaluate` rows, from the adapter's layout).
+
+    Rows without that column (results cached by an older tpx) fall back to one square grid of `n_visual`.
+
+    Raises:
+        ValueError: such a row's `n_visual` is not a square.
+    """
+    if "grids" in rows.columns:
+        return [tuple((int(r), int(c)) for r, c in g) for g in rows["grids"]]
+    out = []
+    for n in rows["n_visual"]:
+        g = math.isqrt(int(n))
+        if g * g != int(n) or g == 0:
+            raise ValueError(f"n_visual={n} is not a square single-image grid and the rows carry no `grids`")
+        out.append(((g, g),))
+    return out
+
+
+def map_grid(grids: Sequence[Sequence[tuple[int, int]]]) -> tuple[tuple[int, int], bool]:
+    """The grid a keep-frequency map of these layouts is drawn on, and whether it is a normalised one.
+
+    One layout with one segment (LLaVA-1.5, the organism): its own grid, exactly (`False`). Several segments
+    (LLaVA-NeXT's base view and AnyRes crops, several images) or several layouts (Qwen2-VL images of different
+    sizes): a common normalised grid (`True`), the largest segment's shape, onto which every segment is
+    area-weighted (`normalised_frequency`).
+    """
+    layouts = list(dict.fromkeys(tuple(map(tuple, g)) for g in grids))
+    if not layouts:
+        raise ValueError("no layouts: need at least one row with image grids")
+    if len(layouts) == 1 and len(layouts[0]) == 1:
+        return layouts[0][0], False
+    return max((g for lay in layouts for g in lay), key=lambda g: g[0] * g[1]), True
+
+
+def _cover(n_out: int, n_in: int) -> torch.Tensor:
+    """`(n_out, n_in)` share of output bin i ([i, i+1) / n_out) covered by input cell j ([j, j+1) / n_in); rows sum to 1."""
+    lo = torch.arange(n_out, dtype=torch.float64)[:, None] / n_out
+    a = torch.arange(n_in, dtype=torch.float64)[None, :] / n_in
+    overlap = (torch.minimum(lo + 1 / n_out, a + 1 / n_in) - torch.maximum(lo, a)).clamp(min=0)
+    return overlap * n_out
+
+
+def normalised_frequency(kept: Sequence[Sequence[int]], grids: Sequence[Sequence[tuple[int, int]]],
+                         shape: tuple[int, int]) -> torch.Tensor:
+    """Keep frequency on a common normalised grid: the share of the visual tokens over each part of the image
+    that were kept, averaged over samples.
+
+    Every image segment is taken to span the whole image (a single-image sample: LLaVA-NeXT's base view and its
+    unpadded crop canvas both do, a Qwen2-VL grid does). A segment's kept indicator is area-weighted onto
+    `shape` and the segments are pooled by their token counts, so a position-blind rule still gives
+    n_keep / N everywhere, whatever the grids; for one segment of shape `shape` this equals `keep_frequency`.
+
+    Args:
+        kept: per sample, kept indices into its N visual tokens (layout order).
+        grids: per sample, `(rows, cols)` of its segments in layout order. shape: `(rows, cols)` of the map.
+
+    Returns:
+        `(rows, cols)` float tensor in [0, 1].
+    """
+    if len(kept) != len(grids) or not kept:
+        raise ValueError(f"need one grid list per sample, got {len(kept)} kept lists and {len(grids)} grid lists")
+    total = torch.zeros(shape, dtype=torch.float64)
+    for index, layout in zip(kept, grids, strict=True):
+        n = sum(r * c for r, c in layout)
+        hit = torch.zeros(n, dtype=torch.float64).index_fill(0, torch.as_tensor(list(index), dtype=torch.long), 1.0)
+        weighted, start = torch.zeros(shape, dtype=torch.float64), 0
+        for r, c in layout:
+            cell = hit[start:start + r * c].view(r, c)
+            weighted += r * c * (_cover(shape[0], r) @ cell @ _cover(shape[1], c).T)
+            start += r * c
+        total += weighted / n
+    return (total / len(kept)).float()
+
+
+def row_profile(scores: torch.Tensor, grids: Sequence[tuple[int, int]], n_rows: int) -> torch.Tensor:
+    """Mean of per-token values by image row, top to bottom, on `n_rows` normalised rows (every segment
+    area-weighted onto them, as `normalised_frequency`): e.g. FastV's attention per row of the image.
+
+    Args:
+        scores: `(S, N)` values per visual token, layout order. grids: the layout's segments. n_rows: rows out.
+
+    Returns:
+        `(n_rows,)`; for one segment with `n_rows` rows, the plain mean of each grid row.
+    """
+    values, weight, start = torch.zeros(n_rows, dtype=torch.float64), torch.zeros(n_rows, dtype=torch.float64), 0
+    for r, c in grids:
+        per_row = scores[:, start:start + r * c].double().view(scores.shape[0], r, c).mean(dim=(0, 2))
+        cover = _cover(n_rows, r)
+        values += r * c * (cover @ per_row)
+        weight += r * c * cover.sum(1)
+        start += r * c
+    if start != scores.shape[1]:
+        raise ValueError(f"grids {list(grids)} hold {start} tokens, scores have {scores.shape[1]}")
+    return (values / weight).float()
+
+
+def frequency_maps(df: Any, retention: float, grid: tuple[int, int] | None = None,
                    methods: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """Keep-frequency map of each method at one retention, from `tpx.evaluate.evaluate` rows (seeds pooled).
 
@@ -146,9 +244,10 @@ def frequency_maps(df: Any, retention: float, grid: tuple[int, int],
     (their retention is an equivalent budget); the `kept` column, and so the map, is that last stage.
 
     Args:
-        df: evaluation rows with columns method, retention, kept.
+        df: evaluation rows with columns method, retention, kept (and grids).
         retention: the retention to draw (matched to 1e-9).
-        grid: `(rows, cols)` of the image grid.
+        grid: `(rows, cols)` of a single-grid image; None: from the rows (`map_grid`: the image's own grid, or a
+            common normalised grid for several segments or layouts, see `normalised_frequency`).
         methods: methods in drawing order; default: every pruned method with rows at `retention`.
 
     Returns:
@@ -164,4 +263,14 @@ def frequency_maps(df: Any, retention: float, grid: tuple[int, int],
     missing = [m for m in methods if m not in present]
     if missing:
         raise ValueError(f"no rows for {missing} at retention {retention:.4g}; present: {present}")
-    return {m: keep_frequency(kept_matrix(list(at.loc[at["method"] == m, "kept"])), grid) for m in methods}
+    normalised = False
+    if grid is None and len(at):
+        grid, normalised = map_grid(row_grids(at))
+    out = {}
+    for m in methods:
+        part = at[at["method"] == m]
+        if normalised:
+            out[m] = normalised_frequency([list(k) for k in part["kept"]], row_grids(part), grid)
+        else:
+            out[m] = keep_frequency(kept_matrix(list(part["kept"])), grid)
+    return out

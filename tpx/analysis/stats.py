@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -51,6 +51,8 @@ class Estimate:
         p: two-sided bootstrap p-value of "the statistic is 0" (share of draws on the far side of 0, doubled).
         n_per_task: samples per task that entered (after pairing).
         draws: the bootstrap draws (kept for tests and figures).
+        note: why the estimate is degenerate ("" when it is not): undefined (NaN, e.g. a relative score over a
+            baseline that answers nothing right) — reported, never raised.
     """
 
     estimate: float
@@ -60,6 +62,7 @@ class Estimate:
     p: float
     n_per_task: dict[str, int]
     draws: np.ndarray = field(repr=False, compare=False)
+    note: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         return f"{self.estimate:+.1f} [{self.ci_low:+.1f}, {self.ci_high:+.1f}]"
@@ -82,19 +85,23 @@ def paired_matrix(rows: pd.DataFrame, labels: Sequence[str], value: str = "score
         `(matrix, tasks)`: `(n_samples, len(labels))` values, each configuration's seeds averaged per sample,
         and the task of each sample row.
 
+        NaN values stay NaN (the estimate is then undefined and says so).
+
     Raises:
         ValueError: a label has no rows, or the configurations did not answer the same samples.
     """
     label = _label_column(rows)
-    columns = []
+    columns, answered = [], []
     for name in labels:
         part = rows[label == name]
         if part.empty:
             raise ValueError(f"no rows labelled {name!r}; present: {sorted(set(label))}")
         columns.append(part.groupby(list(KEY), sort=True)[value].mean().rename(name))
+        answered.append(part.groupby(list(KEY), sort=True).size().rename(name))
     wide = pd.concat(columns, axis=1)
-    if wide.isna().any().any():
-        missing = wide.columns[wide.isna().any()].tolist()
+    present = pd.concat(answered, axis=1)  # a NaN value (e.g. no duplication of one kept token) is not a missing row
+    if present.isna().any().any():
+        missing = present.columns[present.isna().any()].tolist()
         raise ValueError(f"configurations {missing} did not answer the same samples as the others; "
                          "a paired comparison needs every configuration on every sample")
     return wide.to_numpy(dtype=float), wide.index.get_level_values("task").to_numpy()
@@ -136,7 +143,8 @@ def bootstrap(matrix: np.ndarray, strata: np.ndarray, statistic: Callable[[np.nd
     finite = boot[np.isfinite(boot)]
     if finite.size == 0 or not math.isfinite(point):
         nan = float("nan")
-        return Estimate(point, nan, nan, level, nan, _counts(strata), boot)
+        return Estimate(point, nan, nan, level, nan, _counts(strata), boot,
+                        "undefined: the statistic has no finite value on these samples")
     low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
     p = min(1.0, 2 * min(float((finite <= 0).mean()), float((finite >= 0).mean())))
     return Estimate(point, float(low), float(high), level, p, _counts(strata), boot)
@@ -172,8 +180,30 @@ def compare(rows: pd.DataFrame, a: str, b: str, *, baseline: str | None = None, 
             return scale * (m[..., 0] - m[..., 1]).mean(-1)
     else:
         def statistic(m: np.ndarray) -> np.ndarray:
-            return np.nanmean(_relative(m, 0, 2) - _relative(m, 1, 2), axis=-1)
-    return bootstrap(matrix, tasks, statistic, n_boot, seed, level)
+            return _nanmean(_relative(m, 0, 2) - _relative(m, 1, 2))
+    return _explained(bootstrap(matrix, tasks, statistic, n_boot, seed, level), matrix, labels, value, baseline)
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    """Mean over the last axis ignoring NaN; NaN (without numpy's warning) where every entry is NaN."""
+    count = np.isfinite(values).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.nansum(values, axis=-1) / np.maximum(count, 1), np.nan)
+
+
+def _explained(est: Estimate, matrix: np.ndarray, labels: Sequence[str], value: str,
+               baseline: str | None) -> Estimate:
+    """Name the cause of an undefined estimate: values that do not exist, or a baseline that answers nothing right."""
+    if not est.note:
+        return est
+    empty = [name for j, name in enumerate(labels) if np.isnan(matrix[:, j]).any()]
+    if empty:
+        return replace(est, note=f"undefined: {value!r} has no value for {empty} on some samples (e.g. the "
+                                 "duplication of a single kept token)")
+    if baseline is not None and not (matrix[:, -1] > 0).any():
+        return replace(est, note=f"undefined: the baseline {baseline!r} answers no sample right, so there is no "
+                                 "relative score (% of baseline)")
+    return est
 
 
 def score(rows: pd.DataFrame, label: str, *, baseline: str | None = None, value: str = "score",
@@ -189,8 +219,8 @@ def score(rows: pd.DataFrame, label: str, *, baseline: str | None = None, value:
             return scale * m[..., 0].mean(-1)
     else:
         def statistic(m: np.ndarray) -> np.ndarray:
-            return np.nanmean(_relative(m, 0, 1), axis=-1)
-    return bootstrap(matrix, tasks, statistic, n_boot, seed, level)
+            return _nanmean(_relative(m, 0, 1))
+    return _explained(bootstrap(matrix, tasks, statistic, n_boot, seed, level), matrix, labels, value, baseline)
 
 
 def seed_spread(rows: pd.DataFrame, label: str, *, baseline: str | None = None, value: str = "score",
@@ -251,10 +281,16 @@ def difference(a: Estimate, b: Estimate) -> Estimate:
         raise ValueError("a and b need the same level and number of draws")
     draws = a.draws - b.draws
     finite = draws[np.isfinite(draws)]
+    counts = {**{f"a:{k}": v for k, v in a.n_per_task.items()}, **{f"b:{k}": v for k, v in b.n_per_task.items()}}
+    point = a.estimate - b.estimate
+    if finite.size == 0 or not math.isfinite(point):
+        nan = float("nan")
+        why = "; ".join(dict.fromkeys(n for n in (a.note, b.note) if n)) or \
+            "undefined: the difference has no finite value on these samples"
+        return Estimate(point, nan, nan, a.level, nan, counts, draws, why)
     low, high = np.quantile(finite, [(1 - a.level) / 2, (1 + a.level) / 2])
     p = min(1.0, 2 * min(float((finite <= 0).mean()), float((finite >= 0).mean())))
-    counts = {**{f"a:{k}": v for k, v in a.n_per_task.items()}, **{f"b:{k}": v for k, v in b.n_per_task.items()}}
-    return Estimate(a.estimate - b.estimate, float(low), float(high), a.level, p, counts, draws)
+    return Estimate(point, float(low), float(high), a.level, p, counts, draws)
 
 
 def bonferroni_level(m: int, level: float = LEVEL) -> float:

@@ -146,7 +146,7 @@ def task_sets(rows: pd.DataFrame, sweep: Mapping[str, Mapping[str, Any]], readin
     for task in tasks:
         part = rows[rows["task"] == task]
         scores = table.loc[task, alphas]
-        best = float(scores.idxmax())
+        best = float(scores.fillna(-np.inf).idxmax())  # a task without any finite score: ties to the smallest α
         near = [best]
         for a in alphas:
             if a == best:
@@ -189,7 +189,7 @@ def task_dependence(sets: pd.DataFrame, comparisons: pd.DataFrame) -> dict[str, 
         if len(mine) == 0:
             worst[a] = (float("inf"), None)
             continue
-        row = mine.loc[mine["ci_high"].idxmin()]
+        row = mine.loc[mine["ci_high"].fillna(np.inf).idxmin()]  # an undefined CI shows nothing below
         worst[a] = (float(row["ci_high"]), str(row["task"]))
     alpha = max(alphas, key=lambda a: (worst[a][0], -a))
     task = worst[alpha][1]

@@ -100,5 +100,5 @@ def alpha_kept(image: np.ndarray, entry: Any, caption: str | None = None) -> Any
     title = f"α = {p['alpha']:g}, uniqueness {p['uniqueness']!r}, retention {p['retention']:.3g}, layer {entry.layer}"
     fig = kept_tokens(image, entry, title=f"{title}\n{caption}" if caption else title)
     fig.axes[1].set_title("FastV importance (white: kept)")
-    fig.set_size_inches(9, 5.2)  # room for the two-line title above and the axis label below
+    fig.set_size_inches(9, 5.2 * max(1, len(entry.grids)))  # room for the two-line title and the axis label
     return fig

@@ -28,16 +28,26 @@ def _style() -> Any:
     return plt.rc_context({**sns.plotting_context("paper", font_scale=1.2), **sns.axes_style("ticks")})
 
 
-def model_view(pixel_values: torch.Tensor, processor: Any) -> np.ndarray:
+def model_view(pixel_values: torch.Tensor, processor: Any, image: Any = None) -> np.ndarray:
     """The image as the vision tower sees it (resized, cropped), undoing the processor's normalisation.
 
     Args:
-        pixel_values: `(3, H, W)` or `(1, 3, H, W)` processor output.
+        pixel_values: `(3, H, W)` or `(..., 3, H, W)` processor output (LLaVA-NeXT: its first crop, the base view).
         processor: the model's processor (its image processor's mean and std are used).
+        image: the input image (PIL), shown instead when `pixel_values` are packed patches rather than images
+            (Qwen2-VL's `(patches, C·T·P·P)`).
 
     Returns:
         `(H, W, 3)` float array in [0, 1].
+
+    Raises:
+        ValueError: packed patches and no `image`.
     """
+    if pixel_values.ndim < 3 or pixel_values.shape[-3] != 3:
+        if image is None:
+            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)} are packed patches, not images; "
+                             "pass the input image")
+        return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
     ip = processor.image_processor
     x = pixel_values.detach().float().reshape(-1, *pixel_values.shape[-3:])[0].cpu()
     mean = torch.tensor(ip.image_mean)[:, None, None]
@@ -46,7 +56,10 @@ def model_view(pixel_values: torch.Tensor, processor: Any) -> np.ndarray:
 
 
 def kept_tokens(image: np.ndarray, entry: Any, row: int = 0, title: str | None = None) -> Any:
-    """Two panels: the image with dropped patches dimmed and kept ones outlined; the score map.
+    """Two panels per image grid: the image with dropped patches dimmed and kept ones outlined; the score map.
+
+    A layout of several grids (LLaVA-NeXT's base view and AnyRes crops, several images) gets one row of panels
+    per grid, each drawn over the whole image (every grid of a single-image prompt spans it).
 
     Args:
         image: `(H, W, 3)` array in [0, 1] (see `model_view`).
@@ -58,37 +71,51 @@ def kept_tokens(image: np.ndarray, entry: Any, row: int = 0, title: str | None =
         The matplotlib `Figure`.
     """
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
-    rows, cols = entry.grid
-    h, w = image.shape[:2]
-    ph, pw = h / rows, w / cols
-    kept = torch.zeros(rows * cols, dtype=torch.bool)
-    kept[entry.kept[row].cpu()] = True
-    keep_map = kept.view(rows, cols).numpy()
+    grids = list(entry.grids) or [entry.grid]
+    kept_all = entry.kept[row].cpu()
     with _style():
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4.6), constrained_layout=True)
-        dim = np.kron(np.where(keep_map, 1.0, 0.25), np.ones((int(ph), int(pw))))[:h, :w]
-        axes[0].imshow(image[: dim.shape[0], : dim.shape[1]] * dim[..., None])
-        for r, c in zip(*np.nonzero(keep_map), strict=True):
-            axes[0].add_patch(Rectangle((c * pw - 0.5, r * ph - 0.5), pw, ph, fill=False, lw=0.8, ec="#ffd400"))
-        axes[0].set_title(f"kept tokens ({entry.n_keep} of {entry.n_visual})")
-        axes[0].set_axis_off()
-        if entry.scores is not None:
-            scores = entry.scores[row].float().cpu().view(rows, cols).numpy()
-            im = axes[1].imshow(scores, cmap="viridis")
-            fig.colorbar(im, ax=axes[1], shrink=0.8, label="score (method's units)")
-            axes[1].scatter(*np.nonzero(keep_map)[::-1], s=6, c="white", marker="s", label="kept")
-            axes[1].legend(loc="upper right", fontsize=8, framealpha=0.6)
-            axes[1].set_title("score per visual token")
-        else:
-            axes[1].imshow(keep_map, cmap="Greys", vmin=0, vmax=1)
-            axes[1].set_title(f"kept cells ({entry.method} is not scored)")
-        axes[1].set_xlabel("grid column")
-        axes[1].set_ylabel("grid row (0 = top)")
+        fig, axes = plt.subplots(len(grids), 2, figsize=(9, 4.6 * len(grids)), squeeze=False, constrained_layout=True)
+        start = 0
+        for s, (rows, cols) in enumerate(grids):
+            mine = kept_all[(kept_all >= start) & (kept_all < start + rows * cols)] - start
+            kept = torch.zeros(rows * cols, dtype=torch.bool)
+            kept[mine] = True
+            scores = None if entry.scores is None else entry.scores[row, start:start + rows * cols]
+            name = "" if len(grids) == 1 else f"grid {s + 1} ({rows}×{cols}): "
+            count = (entry.n_keep, entry.n_visual) if len(grids) == 1 else (int(kept.sum()), rows * cols)
+            _segment(axes[s], image, kept.view(rows, cols).numpy(), scores, entry.method, name, count)
+            start += rows * cols
         where = "input embeddings (hook E)" if entry.hook == "E" else f"before decoder layer {entry.layer}"
         fig.suptitle(title or f"{entry.method}: retention {entry.params['retention']:.3g}, {where}")
     return fig
+
+
+def _segment(axes: Any, image: np.ndarray, keep_map: np.ndarray, scores: torch.Tensor | None, method: str,
+             name: str, count: tuple[int, int]) -> None:
+    """One grid's two panels of `kept_tokens`."""
+    from matplotlib.patches import Rectangle
+
+    rows, cols = keep_map.shape
+    h, w = image.shape[:2]
+    ph, pw = h / rows, w / cols
+    dim = np.kron(np.where(keep_map, 1.0, 0.25), np.ones((int(ph), int(pw))))[:h, :w]
+    axes[0].imshow(image[: dim.shape[0], : dim.shape[1]] * dim[..., None])
+    for r, c in zip(*np.nonzero(keep_map), strict=True):
+        axes[0].add_patch(Rectangle((c * pw - 0.5, r * ph - 0.5), pw, ph, fill=False, lw=0.8, ec="#ffd400"))
+    axes[0].set_title(f"{name}kept tokens ({count[0]} of {count[1]})")
+    axes[0].set_axis_off()
+    if scores is not None:
+        im = axes[1].imshow(scores.float().cpu().view(rows, cols).numpy(), cmap="viridis")
+        axes[1].figure.colorbar(im, ax=axes[1], shrink=0.8, label="score (method's units)")
+        axes[1].scatter(*np.nonzero(keep_map)[::-1], s=6, c="white", marker="s", label="kept")
+        axes[1].legend(loc="upper right", fontsize=8, framealpha=0.6)
+        axes[1].set_title(f"{name}score per visual token")
+    else:
+        axes[1].imshow(keep_map, cmap="Greys", vmin=0, vmax=1)
+        axes[1].set_title(f"{name}kept cells ({method} is not scored)")
+    axes[1].set_xlabel("grid column")
+    axes[1].set_ylabel("grid row (0 = top)")
 
 
 def keep_frequency_maps(freqs: dict[str, Any], title: str | None = None, cols: int = 3) -> Any:

@@ -32,9 +32,12 @@ def effects(table: pd.DataFrame, *, title: str = "", xlabel: str = "effect (poin
             ax.plot([r["ci_low"], r["ci_high"]], [yi, yi], color=c, lw=2.5, solid_capstyle="butt")
             ax.plot([r["estimate"]], [yi], "o", color=c, ms=6)
         ax.axvline(0, color="#7f7f7f", ls="--", lw=1)
+        if table.empty:  # e.g. no comparison is defined on this model: say so rather than draw empty axes
+            ax.text(0.5, 0.5, "no estimate on this model (the notebook says why)", ha="center", va="center",
+                    transform=ax.transAxes)
         ax.set_yticks(y, list(table["name"]))
         ax.set_xlabel(xlabel)
-        if "verdict" in table.columns:
+        if "verdict" in table.columns and not table.empty:
             handles = [plt.Line2D([], [], color=c, lw=2.5, label=v) for v, c in VERDICT_COLOURS.items()
                        if v in set(table["verdict"])]
             ax.legend(handles=handles, loc="best", fontsize=8, title="vs the study", title_fontsize=8)

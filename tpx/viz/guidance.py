@@ -63,7 +63,8 @@ def score_panels(table: Any, x: str, panel: str, *, methods: list[str] | None = 
 
 
 def panel_keep_maps(maps: dict[tuple[str, float], dict[str, Any]], masks: dict[str, Any], shares: Any = None, *,
-                    retention: float, methods: list[str] | None = None, title: str | None = None) -> Any:
+                    retention: float, methods: list[str] | None = None, title: str | None = None,
+                    normalised: bool = False) -> Any:
     """Where kept tokens fall by the panel the question names: rows = named panel, columns = methods.
 
     Keep frequencies share one [0, 1] colour scale and one colour bar; the named panel is outlined, and each
@@ -75,7 +76,8 @@ def panel_keep_maps(maps: dict[tuple[str, float], dict[str, Any]], masks: dict[s
         shares: optional table with columns method, retention, panel, share (%) (`score_table` of
             `tpx.analysis.guidance.panel_frame` by those three).
         retention: which retention to draw. methods: which methods, in order (default: all at that retention).
-        title: figure title.
+        title: figure title. normalised: the maps are on a common normalised grid
+            (`tpx.analysis.spatial.map_grid`), which the default title then says.
 
     Returns:
         The `Figure`.
@@ -100,8 +102,9 @@ def panel_keep_maps(maps: dict[tuple[str, float], dict[str, Any]], masks: dict[s
                 continue
             im = ax.imshow(freq.detach().float().cpu().numpy(), cmap="magma", norm=norm)
             rows, cols = np.nonzero(np.asarray(masks[p]))
-            ax.add_patch(Rectangle((cols.min() - 0.5, rows.min() - 0.5), np.ptp(cols) + 1, np.ptp(rows) + 1,
-                                   fill=False, ec="#00e5ff", lw=1.6))
+            if rows.size:  # a panel holding no cell centre of a coarse grid has no outline
+                ax.add_patch(Rectangle((cols.min() - 0.5, rows.min() - 0.5), np.ptp(cols) + 1, np.ptp(rows) + 1,
+                                       fill=False, ec="#00e5ff", lw=1.6))
             share = lookup.get((m, retention, p))
             label = "" if share is None else f"{share:.0f}% in panel"
             ax.set_title(f"{m}\n{label}" if i == 0 else label, fontsize=9)
@@ -110,6 +113,9 @@ def panel_keep_maps(maps: dict[tuple[str, float], dict[str, Any]], masks: dict[s
         if im is not None:
             fig.colorbar(im, ax=axes, shrink=0.6, label="share of samples keeping the cell")
         chance = 100 * float(np.asarray(masks[panels[0]]).mean())
+        grid = np.asarray(masks[panels[0]]).shape
+        where = f"\non a common normalised {grid[0]}×{grid[1]} grid (every image grid area-weighted onto it)" \
+            if normalised else ""
         fig.suptitle(title or f"kept tokens by named panel (outlined), retention {retention:.3g}; "
-                              f"position-blind: {chance:.0f}% in panel")
+                              f"position-blind: {chance:.0f}% in panel{where}")
     return fig
