@@ -27,6 +27,9 @@ LMMS := $(findstring lmms,$(EXTRAS))
 TORCH_PKGS := "$(TORCH)" $(if $(LMMS),"$(TORCHVISION)")
 # The extras are installed with torch held at the version installed first (torch-constraint.txt): otherwise
 # lmms-eval's torchvision would replace it.
+# TRANSFORMERS=transformers==5.24.0 pins one release of the supported range (CI tests the oldest this way);
+# empty: pip takes the newest the range allows
+TRANSFORMERS ?=
 PYTEST_ARGS ?=
 LAB_PORT ?= 8888
 LAB_ARGS ?=
@@ -46,7 +49,7 @@ else
 	       $(BIN)/python -m pip install $(TORCH_PKGS); }
 endif
 	$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
-	$(BIN)/python -m pip install -e ".[$(EXTRAS)]" -c $(VENV)/torch-constraint.txt
+	$(BIN)/python -m pip install -e ".[$(EXTRAS)]" $(if $(TRANSFORMERS),"$(TRANSFORMERS)") -c $(VENV)/torch-constraint.txt
 ifneq ($(LMMS),)
 	$(BIN)/python -c "import torchvision" 2>/dev/null || { echo "tpx: this torchvision does not load beside torch" \
 	  "(PyPI's build needs a CUDA torch); removed: lmms-eval's evaluator and tpx's plugin do not use it" >&2; \

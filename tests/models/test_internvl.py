@@ -38,7 +38,8 @@ def test_layout_has_one_grid_per_tile_as_the_processor_counts(models, size):
     counted = processor._get_num_multimodal_tokens(image_sizes=[size])
     tiles = counted["num_image_patches"][0]
     assert tiles == inputs["pixel_values"].shape[0] and len(layout.grids) == tiles
-    assert set(layout.grids) == {(4, 4)} and layout.n_visual == counted["num_image_tokens"][0] - 2  # minus <img> </img>
+    # image_seq_length per tile (the count's <img> </img> pair is in 5.24's num_image_tokens, not in 5.25's)
+    assert set(layout.grids) == {(4, 4)} and layout.n_visual == processor.image_seq_length * tiles
     ids = inputs["input_ids"][0]
     assert bool((ids[layout.positions[0]] == model.config.image_token_id).all())
     assert int(ids[layout.positions[0, 0] - 1]) == processor.start_image_token_id
