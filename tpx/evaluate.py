@@ -224,6 +224,17 @@ def _legacy_configs(methods: Sequence[str | None], retentions: Sequence[float], 
     return list(dict.fromkeys(configs))
 
 
+def _read_cached(path: Path) -> pd.DataFrame:
+    """A cached configuration's rows as freshly answered ones hold them: `kept` and `grids` as Python lists
+    (parquet gives numpy arrays), so cached and new rows compare and print alike."""
+    df = pd.read_parquet(path)
+    if "kept" in df.columns:
+        df["kept"] = [None if v is None else [int(i) for i in v] for v in df["kept"]]
+    if "grids" in df.columns:
+        df["grids"] = [None if v is None else [[int(i) for i in g] for g in v] for v in df["grids"]]
+    return df
+
+
 def _reads_vision(model: Any, config: Config) -> bool:
     """Whether a configuration's plan (the checkpoint's own compression included) reads the vision tower."""
     from tpx.engine import plan_for
@@ -378,7 +389,7 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], methods: Seq
         # the label names a configuration but does not change its answers: not part of the key
         what = (config.method, config.retention, config.hook, config.layer, config.seed, config.params)
         path = None if cache is None else cache / f"{_key(*base, *what)}.parquet"
-        cached = pd.read_parquet(path) if path is not None and path.exists() and not force else None
+        cached = _read_cached(path) if path is not None and path.exists() and not force else None
         if cached is not None and "grids" in cached.columns:  # older results without their grids: answered again
             frames[config] = cached.assign(label=config.label)
         else:
