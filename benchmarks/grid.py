@@ -2,8 +2,9 @@
 
 `tpx.evaluate` answers a group of configurations batch by batch (`evaluate.GROUP`), preparing each batch and
 encoding its images once (`tpx.models.base.reuse_image_features`) for every configuration that prunes after
-the projector. This benchmark answers the same grid both ways, side by side in one run, and checks that the
-answers are identical. On a shared CPU, `--clock process` times this process's CPU time.
+the projector, and replaying the decoder layers before each configuration's first cut when their inputs equal an
+earlier configuration's (`tpx.models.prefix.reuse_prefix`). This benchmark answers the same grid three ways, side
+by side in one run, and checks that the answers and kept sets are identical. On a shared CPU, `--clock process` times this process's CPU time.
 
 Usage: python benchmarks/grid.py [--model organism] [--n 20] [--batch-size 100] [--threads 1] [--clock wall]
 """
@@ -39,16 +40,21 @@ def main() -> None:
                    label_depth=True)
     run = dict(configs=configs, batch_size=args.batch_size, max_new_tokens=3, progress=False)
     times, frames = {}, {}
-    for name, group in (("each configuration alone (GROUP = 1)", 1), (f"grouped (GROUP = {ev.GROUP})", ev.GROUP)):
-        saved, ev.GROUP = ev.GROUP, group
+    runners = (("each configuration alone (GROUP = 1)", 1, False),
+               (f"grouped (GROUP = {ev.GROUP}), shared batches and image features", ev.GROUP, False),
+               (f"grouped (GROUP = {ev.GROUP}), + shared first layers (tpx.models.prefix)", ev.GROUP, True))
+    for name, group, prefix in runners:
+        saved = ev.GROUP, ev.REUSE_PREFIX
+        ev.GROUP, ev.REUSE_PREFIX = group, prefix
         try:
             t0 = clock()
             frames[name] = ev.evaluate(model, processor, samples, **run)
             times[name] = clock() - t0
         finally:
-            ev.GROUP = saved
-    a, b = frames.values()
-    same = a[["label", "id", "answer"]].equals(b[["label", "id", "answer"]])
+            ev.GROUP, ev.REUSE_PREFIX = saved
+    cols = ["label", "id", "answer", "n_keep", "kept_row", "kept_col", "coverage"]
+    first = next(iter(frames.values()))
+    same = all(f[cols].equals(first[cols]) for f in frames.values())
     base = next(iter(times.values()))
     print(f"{args.model}: {len(samples)} samples x {len(configs)} configurations, batch {args.batch_size}, "
           f"{args.threads} thread(s), {args.clock} clock")

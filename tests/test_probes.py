@@ -59,6 +59,31 @@ def test_natural_positions_reproduce_the_evaluated_kept_sets(tiny):
     assert set(rev.label) == {"fastv reverse noise"} and len(rev) == len(samples)
 
 
+@pytest.mark.parametrize("family", ["tiny", "tiny-qwen2-vl"])
+def test_several_orders_at_once_equal_one_call_each_and_encode_images_once(family, one_thread, monkeypatch):
+    """Orders asked together give the rows of separate calls; the images of a batch are encoded once for all of
+    them (twice per order before), except for a method that reads the tower itself (hook V)."""
+    from tpx.models import load
+
+    model, processor = load(family)
+    samples = load_samples("organism", n=2, tasks=["exist", "count"])
+    base = model.base_model
+    real, runs = base.get_image_features, []
+    monkeypatch.setattr(type(base), "get_image_features",
+                        lambda self, *a, **k: runs.append(1) or real(*a, **k))
+    both = probes.kept_under_positions(model, processor, samples, "fastv", retention=0.5, layer=1, batch_size=4,
+                                       order=probes.ORDERS, blind="blank", progress=False)
+    assert len(runs) == 1
+    alone = pd.concat([probes.kept_under_positions(model, processor, samples, "fastv", retention=0.5, layer=1,
+                                                   batch_size=4, order=o, blind="blank", progress=False)
+                       for o in probes.ORDERS], ignore_index=True)
+    assert len(runs) == 1 + len(probes.ORDERS)
+    pd.testing.assert_frame_equal(both, alone)
+    assert list(both.order) == [o for o in probes.ORDERS for _ in samples]
+    with pytest.raises(ValueError, match="order must be one of"):
+        probes.kept_under_positions(model, processor, samples, "fastv", retention=0.5, layer=1, order=["sideways"])
+
+
 @pytest.mark.parametrize("family", ["tiny-llava-next", "tiny-qwen2-vl"])
 def test_natural_positions_are_the_models_own_on_other_families(family, one_thread):
     """Qwen2-VL's natural ids are its M-RoPE ids (captured from the model), LLaVA-NeXT's 1-D ones: the probe keeps

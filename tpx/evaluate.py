@@ -11,6 +11,7 @@ and the rows gathered, so every process returns the same table. `python -m tpx e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ import torch
 from tpx.data import Sample
 from tpx.grid import UNPRUNED, Config, seeded, unpruned
 from tpx.models.base import reuse_image_features
+from tpx.models.prefix import reuse_prefix
 from tpx.scoring import score, summarize
 
 __all__ = ["BLIND", "Config", "evaluate", "kept_summary", "layouts", "model_inputs", "process_state", "reachable", "score",
@@ -34,8 +36,11 @@ log = logging.getLogger(__name__)
 BLIND = (None, "no_image", "blank", "noise")
 COVERAGE_BLOCKS = 4  # coverage: share of the cells of a 4×4 partition of each image grid holding a kept token
 # configurations answered together, batch by batch: each batch is prepared, and its images encoded, once for all
-# of them; results are cached per configuration when its group ends
+# of them, and the decoder layers before a configuration's first cut are replayed from an earlier configuration
+# of the group when their inputs are bit-for-bit the same (`tpx.models.prefix`); results are cached per
+# configuration when its group ends
 GROUP = 16
+REUSE_PREFIX = True  # False: every configuration computes its own first layers (benchmarks/grid.py compares)
 
 
 # ---- one batch --------------------------------------------------------------------------------------------
@@ -409,7 +414,8 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], methods: Seq
                 for config in tower:
                     rows[config] += _answer_batch(model, processor, batch, config, blind, max_new_tokens, inputs)
                     bar.update()
-                with reuse_image_features(model):
+                prefix = reuse_prefix(model) if REUSE_PREFIX else contextlib.nullcontext()
+                with reuse_image_features(model), prefix:  # shared image features, shared first layers
                     for config in shared:
                         bar.set_postfix(label=config.label, retention=config.retention, seed=config.seed)
                         rows[config] += _answer_batch(model, processor, batch, config, blind, max_new_tokens, inputs)

@@ -207,7 +207,7 @@ def _model_position_ids(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Te
     handle = adapter_for(model).text_model.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         with torch.inference_mode():
-            model(**inputs, use_cache=False)
+            model(**inputs)  # the main call's arguments, so `reuse_image_features` matches the two encoder calls
     except _Captured:
         pass
     finally:
@@ -217,7 +217,7 @@ def _model_position_ids(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Te
 
 def kept_under_positions(model: Any, processor: Any, samples: Sequence[Any], method: str = "fastv", *,
                          retention: float, layer: int | None = None, hook: str | None = None,
-                         order: str = "natural",
+                         order: str | Sequence[str] = "natural",
                          blind: str | None = None, seed: int = 0, batch_size: int = 8,
                          progress: bool = True, **params: Any) -> pd.DataFrame:
     """Where `method` keeps tokens when the image tokens carry their position ids in `order` (one prefill each).
@@ -225,40 +225,53 @@ def kept_under_positions(model: Any, processor: Any, samples: Sequence[Any], met
     Args:
         model, processor, samples: from `tpx.load` / `tpx.data.load_samples`, one image per sample.
         method, retention, layer, hook, seed, **params: the pruning configuration (as for `tpx.pruning`).
-        order: "natural" or "reverse" (see `visual_position_ids`).
+        order: "natural" or "reverse" (see `visual_position_ids`), or several: each batch is then prepared and
+            its images encoded once for all of them (unless the method reads the vision tower itself).
         blind: None, "blank" or "noise": content-free images instead of the samples' (see `model_inputs`).
         batch_size, progress: batching and a progress bar.
 
     Returns:
-        One row per sample: id, benchmark, task, label (`"<method> <order>"`), method, order, blind, retention,
-        layer, n_keep, kept_row, kept_col, coverage, kept — the same kept-set columns as `evaluate` rows.
+        One row per sample and order: id, benchmark, task, label (`"<method> <order>"`), method, order, blind,
+        retention, layer, n_keep, kept_row, kept_col, coverage, kept — the same kept-set columns as `evaluate` rows.
     """
+    import contextlib
+
     from tqdm.auto import tqdm
 
-    from tpx.engine import pruning
+    from tpx.engine import plan_for, pruning
     from tpx.evaluate import kept_summary, model_inputs
     from tpx.models import layout
+    from tpx.models.base import reuse_image_features
 
     samples = list(samples)
+    orders = [order] if isinstance(order, str) else list(order)
     if not samples or batch_size < 1:
         raise ValueError(f"need samples and batch_size ≥ 1, got {len(samples)} samples, batch_size={batch_size}")
+    for o in orders:
+        if o not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {o!r}")
     kwargs = dict(params, retention=retention, seed=seed) | ({} if layer is None else {"layer": layer}) \
         | ({} if hook is None else {"hook": hook})
-    rows = []
-    for i in tqdm(range(0, len(samples), batch_size), desc=f"{method} prefill ({order})", disable=not progress):
+    reads_vision = any(st.reads_vision for st in plan_for(model, method, **kwargs).stages)
+    rows = {o: [] for o in orders}
+    for i in tqdm(range(0, len(samples), batch_size), desc=f"{method} prefill ({', '.join(orders)})",
+                  disable=not progress):
         batch = samples[i:i + batch_size]
         inputs = model_inputs(processor, batch, model, blind)
-        position_ids = visual_position_ids(inputs["attention_mask"], layout(model, inputs).image_positions(), order,
-                                           _model_position_ids(model, inputs))
-        with torch.inference_mode(), pruning(model, method, **kwargs) as run:
-            model(**inputs, position_ids=position_ids)
-        entry, first = run.trace[-1], run.trace[0]
-        for b, sample in enumerate(batch):
-            rows.append({"id": sample.id, "benchmark": sample.benchmark, "task": sample.task,
-                         "label": f"{method} {order}" + (f" {blind}" if blind else ""), "method": method,
-                         "order": order, "blind": blind or "", "retention": retention, "seed": seed,
-                         "hook": first.hook, "layer": int(first.layer), **kept_summary(entry, b)})
-    return pd.DataFrame(rows)
+        with reuse_image_features(model) if not reads_vision else contextlib.nullcontext():
+            own = _model_position_ids(model, inputs)
+            for o in orders:
+                position_ids = visual_position_ids(inputs["attention_mask"], layout(model, inputs).image_positions(),
+                                                   o, own)
+                with torch.inference_mode(), pruning(model, method, **kwargs) as run:
+                    model(**inputs, position_ids=position_ids)
+                entry, first = run.trace[-1], run.trace[0]
+                for b, sample in enumerate(batch):
+                    rows[o].append({"id": sample.id, "benchmark": sample.benchmark, "task": sample.task,
+                                    "label": f"{method} {o}" + (f" {blind}" if blind else ""), "method": method,
+                                    "order": o, "blind": blind or "", "retention": retention, "seed": seed,
+                                    "hook": first.hook, "layer": int(first.layer), **kept_summary(entry, b)})
+    return pd.DataFrame([r for o in orders for r in rows[o]])
 
 
 # ---- protocol checks (Q5c) -----------------------------------------------------------------------------------
