@@ -26,6 +26,11 @@ QWEN2_0_5B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, n
                   num_key_value_heads=2, num_hidden_layers=24, max_position_embeddings=32768, rms_norm_eps=1e-6,
                   rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, hidden_act="silu")
 
+# the language model's embedding rows as published (`text_config.vocab_size`; OneVision-0.5B: Qwen2-0.5B's),
+# used only at the published size (tpx.memory, benchmarks/memory.py); the tests use the tiny tokenizer's
+VOCAB = {"llava-1.5-7b": 32064, "llava-v1.6-mistral-7b": 32064, "internvl3-1b": 151674,
+         "llava-onevision-qwen2-0.5b-ov": 151936}
+
 PUBLISHED: dict[str, dict[str, Any]] = {
     # llava-hf/llava-1.5-7b-hf: Vicuna-7B v1.5 (Llama 2), CLIP-L/336, 576 tokens
     "llava-1.5-7b": dict(
@@ -58,8 +63,8 @@ PUBLISHED: dict[str, dict[str, Any]] = {
                     image_size=[448, 448], patch_size=[14, 14], attention_bias=True, use_qk_norm=False,
                     norm_type="layer_norm", layer_norm_eps=1e-6, layer_scale_init_value=0.1, use_mean_pooling=True,
                     use_absolute_position_embeddings=True, hidden_act="gelu"),
-        text=QWEN2_0_5B,
-        top=dict(downsample_ratio=0.5, image_seq_length=256, vision_feature_layer=-1,
+        text=dict(QWEN2_0_5B, tie_word_embeddings=False),  # its own LM head: 938 M parameters in all
+        top=dict(downsample_ratio=0.5, image_seq_length=256, vision_feature_layer=-1, tie_word_embeddings=False,
                  vision_feature_select_strategy="default", projector_hidden_act="gelu"),
         image_processor=dict(size={"height": 448, "width": 448}, crop_to_patches=True, min_patches=1, max_patches=12,
                              image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, resample=3),
@@ -70,7 +75,7 @@ PUBLISHED: dict[str, dict[str, Any]] = {
         vision=dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16, num_hidden_layers=26,
                     image_size=384, patch_size=14, vision_use_head=False, layer_norm_eps=1e-6,
                     hidden_act="gelu_pytorch_tanh"),
-        text=QWEN2_0_5B,
+        text=dict(QWEN2_0_5B, tie_word_embeddings=True),  # Qwen2-0.5B's tied head: 894 M parameters in all
         top=dict(vision_feature_layer=-1, vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
                  projector_hidden_act="gelu", multimodal_projector_bias=True,
                  image_grid_pinpoints=[[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]),
@@ -83,10 +88,13 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 
 
 def build(name: str, *, text_layers: int = 1, vision_layers: int = 2, seed: int = 0,
-          attn_implementation: str = "sdpa") -> tuple[Any, Any]:
+          attn_implementation: str = "sdpa", vocab_size: int | None = None, meta: bool = False) -> tuple[Any, Any]:
     """`(model, processor)` of checkpoint `name` with its published widths and geometry, `text_layers` decoder
     layers and `vision_layers` tower layers, random weights (float32, eval mode), its real image processor and
-    the family's tiny tokenizer."""
+    the family's tiny tokenizer. `vocab_size` (the published one is `VOCAB[name]`) and `meta` (shapes only, no
+    storage) serve `tpx.memory` (benchmarks/memory.py)."""
+    import contextlib
+
     import transformers
 
     from tpx.models.processors import OfflineInternVLProcessor, OfflineLlavaOnevisionProcessor
@@ -97,7 +105,7 @@ def build(name: str, *, text_layers: int = 1, vision_layers: int = 2, seed: int 
     family = {"llava-1.5-7b": "llava", "llava-v1.6-mistral-7b": "llava", "internvl3-1b": "internvl",
               "llava-onevision-qwen2-0.5b-ov": "llava_onevision"}[name]
     tok = tiny_tokenizer(family=family)
-    text = dict(spec["text"], num_hidden_layers=text_layers, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+    text = dict(spec["text"], num_hidden_layers=text_layers, vocab_size=vocab_size or len(tok), pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
     vision = dict(spec["vision"], num_hidden_layers=vision_layers)
     if family == "llava":
@@ -127,9 +135,9 @@ def build(name: str, *, text_layers: int = 1, vision_layers: int = 2, seed: int 
             video_processor=None, **spec["processor"])
         ids = [tok.image_token_id, tok.video_token_id]
     model_cls = getattr(transformers, type(config).__name__.replace("Config", "ForConditionalGeneration"))
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device("meta") if meta else contextlib.nullcontext():
         torch.manual_seed(seed)
         model = model_cls(config)
-    never_generated(model, ids)
+        never_generated(model, ids)
     model.set_attn_implementation(attn_implementation)
     return model.eval(), processor

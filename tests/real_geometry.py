@@ -22,6 +22,9 @@ import torch
 
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
+# the language model's embedding rows as published (`text_config.vocab_size`), used only at the published size
+VOCAB = {"Qwen/Qwen2-VL-2B-Instruct": 151936, "Qwen/Qwen3-VL-2B-Instruct": 151936}
+
 PUBLISHED: dict[str, dict[str, Any]] = {
     "Qwen/Qwen2-VL-2B-Instruct": {
         "model_type": "qwen2_vl",
@@ -54,9 +57,13 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 
 
 def build(checkpoint: str, *, text_layers: int = 2, vision_layers: int = 2, attn_implementation: str = "sdpa",
-          seed: int = 0) -> tuple[Any, Any]:
+          seed: int = 0, vocab_size: int | None = None, meta: bool = False) -> tuple[Any, Any]:
     """`(model, processor)` of `checkpoint`'s published configuration with `text_layers` / `vision_layers` blocks,
-    random weights (seeded; global RNG restored) and the published image processor, offline."""
+    random weights (seeded; global RNG restored) and the published image processor, offline. `vocab_size` (the
+    published one is `VOCAB[checkpoint]`) and `meta` (shapes only) serve `tpx.memory` (benchmarks/memory.py);
+    at the published depth the DeepStack taps stay where they are published."""
+    import contextlib
+
     from transformers import Qwen2VLImageProcessorPil
 
     from tpx.models.qwen2_vl import OfflineQwen2VLProcessor
@@ -68,7 +75,7 @@ def build(checkpoint: str, *, text_layers: int = 2, vision_layers: int = 2, attn
     ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
-    text = dict(spec["text_config"], num_hidden_layers=text_layers, vocab_size=len(tok),
+    text = dict(spec["text_config"], num_hidden_layers=text_layers, vocab_size=vocab_size or len(tok),
                 bos_token_id=None, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
                 tie_word_embeddings=spec["tie_word_embeddings"])
     vision = dict(spec["vision_config"], depth=vision_layers)
@@ -76,7 +83,8 @@ def build(checkpoint: str, *, text_layers: int = 2, vision_layers: int = 2, attn
         from transformers import Qwen3VLConfig as Config
         from transformers import Qwen3VLForConditionalGeneration as Model
 
-        vision["deepstack_visual_indexes"] = list(range(vision_layers))
+        if vision_layers != spec["vision_config"]["depth"]:
+            vision["deepstack_visual_indexes"] = list(range(vision_layers))
         processor_class = OfflineQwen3VLProcessor
     else:
         from transformers import Qwen2VLConfig as Config
@@ -84,7 +92,7 @@ def build(checkpoint: str, *, text_layers: int = 2, vision_layers: int = 2, attn
 
         processor_class = OfflineQwen2VLProcessor
     config = Config(text_config=text, vision_config=vision, tie_word_embeddings=spec["tie_word_embeddings"], **ids)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device("meta") if meta else contextlib.nullcontext():
         torch.manual_seed(seed)
         model = Model(config)
     model.set_attn_implementation(attn_implementation)

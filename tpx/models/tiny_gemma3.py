@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 
-__all__ = ["GEMMA3_4B", "gemma3_4b_geometry", "gemma3_config", "gemma3_processor", "gemma3_tokenizer",
+__all__ = ["GEMMA3_4B", "GEMMA3_4B_VOCAB", "gemma3_4b_geometry", "gemma3_config", "gemma3_processor", "gemma3_tokenizer",
            "tiny_gemma3"]
 
 _BOI, _EOI, _SOFT = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
@@ -40,6 +40,7 @@ GEMMA3_4B: dict[str, Any] = {
     "mm_tokens_per_image": 256,
     "image": dict(size=896, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), resample="bilinear"),
 }
+GEMMA3_4B_VOCAB = 262_208  # its embedding rows as published, for `tpx.memory` at the published size
 
 
 def gemma3_tokenizer() -> Any:
@@ -72,23 +73,26 @@ def gemma3_processor(tok: Any, image_size: int, tokens_per_image: int) -> Any:
 
 
 def gemma3_config(tok: Any, text: dict[str, Any], vision: dict[str, Any], tokens_per_image: int) -> Any:
-    """A `Gemma3Config` with the tokenizer's special ids and vocabulary."""
+    """A `Gemma3Config` with the tokenizer's special ids and vocabulary (`text` may set another `vocab_size`)."""
     from transformers import Gemma3Config, Gemma3TextConfig, SiglipVisionConfig
 
     ids = {t: tok.convert_tokens_to_ids(t) for t in (_BOI, _EOI, _SOFT)}
-    text_config = Gemma3TextConfig(vocab_size=len(tok), max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
-                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **text)
+    text_config = Gemma3TextConfig(**{"vocab_size": len(tok), "max_position_embeddings": 2048,
+                                      "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+                                      "eos_token_id": tok.eos_token_id, **text})
     return Gemma3Config(text_config=text_config, vision_config=SiglipVisionConfig(**vision),
                         mm_tokens_per_image=tokens_per_image, boi_token_index=ids[_BOI], eoi_token_index=ids[_EOI],
                         image_token_index=ids[_SOFT])
 
 
-def build(config: Any, attn_implementation: str, seed: int) -> Any:
+def build(config: Any, attn_implementation: str, seed: int, meta: bool = False) -> Any:
     """`Gemma3ForConditionalGeneration(config)` with seeded random weights, its zero-initialised RMSNorm weights
-    and projector drawn at random too (global RNG state is restored)."""
+    and projector drawn at random too (global RNG state is restored); `meta`: shapes only (`tpx.memory`)."""
+    import contextlib
+
     from transformers import Gemma3ForConditionalGeneration
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device("meta") if meta else contextlib.nullcontext():
         torch.manual_seed(seed)
         model = Gemma3ForConditionalGeneration(config)
         with torch.no_grad():
@@ -152,6 +156,8 @@ def gemma3_4b_geometry(
     vision_layers: int = 1,
     attn_implementation: str = "sdpa",
     seed: int = 0,
+    vocab_size: int | None = None,
+    meta: bool = False,
 ) -> tuple[Any, Any]:
     """google/gemma-3-4b-it's geometry with random weights and few layers, and its processor settings, offline.
 
@@ -160,16 +166,21 @@ def gemma3_4b_geometry(
     global base 1 000 000 with linear scaling ×8), but `text_layers` text layers alternating sliding and global
     (the released model has 5 sliding per global) and `vision_layers` SigLIP layers, and the tiny tokenizer's
     vocabulary instead of 262 208 words. For real-size geometry tests: processor, grids and oracles at the
-    checkpoint's sizes in a few seconds of CPU.
+    checkpoint's sizes in a few seconds of CPU. At the published depth (34 text layers) the layers follow the
+    published pattern, five sliding to one global; `vocab_size` (262 208 published) and `meta` (shapes only, no
+    storage) serve `tpx.memory`.
 
     Returns:
         `(model, processor)`, model in eval mode.
     """
     tok = gemma3_tokenizer()
     text = {k: v for k, v in GEMMA3_4B["text"].items() if k not in ("num_hidden_layers", "sliding_window_pattern")}
+    every = GEMMA3_4B["text"]["sliding_window_pattern"] if text_layers == GEMMA3_4B["text"]["num_hidden_layers"] else 2
     text.update(num_hidden_layers=text_layers,
-                layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(text_layers)])
+                layer_types=["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(text_layers)])
+    if vocab_size is not None:
+        text["vocab_size"] = vocab_size
     vision = dict(GEMMA3_4B["vision"], num_hidden_layers=vision_layers)
     config = gemma3_config(tok, text, vision, GEMMA3_4B["mm_tokens_per_image"])
-    model = build(config, attn_implementation, seed)
+    model = build(config, attn_implementation, seed, meta=meta)
     return model, gemma3_processor(tok, GEMMA3_4B["image"]["size"], GEMMA3_4B["mm_tokens_per_image"])
