@@ -149,3 +149,22 @@ def test_right_padded_moves_padding_to_the_end():
     assert out["input_ids"].tolist() == [[5, 6, 0, 0], [7, 8, 9, 10]]
     assert out["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
     assert out["pixel_values"] is inputs["pixel_values"]
+
+
+def test_rope_frequencies_follow_the_layer_type_on_gemma3(one_thread):
+    """Gemma 3 keeps one rotary per layer type: a sliding layer's θ come from the local base, a full layer's from
+    the global one; a layer outside the decoder is refused."""
+    from tpx.models import adapter_for, load
+
+    model, _ = load("tiny-gemma3")
+    decoder = adapter_for(model).decoder
+    types = [decoder.layer_type(i) for i in range(decoder.n_layers)]
+    sliding, full = types.index("sliding_attention"), types.index("full_attention")
+    local = probes.rope_frequencies(model, layer=sliding)
+    glob = probes.rope_frequencies(model, layer=full)
+    d = 2 * local.numel()
+    base = model.config.text_config.rope_parameters["sliding_attention"]["rope_theta"]
+    torch.testing.assert_close(local, 1.0 / base ** (torch.arange(0, d, 2).float() / d))
+    assert not torch.equal(local, glob)
+    with pytest.raises(ValueError, match="layer must be in"):
+        probes.rope_frequencies(model, layer=decoder.n_layers)

@@ -40,6 +40,7 @@ COVERAGE_BLOCKS = 4  # coverage: share of the cells of a 4×4 partition of each 
 # of the group when their inputs are bit-for-bit the same (`tpx.models.prefix`); results are cached per
 # configuration when its group ends
 GROUP = 16
+NESTED_IMAGES = ("Gemma3Processor",)  # processors that take a batch's images as one list per prompt
 REUSE_PREFIX = True  # False: every configuration computes its own first layers (benchmarks/grid.py compares)
 
 
@@ -96,6 +97,8 @@ def model_inputs(processor: Any, batch: Sequence[Sample], model: Any,
         images = [[_noise(im, f"{s.id}/{j}") for j, im in enumerate(ims)] for s, ims in zip(batch, images)]
     texts = [_prompt(processor, s.prompt, len(ims)) for s, ims in zip(batch, images)]
     flat = [im for ims in images for im in ims]
+    if flat and type(processor).__name__ in NESTED_IMAGES:
+        flat = images  # one list per prompt: a flat list would be read as all images of the first prompt
     processor.tokenizer.padding_side = "left"
     enc = processor(images=flat or None, text=texts, return_tensors="pt", padding=True).to(model.device)
     if "pixel_values" in enc:

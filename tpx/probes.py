@@ -27,15 +27,27 @@ __all__ = ["ORDERS", "batch_size_runs", "blind_runs", "kept_under_positions", "l
 ORDERS = ("natural", "reverse")
 
 
-def rope_frequencies(model: Any) -> torch.Tensor:
-    """The rotary frequencies θ_k (`inv_freq`, `(head_dim/2,)`) of the model's language model, for
-    `tpx.analysis.spatial.rope_decay`."""
+def rope_frequencies(model: Any, layer: int = 0) -> torch.Tensor:
+    """The rotary frequencies θ_k (`inv_freq`, `(head_dim/2,)`) decoder layer `layer` of the model's language
+    model uses, for `tpx.analysis.spatial.rope_decay`. One rotary serves every layer on Llama-family models; Gemma 3
+    keeps one per layer type (a local base on sliding layers, a global one on full layers), read by `layer`'s type.
+
+    Raises:
+        TypeError: if the language model has no rotary embedding with frequencies.
+        ValueError: if `layer` is outside the decoder.
+    """
     from tpx.models import adapter_for
 
+    decoder = adapter_for(model).decoder
+    if not 0 <= layer < decoder.n_layers:
+        raise ValueError(f"layer must be in [0, {decoder.n_layers - 1}], got {layer}")
     rotary = getattr(adapter_for(model).text_model, "rotary_emb", None)
-    if rotary is None or not hasattr(rotary, "inv_freq"):
+    freq = getattr(rotary, "inv_freq", None)
+    if freq is None and rotary is not None:
+        freq = getattr(rotary, f"{decoder.layer_type(layer)}_inv_freq", None)
+    if freq is None:
         raise TypeError(f"{type(model).__name__}'s language model has no rotary embedding with inv_freq")
-    return rotary.inv_freq.detach().float().cpu()
+    return freq.detach().float().cpu()
 
 
 def last_token_attention(model: Any, processor: Any, samples: Sequence[Any], *, layer: int | None = None,
