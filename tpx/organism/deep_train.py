@@ -58,7 +58,9 @@ class DeepConfig:
     vision_lr_mult: float = 0.0
     eos_weight: float = 0.2
     max_objects: int = 5
-    bf16: bool = True
+    # bf16 autocast: on CPUs without bf16 instructions (AVX2) some backward matmuls fall to torch's portable GEMM
+    # (cpublas_gemm_impl): minutes per step against ~20 s in float32 (deep0, step 546)
+    bf16: bool = False
     threads: int = 1
 
     @classmethod
