@@ -252,6 +252,16 @@ def _reads_vision(model: Any, config: Config) -> bool:
     return any(s.reads_vision for s in plan.stages)
 
 
+def _first_cut(model: Any, config: Config) -> int | None:
+    """The first decoder layer that sees a configuration's pruned sequence (None when nothing is pruned): the
+    layers before it are the ones `reuse_prefix` can share."""
+    from tpx.engine import plan_for
+
+    method = None if config.method == UNPRUNED else config.method
+    plan = plan_for(model, method, **({} if method is None else config.kwargs()))
+    return plan.stages[0].layer if plan.stages else None
+
+
 def _validate(model: Any, configs: Sequence[Config], blind: str | None) -> None:
     """Plan every distinct configuration as `tpx.pruning` would: every parameter error before any work."""
     from tpx.engine import plan_for
@@ -412,12 +422,13 @@ def evaluate(model: Any, processor: Any, samples: Sequence[Sample], methods: Seq
             # methods reading the vision tower (hook V) need it to run; the others share each batch's features
             tower = [c for c, _ in group if _reads_vision(model, c)]
             shared = [c for c, _ in group if c not in tower]
+            upto = max((k for k in (_first_cut(model, c) for c in shared) if k is not None), default=0)
             for batch in batches:
                 inputs = model_inputs(processor, batch, model, blind)
                 for config in tower:
                     rows[config] += _answer_batch(model, processor, batch, config, blind, max_new_tokens, inputs)
                     bar.update()
-                prefix = reuse_prefix(model) if REUSE_PREFIX else contextlib.nullcontext()
+                prefix = reuse_prefix(model, upto=upto) if REUSE_PREFIX and upto else contextlib.nullcontext()
                 with reuse_image_features(model), prefix:  # shared image features, shared first layers
                     for config in shared:
                         bar.set_postfix(label=config.label, retention=config.retention, seed=config.seed)

@@ -91,3 +91,21 @@ def test_cannot_nest(built):
             with reuse_prefix(model):
                 pass
     assert not any("forward" in vars(layer) for layer in adapter_for(model).decoder.layers)
+
+
+def test_only_the_layers_before_upto_are_recorded_and_the_longest_call_is_kept(built):
+    """`upto` bounds the memory: layers from `upto` on run untouched. One call is kept per layer, replaced by a
+    longer one: after a K = 1 configuration (layer 1 saw the pruned sequence) the unpruned run's full-length
+    layer 1 replaces it, so a K = 2 configuration then shares both layers."""
+    model, _, inputs = built("llava")
+    layers = adapter_for(model).decoder.layers
+    want = answer(model, inputs, "fastv", retention=0.25, layer=2)
+    with reuse_prefix(model, upto=2) as stats:
+        assert ["forward" in vars(layer) for layer in layers] == [True, True, False, False]
+        answer(model, inputs, "fastv", retention=0.25, layer=1)
+        answer(model, inputs)  # layer 0 replayed; layer 1 computed at full length, replacing the pruned call
+        assert stats["reused"] == 1
+        got = answer(model, inputs, "fastv", retention=0.25, layer=2)
+        assert stats["reused"] == 3
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)

@@ -21,7 +21,6 @@ import torch
 __all__ = ["reuse_prefix"]
 
 CACHE_NAMES = ("cache", "past_key_values")  # transformers 5.x names the decoder layers' cache argument either way
-KEEP = 6  # recorded calls per layer (configurations at different K share different layers)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -38,21 +37,30 @@ def _hooked_inside(layer: torch.nn.Module) -> bool:
 
 
 @contextmanager
-def reuse_prefix(model: torch.nn.Module, layers: list[torch.nn.Module] | None = None) -> Iterator[dict]:
+def reuse_prefix(model: torch.nn.Module, layers: list[torch.nn.Module] | None = None,
+                 upto: int | None = None) -> Iterator[dict]:
     """Inside the block, a decoder layer called at prefill with the inputs of an earlier call returns that call's
     output and replays its cache update, without running.
+
+    Memory: one recorded call per layer (its inputs, output and cached keys and values), replaced only by a call
+    with a longer input, so the full-length call a later configuration can match is the one kept; and only the
+    layers before `upto` are recorded (the grid runner passes the deepest first cut of its group: on a GPU, a
+    7B model's 32 layers of activations would not fit beside the model).
 
     Args:
         model: a model `tpx.models.adapter_for` knows.
         layers: the decoder layers (default: the adapter's).
+        upto: record and replay only layers `0 … upto − 1` (default: every layer).
 
     Yields:
-        a dict whose "calls" and "reused" count prefill layer calls and replays (for tests and benchmarks).
+        a dict whose "calls" and "reused" count prefill calls of the covered layers and replays (for tests and
+        benchmarks).
     """
     if layers is None:
         from tpx.models import adapter_for
 
         layers = list(adapter_for(model).decoder.layers)
+    layers = layers[:upto] if upto is not None else layers
     stats = {"calls": 0, "reused": 0}
     memo: list[list[tuple]] = [[] for _ in layers]
     patched = []
@@ -90,13 +98,14 @@ def reuse_prefix(model: torch.nn.Module, layers: list[torch.nn.Module] | None = 
             finally:
                 if cache is not None:
                     del cache.update
-            if isinstance(out, torch.Tensor) and len(record) <= 1 and (cache is None or record):
+            size = out.numel() if isinstance(out, torch.Tensor) else 0
+            longer = not memo[i] or size > memo[i][0][2].numel()
+            if size and longer and len(record) <= 1 and (cache is None or record):
                 kept_args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
                 kept_kwargs = {k: tuple(x.clone() for x in v) if isinstance(v, tuple) and all(
                     isinstance(x, torch.Tensor) for x in v) else v.clone() if isinstance(v, torch.Tensor) else v
                     for k, v in seen.items()}
-                memo[i].append((kept_args, kept_kwargs, out.clone(), record[0] if record else None))
-                del memo[i][:-KEEP]
+                memo[i][:] = [(kept_args, kept_kwargs, out.clone(), record[0] if record else None)]
             return out
 
         return forward
