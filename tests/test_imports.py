@@ -17,7 +17,7 @@ FLOORS = {
     "tpx.methods": 2, "tpx.ingredients": 2, "tpx.plan": 2,
     "tpx.engine": 3, "tpx.models": 3, "tpx.stopwatch": 3, "tpx": 3,
     "tpx.evaluate": 4, "tpx.latency": 4, "tpx.data": 4, "tpx.organism": 4, "tpx.grid": 4, "tpx.ask": 4,
-    "tpx.threads": 4, "tpx.probes": 4, "tpx.scoring": 4, "tpx.timing": 4, "tpx.lmms_eval": 4,
+    "tpx.threads": 4, "tpx.probes": 4, "tpx.scoring": 4, "tpx.timing": 4, "tpx.lmms_eval": 4, "tpx.memory": 4,
     "tpx.analysis": 5,
     "tpx.viz": 6, "tpx.widgets": 6, "tpx.reproduce": 6, "tpx.__main__": 6, "tpx.evaluate_cli": 6,
 }
