@@ -243,23 +243,24 @@ def _read_cached(path: Path) -> pd.DataFrame:
     return df
 
 
-def _reads_vision(model: Any, config: Config) -> bool:
-    """Whether a configuration's plan (the checkpoint's own compression included) reads the vision tower."""
+def _plan(model: Any, config: Config) -> Any:
+    """The engine's plan of a configuration (the checkpoint's own compression included)."""
     from tpx.engine import plan_for
 
     method = None if config.method == UNPRUNED else config.method
-    plan = plan_for(model, method, **({} if method is None else config.kwargs()))
-    return any(s.reads_vision for s in plan.stages)
+    return plan_for(model, method, **({} if method is None else config.kwargs()))
+
+
+def _reads_vision(model: Any, config: Config) -> bool:
+    """Whether a configuration's plan reads the vision tower."""
+    return any(s.reads_vision for s in _plan(model, config).stages)
 
 
 def _first_cut(model: Any, config: Config) -> int | None:
     """The first decoder layer that sees a configuration's pruned sequence (None when nothing is pruned): the
     layers before it are the ones `reuse_prefix` can share."""
-    from tpx.engine import plan_for
-
-    method = None if config.method == UNPRUNED else config.method
-    plan = plan_for(model, method, **({} if method is None else config.kwargs()))
-    return plan.stages[0].layer if plan.stages else None
+    stages = _plan(model, config).stages
+    return stages[0].layer if stages else None
 
 
 def _validate(model: Any, configs: Sequence[Config], blind: str | None) -> None:
