@@ -222,3 +222,27 @@ def test_pruning_the_deep_organism_is_exact(shipped):
         run = check_mask_reference(model, inputs, "fastv", "L", 0.25, 2, atol=1e-4)
     assert (run.adapter.n_layers, run.trace[0].layer, run.trace[0].n_visual, run.trace[0].n_keep) == (18, 2, 144, 36)
     assert type(run.adapter.decoder).__name__ == "Gemma3Decoder"
+
+
+def test_task_weights_shift_the_training_draw_and_are_checked():
+    weights = D.parse_task_weights("read=3, locate=0")
+    assert weights["read"] == 3.0 and weights["locate"] == 0.0 and weights["exist"] == 1.0
+    for bad, word in (("reed=2", "unknown task"), ("read=x", "task=weight"), ("read=-1", ">= 0")):
+        with pytest.raises(ValueError, match=word):
+            D.parse_task_weights(bad)
+
+    def kinds(spec: str, distinct: bool) -> list[list[str]]:
+        rng = np.random.default_rng(7)
+        rows = [B.draw_packed(rng, 6, D.parse_task_weights(spec), distinct=distinct) for _ in range(300)]
+        for _, turns, _ in rows:
+            if distinct:
+                assert len(set(turns)) == len(turns)  # no question twice about one image
+        return [k for _, _, k in rows]
+
+    plain, heavy = kinds("", True), kinds("read=3,locate=0", True)
+    count = lambda rows, t: sum(k.count(t) for k in rows)  # noqa: E731
+    assert count(heavy, "locate") == 0 and count(plain, "locate") > 0
+    # read is asked at most once per image when distinct, and more images get it when it weighs 3
+    assert all(k.count("read") <= 1 for k in heavy)
+    assert count(heavy, "read") > 1.3 * count(plain, "read")
+    assert any(k.count("read") > 1 for k in kinds("read=3", False))  # without `distinct` a row repeats it

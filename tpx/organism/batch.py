@@ -117,8 +117,13 @@ class Batch:
     tasks: list[list[str]]
 
 
-def draw_packed(rng: np.random.Generator, n_questions: int, task_p: dict[str, float], max_objects: int = 5):
-    """One training image with `n_questions` questions; tasks drawn with probabilities `task_p`."""
+def draw_packed(rng: np.random.Generator, n_questions: int, task_p: dict[str, float], max_objects: int = 5,
+                distinct: bool = False):
+    """One training image with `n_questions` questions; tasks drawn with probabilities `task_p`.
+
+    `distinct`: a question already asked about this image is not asked again (a repeated turn adds no new
+    evidence, and `read` has one question per image), so the row may hold fewer than `n_questions` turns.
+    """
     panel = rng.random() < PANEL_P and task_p.get("anchor", 0) > 0
     scene = draw.make_panel_scene(rng) if panel else draw.make_scene(rng, max_objects=max_objects)
     names = ["anchor", "blind"] if panel else [t for t in tasks.FREE_TASKS if task_p.get(t, 0) > 0]
@@ -132,7 +137,7 @@ def draw_packed(rng: np.random.Generator, n_questions: int, task_p: dict[str, fl
             break
         t = names[int(rng.choice(len(names), p=p))]
         out = tasks.TASKS[t](scene, rng)
-        if out is not None:
+        if out is not None and not (distinct and out[:2] in turns):
             turns.append(out[:2])
             kinds.append(t)
     return scene, turns, kinds

@@ -58,6 +58,11 @@ class DeepConfig:
     vision_lr_mult: float = 0.0
     eos_weight: float = 0.2
     max_objects: int = 5
+    # relative task weights of the training draw, "read=3,locate=3" (unnamed tasks weigh 1), and whether a row
+    # may repeat a question: from step 780 on deep0 weighs the tasks that had not started to learn (read,
+    # locate, relation) up, because its answer-position attention barely reached the glyph patches
+    task_weights: str = ""
+    distinct: bool = False
     # bf16 autocast: on CPUs without bf16 instructions (AVX2) some backward matmuls fall to torch's portable GEMM
     # (cpublas_gemm_impl): minutes per step against ~20 s in float32 (deep0, step 546)
     bf16: bool = False
@@ -110,11 +115,28 @@ class Encoder:
         return ids, weights, positions, turn
 
 
+def parse_task_weights(spec: str) -> dict[str, float]:
+    """Task probabilities of the training draw from "read=3,locate=3": every suite task weighs 1 unless named."""
+    weights = {t: 1.0 for t in suite.TASK_IDS}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, value = part.partition("=")
+        if name not in weights:
+            raise ValueError(f"task_weights: unknown task {name!r}; tasks are {list(weights)}")
+        try:
+            w = float(value)
+        except ValueError:
+            raise ValueError(f"task_weights: {part!r} must be task=weight with a number >= 0") from None
+        if not w >= 0:
+            raise ValueError(f"task_weights: weight of {name!r} must be >= 0, got {w}")
+        weights[name] = w
+    return weights
+
+
 def train_batch(enc: Encoder, cfg: DeepConfig, step: int) -> dict[str, torch.Tensor]:
     """The packed batch of `step`: a pure function of (seed, step), so resumption needs no data state."""
     rng = np.random.default_rng([suite.SPLITS["train"], STREAM, cfg.seed, step])
-    task_p = {t: 1.0 for t in suite.TASK_IDS}
-    rows = [B.draw_packed(rng, cfg.n_questions, task_p, cfg.max_objects) for _ in range(cfg.batch_size)]
+    task_p = parse_task_weights(cfg.task_weights)
+    rows = [B.draw_packed(rng, cfg.n_questions, task_p, cfg.max_objects, cfg.distinct) for _ in range(cfg.batch_size)]
     encoded = [enc.packed(turns, cfg.eos_weight) for _, turns, _ in rows]
     length = max(len(e[0]) for e in encoded)
     n = len(rows)
