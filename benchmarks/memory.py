@@ -1,7 +1,7 @@
 """GPU memory of the published checkpoints of every family, from their configurations (`tpx.memory`).
 
 Each checkpoint is built on the `meta` device (shapes, no storage) at its published depth and vocabulary from the
-configuration values the real-size geometry tests hold (tests/published_configs.py, tests/real_geometry.py,
+configuration values the real-size geometry tests hold (tpx.models.geometry_llava, tpx.models.geometry_qwen,
 `tpx.models.tiny_gemma3.GEMMA3_4B`); the prompt is matplotlib's Grace Hopper photo (512×600) through the published
 image-processor settings and one short question, so the visual-token count is the processor's own. Printed: the
 parameters per part, the bf16 weights, and the prompt's key/value cache unpruned and with FastV's shape (r = 1/4
@@ -12,25 +12,20 @@ Usage: python benchmarks/memory.py
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the published configuration values
+from tpx.models.geometry_llava import PUBLISHED as LLAVA_INTERNVL
+from tpx.models.geometry_llava import VOCAB as VOCAB_LLAVA_INTERNVL
+from tpx.models.geometry_llava import build as build_llava_internvl
+from tpx.models.geometry_qwen import PUBLISHED as QWEN
+from tpx.models.geometry_qwen import VOCAB as VOCAB_QWEN
+from tpx.models.geometry_qwen import build as build_qwen
 
-from published_configs import PUBLISHED as LLAVA_INTERNVL  # noqa: E402
-from published_configs import VOCAB as VOCAB_LLAVA_INTERNVL  # noqa: E402
-from published_configs import build as build_llava_internvl  # noqa: E402
-from real_geometry import PUBLISHED as QWEN  # noqa: E402
-from real_geometry import VOCAB as VOCAB_QWEN  # noqa: E402
-from real_geometry import build as build_qwen  # noqa: E402
-
-from tpx.ask import prompt  # noqa: E402
-from tpx.data import sample_picture  # noqa: E402
-from tpx.memory import footprint  # noqa: E402
-from tpx.models import adapter_for, layout  # noqa: E402
-from tpx.models.tiny_gemma3 import GEMMA3_4B, GEMMA3_4B_VOCAB, gemma3_4b_geometry  # noqa: E402
+from tpx.ask import prompt
+from tpx.data import sample_picture
+from tpx.memory import footprint
+from tpx.models import adapter_for, layout
+from tpx.models.tiny_gemma3 import GEMMA3_4B, GEMMA3_4B_VOCAB, gemma3_4b_geometry
 
 QUESTION = "What is shown in the image?"
 

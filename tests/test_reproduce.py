@@ -200,3 +200,6 @@ def test_cli_families_prints_and_writes_the_table(tmp_path, monkeypatch, capsys)
     assert "| 01_x | ok (3 s) | ok (3 s) |" in readme.read_text()
     main(["reproduce", "--families", "--readme", str(readme)])
     assert seen["names"] == rep.FAMILIES
+    readme.write_text(f"{rep.GEOMETRY_MARKERS[0]}\n{rep.GEOMETRY_MARKERS[1]}\n")
+    main(["reproduce", "--families", "geometry", "--readme", str(readme)])
+    assert seen["names"] == rep.GEOMETRY and f"| `{rep.GEOMETRY[0]}` |" in readme.read_text()

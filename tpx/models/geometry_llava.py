@@ -1,5 +1,6 @@
 """Published configuration values of LLaVA-1.5, LLaVA-NeXT, InternVL3 and LLaVA-OneVision checkpoints, for the
-real-size geometry tests (tests/models/test_real_geometry_llava_internvl.py; Qwen-VL: tests/real_geometry.py).
+real-size geometry tests (tests/models/test_real_geometry_llava_internvl.py; Qwen-VL: `geometry_qwen`) and the
+`geometry-*` models of `tpx.load` (`tpx.models.geometry`).
 
 The hub cannot be reached where tests run, so the values of each checkpoint's `config.json`,
 `preprocessor_config.json` and `processor_config.json` that decide geometry and widths are written here. A model
@@ -88,11 +89,13 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 
 
 def build(name: str, *, text_layers: int = 1, vision_layers: int = 2, seed: int = 0,
-          attn_implementation: str = "sdpa", vocab_size: int | None = None, meta: bool = False) -> tuple[Any, Any]:
+          attn_implementation: str = "sdpa", vocab_size: int | None = None, meta: bool = False,
+          text_overrides: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """`(model, processor)` of checkpoint `name` with its published widths and geometry, `text_layers` decoder
     layers and `vision_layers` tower layers, random weights (float32, eval mode), its real image processor and
     the family's tiny tokenizer. `vocab_size` (the published one is `VOCAB[name]`) and `meta` (shapes only, no
-    storage) serve `tpx.memory` (benchmarks/memory.py)."""
+    storage) serve `tpx.memory` (benchmarks/memory.py); `text_overrides` replaces language-model widths
+    (`geometry.narrow_text`)."""
     import contextlib
 
     import transformers
@@ -106,7 +109,7 @@ def build(name: str, *, text_layers: int = 1, vision_layers: int = 2, seed: int 
               "llava-onevision-qwen2-0.5b-ov": "llava_onevision"}[name]
     tok = tiny_tokenizer(family=family)
     text = dict(spec["text"], num_hidden_layers=text_layers, vocab_size=vocab_size or len(tok), pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+                eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id) | (text_overrides or {})
     vision = dict(spec["vision"], num_hidden_layers=vision_layers)
     if family == "llava":
         vision["model_type"] = "clip_vision_model"

@@ -1,5 +1,6 @@
 """Real-size geometry: models built from published checkpoint configurations, cut to a few layers, with random
-weights, and the published image-processor settings (issue 15, item 2).
+weights, and the published image-processor settings (issue 15, item 2): the Qwen-VL checkpoints, for the
+real-size geometry tests and the `geometry-qwen*` models of `tpx.load` (`tpx.models.geometry`).
 
 The hub cannot be reached where the tests run, so the values are written here as the checkpoints publish them
 (`config.json` and `preprocessor_config.json`). Kept: every width, head count, head dim, rotary setting, patch
@@ -57,11 +58,13 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 
 
 def build(checkpoint: str, *, text_layers: int = 2, vision_layers: int = 2, attn_implementation: str = "sdpa",
-          seed: int = 0, vocab_size: int | None = None, meta: bool = False) -> tuple[Any, Any]:
+          seed: int = 0, vocab_size: int | None = None, meta: bool = False,
+          text_overrides: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """`(model, processor)` of `checkpoint`'s published configuration with `text_layers` / `vision_layers` blocks,
     random weights (seeded; global RNG restored) and the published image processor, offline. `vocab_size` (the
     published one is `VOCAB[checkpoint]`) and `meta` (shapes only) serve `tpx.memory` (benchmarks/memory.py);
-    at the published depth the DeepStack taps stay where they are published."""
+    at the published depth the DeepStack taps stay where they are published. `text_overrides` replaces
+    language-model widths (`geometry.narrow_text`); the merger's output follows the language model's width."""
     import contextlib
 
     from transformers import Qwen2VLImageProcessorPil
@@ -77,8 +80,9 @@ def build(checkpoint: str, *, text_layers: int = 2, vision_layers: int = 2, attn
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
     text = dict(spec["text_config"], num_hidden_layers=text_layers, vocab_size=vocab_size or len(tok),
                 bos_token_id=None, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
-                tie_word_embeddings=spec["tie_word_embeddings"])
+                tie_word_embeddings=spec["tie_word_embeddings"]) | (text_overrides or {})
     vision = dict(spec["vision_config"], depth=vision_layers)
+    vision["out_hidden_size" if spec["model_type"] == "qwen3_vl" else "hidden_size"] = text["hidden_size"]
     if spec["model_type"] == "qwen3_vl":
         from transformers import Qwen3VLConfig as Config
         from transformers import Qwen3VLForConditionalGeneration as Model
