@@ -185,6 +185,21 @@ def test_log_table_lists_every_measurement(tmp_path):
     assert table[0].startswith("| step | phase |") and "| exist | blind | mean |" in table[0]
     assert table[2] == "| 10 | projector | 1.5 | 9.0 | 2.0 | 0.5 | 1.0 | 0.75 |"
     assert table[3].startswith("| 20 | lora |") and len(table) == 4
+    (tmp_path / "prior_val.json").write_text(json.dumps({"exist": 0.5, "blind": 1.0}))
+    table = deep_card.log_table(tmp_path / "log.jsonl", every=2).splitlines()
+    assert [r.split(" |")[0] for r in table[2:]] == ["| 10", "| 20", "| prior (question only)"]
+    assert table[-1].startswith("| prior (question only) | | | | | 0.5 | 1.0 |")
+
+
+def test_report_prints_the_deep_runs_table(tmp_path, capsys):
+    from tpx.organism.cli import main
+
+    row = {"stage": "deep", "step": 5, "phase": "lora", "train_min": 1.0, "s_per_step": 9.0, "lm": 1.0,
+           "acc": {"read": 0.1}, "mean_acc": 0.1}
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "log.jsonl").write_text(json.dumps(row) + "\n")
+    assert main(["report", "--run", "r", "--root", str(tmp_path)]) == 0
+    assert "| 5 | lora | 1.0 | 9.0 | 1.0 | 0.1 | 0.1 |" in capsys.readouterr().out
 
 
 def test_shipped_deep_organism_loads_and_answers_as_exported(shipped):

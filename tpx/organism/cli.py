@@ -63,9 +63,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "report":
-        from tpx.organism.evaluate import log_table
+        from tpx.organism import deep_card
+        from tpx.organism.evaluate import log_table, measurements
 
-        print(log_table(T.Path(args.root) / args.run / "log.jsonl", args.every))
+        path = T.Path(args.root) / args.run / "log.jsonl"
+        rows = measurements(path)
+        deep = bool(rows) and rows[-1].get("stage") == "deep"  # the deep organism's rows carry no prior
+        print((deep_card.log_table if deep else log_table)(path, args.every))
         return 0
     if args.command == "export":
         from tpx.organism import card

@@ -168,15 +168,22 @@ def sizes(folder: str | Path = FOLDER) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(Path(folder).iterdir())}
 
 
-def log_table(path: str | Path) -> str:
-    """Markdown table of a deep run's `log.jsonl`: step, phase, CPU minutes, answer loss, val accuracy per task."""
+def log_table(path: str | Path, every: int = 1) -> str:
+    """Markdown table of a deep run's `log.jsonl`: step, phase, CPU minutes, answer loss, val accuracy per task
+    (every `every`-th measurement and the last), and the question-only prior of `prior_val.json` beside the log
+    when the run wrote one."""
     from tpx.organism.evaluate import measurements
 
     rows = measurements(path)
+    rows = rows[::every] + ([rows[-1]] if rows and (len(rows) - 1) % every else [])
     if not rows:
         return ""
     names = list(rows[-1]["acc"])
     head = "| step | phase | train min | s/step | answer loss | " + " | ".join(names) + " | mean |"
     body = [f"| {r['step']} | {r['phase']} | {r['train_min']} | {r['s_per_step']} | {r['lm']} | "
             + " | ".join(str(r["acc"][t]) for t in names) + f" | {r['mean_acc']} |" for r in rows]
+    prior_file = Path(path).parent / "prior_val.json"
+    if prior_file.exists():
+        prior = json.loads(prior_file.read_text())
+        body.append("| prior (question only) | | | | | " + " | ".join(str(prior.get(t, "")) for t in names) + " | |")
     return "\n".join([head, "|" + "---|" * (head.count("|") - 1)] + body)
