@@ -138,6 +138,36 @@ def test_vision_records_follow_the_layout(models, source):
     assert bool((records["cls_attn"][..., :16].sum(-1) < 1).all())
 
 
+def test_vision_records_of_a_square_image_use_the_sizes_the_encoder_saw(models):
+    """A 24×24 image, smaller than every canvas, gets the first smallest one (32×64, two crops side by side) and
+    unpads to 4×4; a 64×32 canvas unpads to the same grid, so generate's packed features alone cannot tell which
+    crops hold what (the geometry-llava-next notebooks hit this at hook V). The sizes the encoder was called with
+    decide, and the stitched records equal the model's own packed features."""
+    model, processor = models["sdpa"]
+    inputs = make_inputs(processor, 2, seed=70, sizes=[(24, 24)] * 2)
+    adapter = adapter_for(model)
+    sink: dict = {}
+    handles = adapter.vision_hooks(sink)
+    try:
+        with torch.no_grad():
+            encoded = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
+    finally:
+        for h in handles:
+            h.remove()
+    assert "get_image_features" not in vars(model.model)  # the recorder is gone
+    layout = adapter.layout(inputs["input_ids"], mm_encoder_outputs={"image": encoded})
+    assert layout.grids == ((4, 4), (4, 4)) and len(layout.source[0][0].options) == 2  # ambiguous from features
+    without = {k: v for k, v in sink.items() if k != "image_sizes"}
+    with pytest.raises(ValueError, match="cannot match the 6 crops"):
+        adapter.vision_records(without, layout)
+    records = adapter.vision_records(sink, layout)
+    offsets = layout.positions[0] - adapter.image_positions(inputs["input_ids"])[0, 0]
+    with torch.no_grad():
+        projected = adapter.project(records["vision_features"])
+    for row in range(2):
+        torch.testing.assert_close(projected[row], encoded.pooler_output[row][offsets], atol=1e-6, rtol=0)
+
+
 @pytest.mark.skipif("fastervlm" not in tpx.list_methods(), reason="fastervlm not registered")
 def test_vision_hook_method_runs_and_keeps_newlines(models):
     model, processor = models["sdpa"]

@@ -15,6 +15,8 @@ Reference: Liu et al., "LLaVA-NeXT: Improved reasoning, OCR, and world knowledge
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import math
 from collections.abc import Callable
@@ -25,7 +27,7 @@ import torch
 from tpx.layout import Layout
 from tpx.models.base import image_positions
 
-__all__ = ["AnyRes", "Packing", "chunks"]
+__all__ = ["AnyRes", "ImageSizes", "Packing", "chunks"]
 
 Option = tuple[int, int, int, int]  # (canvas rows, canvas cols, unpadded rows, unpadded cols), in patches
 
@@ -145,18 +147,21 @@ class AnyRes:
                       source=(images, per_row))
 
     # ---- vision records ---------------------------------------------------------------------------------
-    def stitch(self, per_crop: dict[str, torch.Tensor], layout: Layout) -> dict[str, torch.Tensor]:
+    def stitch(self, per_crop: dict[str, torch.Tensor], layout: Layout,
+               image_sizes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Per-crop records `(crops, side², C)` stitched per batch row in layout order: `(B, N, C)`.
 
         Each image's base crop comes first; its canvas crops are stitched, unpadded (the centred crop) and, for
         AnyRes-Max, interpolated bilinearly to the token grid, exactly as the model packs its features.
+        `image_sizes` (those the encoder was called with, `ImageSizes`) decide the canvas when the grids alone
+        cannot: a square image unpads to the same grid from a 1×2 and a 2×1 canvas.
 
         Raises:
             ValueError: if the crops the tower saw cannot be matched to the layout's grids.
         """
         images, per_row = layout.source
         n_seen = next(iter(per_crop.values())).shape[0]
-        options = self._match(images, per_row, n_seen)
+        options = self._from_sizes(images, image_sizes, n_seen) or self._match(images, per_row, n_seen)
         out: dict[str, list[torch.Tensor]] = {k: [] for k in per_crop}
         crop = 0
         for (rows, cols, _), option in zip(images, options, strict=True):
@@ -180,6 +185,24 @@ class AnyRes:
             grid = torch.nn.functional.interpolate(grid[None], [rows, cols], mode="bilinear")[0]
         return grid.flatten(1).T
 
+    def _from_sizes(self, images: list[Packing], sizes: torch.Tensor | None, n_seen: int) -> list[Option] | None:
+        """Each image's canvas from the sizes the encoder saw, when they account for the layout's images (those
+        with crops, in order) and the crops; otherwise None."""
+        if sizes is None:
+            return None
+        tiled = [i for i, p in enumerate(images) if p.rows]
+        if len(sizes) not in (len(images), len(tiled)):
+            return None
+        sized = tiled if len(sizes) == len(tiled) < len(images) else range(len(images))
+        options: list[Option] = [(0, 0, 0, 0)] * len(images)
+        for i, size in zip(sized, sizes, strict=True):
+            packing = self.from_size(size)
+            if images[i].rows and packing[:2] != images[i][:2]:
+                return None
+            options[i] = packing.options[0] if images[i].rows else (0, 0, 0, 0)
+        crops = sum(1 + (h // self.side) * (w // self.side) for h, w, *_ in options)
+        return options if crops == n_seen else None
+
     def _match(self, images: list[Packing], per_row: int, n_seen: int) -> list[Option]:
         """One option per image such that the crops add up to the `n_seen` crops the tower encoded."""
         options = [p.options or ((0, 0, 0, 0),) for p in images[:per_row]]
@@ -189,6 +212,33 @@ class AnyRes:
             raise ValueError(f"cannot match the {n_seen} crops the vision tower saw to the AnyRes grids "
                              f"{[g[:2] for g in images]}; pass image_sizes")
         return list(fits[0]) * (len(images) // per_row)
+
+
+class ImageSizes:
+    """A hook-like handle that records the `image_sizes` each `get_image_features` call of `model` receives into
+    `sink["image_sizes"]`; `remove()` restores the method. `generate()` encodes the images itself and passes only
+    packed features to the language model, so the vision records' stitching reads the sizes from here."""
+
+    def __init__(self, model: torch.nn.Module, sink: dict[str, Any]) -> None:
+        self.base = getattr(model, "base_model", model)
+        real = self.base.get_image_features
+        self.own = vars(self.base).get("get_image_features")
+        signature = inspect.signature(real)
+
+        @functools.wraps(real)  # generate reads the signature to pick the encoder's arguments
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            sizes = signature.bind_partial(*args, **kwargs).arguments.get("image_sizes")
+            if sizes is not None:
+                sink["image_sizes"] = sizes
+            return real(*args, **kwargs)
+
+        self.base.get_image_features = recorded  # an instance attribute shadows the class's method
+
+    def remove(self) -> None:
+        if self.own is None:
+            vars(self.base).pop("get_image_features", None)
+        else:
+            self.base.get_image_features = self.own
 
 
 def chunks(items: list, size: int) -> list[list]:

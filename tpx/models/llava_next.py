@@ -22,7 +22,7 @@ from transformers import LlavaNextForConditionalGeneration
 from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
 
 from tpx.layout import Layout
-from tpx.models.anyres import AnyRes, Packing
+from tpx.models.anyres import AnyRes, ImageSizes, Packing
 from tpx.models.base import image_positions
 from tpx.models.decoder import LlamaDecoder
 from tpx.models.llava import CLIP_RECORDS, clip_feature_hooks
@@ -115,7 +115,7 @@ class LlavaNextAdapter:
         Raises:
             ValueError: for a multi-layer feature selection or the "full" strategy.
         """
-        return clip_feature_hooks(self.model, sink.update, names)
+        return [*clip_feature_hooks(self.model, sink.update, names), ImageSizes(self.model, sink)]
 
     def vision_records(self, sink: dict[str, Any], layout: Layout) -> dict[str, torch.Tensor]:
         """Per-crop records stitched per batch row in layout order: `cls_attn` (B, H, N), `vision_keys` and
@@ -125,5 +125,6 @@ class LlavaNextAdapter:
         canvas are stitched and unpadded exactly as the model packs its features.
         """
         per_crop = {k: sink[k].transpose(1, 2) if k in _HEADS_FIRST else sink[k] for k in CLIP_RECORDS if k in sink}
-        records = self.anyres.stitch(per_crop, layout)  # (crops, N, H): token axis second while stitching
+        # (crops, N, H): token axis second while stitching
+        records = self.anyres.stitch(per_crop, layout, sink.get("image_sizes"))
         return {k: v.transpose(1, 2) if k in _HEADS_FIRST else v for k, v in records.items()}

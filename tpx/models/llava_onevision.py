@@ -27,7 +27,7 @@ from transformers import LlavaOnevisionForConditionalGeneration
 from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape, unpad_image
 
 from tpx.layout import Layout
-from tpx.models.anyres import AnyRes, Packing
+from tpx.models.anyres import AnyRes, ImageSizes, Packing
 from tpx.models.base import image_positions
 from tpx.models.decoder import LlamaDecoder
 
@@ -146,7 +146,7 @@ class LlavaOnevisionAdapter:
             sink.update(vision_features=output)
 
         return [layers[h - 1].register_forward_pre_hook(before, with_kwargs=True),
-                self.model.model.multi_modal_projector.register_forward_hook(projected)]
+                self.model.model.multi_modal_projector.register_forward_hook(projected), ImageSizes(self.model, sink)]
 
     def vision_records(self, sink: dict[str, Any], layout: Layout) -> dict[str, torch.Tensor]:
         """Per-crop records stitched per batch row in layout order, as the model packs its features: `cls_attn`
@@ -157,7 +157,7 @@ class LlavaOnevisionAdapter:
         """
         per_crop = {k: sink[k] for k in ("cls_attn", "vision_keys", "vision_features")}
         per_crop["cls_attn"] = per_crop["cls_attn"].transpose(1, 2)  # (crops, N, H): token axis second
-        records = self.anyres.stitch(per_crop, layout)
+        records = self.anyres.stitch(per_crop, layout, sink.get("image_sizes"))
         records["cls_attn"] = records["cls_attn"].transpose(1, 2)
         return records
 
