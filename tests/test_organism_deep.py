@@ -261,3 +261,20 @@ def test_task_weights_shift_the_training_draw_and_are_checked():
     assert all(k.count("read") <= 1 for k in heavy)
     assert count(heavy, "read") > 1.3 * count(plain, "read")
     assert any(k.count("read") > 1 for k in kinds("read=3", False))  # without `distinct` a row repeats it
+
+
+def test_diagnose_probes_the_glyph_and_the_answers_attention(built):
+    from tpx.organism import diagnose
+
+    model, processor = built
+    # the shipped organism's tower carries the digit at the glyph's patches (it was trained to read)
+    assert diagnose.glyph_probe(model, "tower", n_train=80, n_test=40) >= 0.9
+    with pytest.raises(ValueError, match="stage must be"):
+        diagnose.glyph_probe(model, "lm")
+    table = diagnose.answer_attention(model, processor, n=3)
+    assert table["layer"].tolist() == list(range(model.config.text_config.num_hidden_layers))
+    assert table["visual"].between(0, 1).all() and table["glyph_share"].between(0, 1).all()
+    expected = float(np.mean([diagnose._glyph_patches(suite.make_sample("read", "val", i)).float().mean()
+                              for i in range(3)]))
+    assert table["area_share"].iloc[0] == pytest.approx(expected) and 0 < expected < 0.2
+    assert model.config._attn_implementation != "eager"  # restored

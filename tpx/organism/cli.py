@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
         else:
             kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
             d.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None)
+    g = sub.add_parser("deep-diagnose", help="is the digit in the deep run's image tokens, and does the answer look at it")
+    g.add_argument("--run", default="deep0", help="the run under --root")
+    g.add_argument("--root", default="data/organism/checkpoints")
+    g.add_argument("--n", type=int, default=16, help="read samples behind the attention table")
     x = sub.add_parser("deep-export", help="export the deep organism's run: trained parts, card, Gemma terms")
     x.add_argument("--run", default="data/organism/checkpoints/deep0", help="the run folder")
     x.add_argument("--out", default=None, help="default: data/organism/llava-organism-deep")
@@ -88,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.command == "deep-train":
         return _deep_train(args)
+    if args.command == "deep-diagnose":
+        return _deep_diagnose(args)
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "resume")}
     if args.resume:
         base = T.TrainConfig(**given)
@@ -100,6 +106,24 @@ def main(argv: list[str] | None = None) -> int:
         cfg = T.TrainConfig(**given)
     logging.getLogger(__name__).info("config %s", json.dumps(asdict(cfg)))
     T.train(cfg, resume=args.resume)
+    return 0
+
+
+def _deep_diagnose(args: argparse.Namespace) -> int:
+    from tpx.organism import deep_train as D, diagnose
+
+    ck = checkpoint.ckpt_dir(T.Path(args.root) / args.run)
+    if ck is None:
+        raise SystemExit(f"--run: no checkpoint for run {args.run!r} under {args.root}")
+    cfg = D.DeepConfig.from_dict({**checkpoint.load_state(ck)["config"], "run": args.run, "root": args.root})
+    trainer = D.DeepTrainer(cfg, resume=True)
+    model = trainer.model.eval()
+    print(f"step {trainer.state['step']}: linear probe to the digit at the glyph patches, held out: tower "
+          f"{diagnose.glyph_probe(model, 'tower'):.3f}, projector {diagnose.glyph_probe(model, 'projector'):.3f}")
+    table = diagnose.answer_attention(model, trainer.processor, args.n).round(4)
+    print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
+    for row in table.itertuples(index=False):
+        print("| " + " | ".join(str(v) for v in row) + " |")
     return 0
 
 
