@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tpx.reproduce import FAMILIES, reproduce
+from tpx.reproduce import FAMILIES, GEOMETRY, reproduce
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -126,5 +126,17 @@ def test_runs_on_every_family(path, family, tmp_path):
     table = reproduce(NOTEBOOKS_DIR, tmp_path / "notebooks", tmp_path / "figures", fast=True, only=path.name,
                       progress=False, jobs=1, readme=None, parameters={"model": family})
     assert table["notebook"].tolist() == [path.name]
+    row = table.iloc[0]
+    assert row.status == "ok", f"{path.name} on {family!r}: {row.error}"
+
+
+@pytest.mark.parametrize("family", GEOMETRY)
+def test_language_guidance_runs_at_every_published_geometry(family, tmp_path):
+    """Notebook 03 (hook-V, -E and -L methods, guided and not) on each family's published geometry
+    (`tpx.models.geometry`): it found the square-image AnyRes ambiguity of LLaVA-NeXT's vision records. The whole
+    notebook × geometry table is `python -m tpx reproduce --families geometry` (about an hour on one core)."""
+    path = NOTEBOOKS_DIR / "03_language_guidance.ipynb"
+    table = reproduce(NOTEBOOKS_DIR, tmp_path / "notebooks", tmp_path / "figures", fast=True, only=path.name,
+                      progress=False, jobs=1, readme=None, parameters={"model": family})
     row = table.iloc[0]
     assert row.status == "ok", f"{path.name} on {family!r}: {row.error}"
