@@ -203,3 +203,32 @@ def test_cli_families_prints_and_writes_the_table(tmp_path, monkeypatch, capsys)
     readme.write_text(f"{rep.GEOMETRY_MARKERS[0]}\n{rep.GEOMETRY_MARKERS[1]}\n")
     main(["reproduce", "--families", "geometry", "--readme", str(readme)])
     assert seen["names"] == rep.GEOMETRY and f"| `{rep.GEOMETRY[0]}` |" in readme.read_text()
+
+
+def test_executed_reads_the_pass_table_back_from_executed_copies(tmp_path):
+    import nbformat
+
+    from tpx.reproduce import executed, family_table
+
+    def copy(family, name, papermill, outputs=()):
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell("x = 1")
+        cell.outputs = [nbformat.v4.new_output("error", ename=e, evalue=v, traceback=[]) for e, v in outputs]
+        nb.cells = [cell]
+        nb.metadata["papermill"] = papermill
+        folder = tmp_path / family / "notebooks"
+        folder.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, folder / name)
+
+    done = {"duration": 12.34, "end_time": "2026-12-05T01:00:00", "exception": None}
+    copy("a", "00_x.ipynb", done)
+    copy("a", "01_y.ipynb", {**done, "exception": True}, [("ValueError", "cannot match the 63 crops")])
+    copy("b", "00_x.ipynb", {"duration": None, "end_time": None, "exception": None})  # killed mid-run
+    matrix = executed(["a", "b"], tmp_path)
+    assert matrix[["notebook", "family", "status"]].values.tolist() == [
+        ["00_x.ipynb", "a", "ok"], ["01_y.ipynb", "a", "failed"], ["00_x.ipynb", "b", "failed"]]
+    assert matrix["seconds"].iloc[0] == 12.3 and "cannot match the 63 crops" in matrix["error"].iloc[1]
+    assert "did not finish" in matrix["error"].iloc[2]
+    assert "| 00_x | ok (12 s) | **failed**: did not finish" in family_table(matrix)
+    with pytest.raises(FileNotFoundError, match="no executed notebooks for 'c'"):
+        executed(["c"], tmp_path)

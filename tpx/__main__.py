@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                           "default: tpx.reproduce.FAMILIES; `geometry`: tpx.reproduce.GEOMETRY, the published "
                           "checkpoints' geometry), outputs in build/families/; prints the pass table and writes it "
                           "into --readme between its families (geometry) markers")
+    rep.add_argument("--executed", action="store_true",
+                     help="with --families: rebuild the pass table from the executed copies in build/families/ "
+                          "(after an interrupted or piecewise run), running nothing")
     for name, (_, help_text) in PASS_THROUGH.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -97,13 +100,16 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _families(args: argparse.Namespace) -> int:
-    from tpx.reproduce import (FAMILIES, FAMILY_MARKERS, GEOMETRY, GEOMETRY_MARKERS, families, family_table,
-                               update_family_table)
+    from tpx.reproduce import (FAMILIES, FAMILY_MARKERS, GEOMETRY, GEOMETRY_MARKERS, executed, families,
+                               family_table, update_family_table)
 
     named = {"all": FAMILIES, "geometry": GEOMETRY}
     names = named.get(args.families) or tuple(n.strip() for n in args.families.split(",") if n.strip())
     markers = GEOMETRY_MARKERS if all(n in GEOMETRY for n in names) else FAMILY_MARKERS
-    matrix = families(names, args.notebooks_dir, _in_root("build/families"), only=args.only, jobs=args.jobs)
+    if args.executed:
+        matrix = executed(names, _in_root("build/families"))
+    else:
+        matrix = families(names, args.notebooks_dir, _in_root("build/families"), only=args.only, jobs=args.jobs)
     print(family_table(matrix))
     if args.readme and Path(args.readme).exists() and markers[0] in Path(args.readme).read_text():
         update_family_table(args.readme, matrix, markers)

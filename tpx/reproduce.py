@@ -262,6 +262,34 @@ def families(names: tuple[str, ...] | list[str] = FAMILIES, notebooks_dir: str |
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame([], columns=[*COLUMNS, "family"])
 
 
+def executed(names: tuple[str, ...] | list[str], build_dir: str | os.PathLike = "build/families") -> pd.DataFrame:
+    """`families`' rows read back from the executed copies under `build_dir/<family>/notebooks/`, without running
+    anything: after a run that was interrupted or done family by family. `seconds` is papermill's recorded
+    execution time (kernel start-up not included); `figures` is empty (not recorded in the copy); a copy whose
+    run raised is "failed" with its first error, one papermill did not finish (a killed run) is "failed" too.
+
+    Raises:
+        FileNotFoundError: a family has no executed copies.
+    """
+    rows = []
+    for name in names:
+        folder = Path(build_dir) / name / "notebooks"
+        paths = find_notebooks(folder) if folder.is_dir() else []
+        if not paths:
+            raise FileNotFoundError(f"no executed notebooks for {name!r} under {folder}")
+        for path in paths:
+            nb = nbformat.read(path, as_version=4)
+            meta = nb.metadata.get("papermill", {})
+            errors = [f"{o.get('ename')}: {o.get('evalue')}" for c in nb.cells if c.cell_type == "code"
+                      for o in c.get("outputs", []) if o.get("output_type") == "error"]
+            finished = meta.get("end_time") is not None and meta.get("duration") is not None
+            error = errors[0] if errors else ("" if finished and not meta.get("exception") else
+                                              "did not finish (papermill recorded no end)")
+            rows.append((path.name, round(float(meta.get("duration") or 0), 1), "failed" if error else "ok", [], error,
+                         name))
+    return pd.DataFrame(rows, columns=[*COLUMNS, "family"])
+
+
 def family_table(matrix: pd.DataFrame) -> str:
     """The notebook × family pass table (Markdown) of `families` rows: "ok (12 s)" or "**failed**: the error"."""
     cell = {(r.notebook, r.family): f"ok ({r.seconds:.0f} s)" if r.status == "ok" else f"**failed**: {r.error[:80]}"
