@@ -109,13 +109,8 @@ def test_budget_counts_prunable_tokens_and_newlines_survive(models, retention):
 
 # ---- vision tower records (hook "V") ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("source", ["forward", "generate"])
-def test_vision_records_follow_the_layout(models, source):
-    """Stitched records, projected, equal the model's own packed features at the prunable positions, whether the
-    layout was read from a forward's image_sizes or from generate's packed features."""
-    model, processor = models["sdpa"]
-    inputs = make_inputs(processor, 2, seed=50)
-    adapter = adapter_for(model)
+def _encoded_with_records(model, adapter, inputs) -> tuple[dict, torch.Tensor]:
+    """The images encoded as generate() does, under the adapter's vision hooks: (their records, the features)."""
     sink: dict = {}
     handles = adapter.vision_hooks(sink)
     try:
@@ -124,6 +119,17 @@ def test_vision_records_follow_the_layout(models, source):
     finally:
         for h in handles:
             h.remove()
+    return sink, encoded
+
+
+@pytest.mark.parametrize("source", ["forward", "generate"])
+def test_vision_records_follow_the_layout(models, source):
+    """Stitched records, projected, equal the model's own packed features at the prunable positions, whether the
+    layout was read from a forward's image_sizes or from generate's packed features."""
+    model, processor = models["sdpa"]
+    inputs = make_inputs(processor, 2, seed=50)
+    adapter = adapter_for(model)
+    sink, encoded = _encoded_with_records(model, adapter, inputs)
     call = _call(inputs) if source == "forward" else {"mm_encoder_outputs": {"image": encoded}}
     layout = adapter.layout(inputs["input_ids"], **call)
     records = adapter.vision_records(sink, layout)
@@ -146,14 +152,7 @@ def test_vision_records_of_a_square_image_use_the_sizes_the_encoder_saw(models):
     model, processor = models["sdpa"]
     inputs = make_inputs(processor, 2, seed=70, sizes=[(24, 24)] * 2)
     adapter = adapter_for(model)
-    sink: dict = {}
-    handles = adapter.vision_hooks(sink)
-    try:
-        with torch.no_grad():
-            encoded = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
-    finally:
-        for h in handles:
-            h.remove()
+    sink, encoded = _encoded_with_records(model, adapter, inputs)
     assert "get_image_features" not in vars(model.model)  # the recorder is gone
     layout = adapter.layout(inputs["input_ids"], mm_encoder_outputs={"image": encoded})
     assert layout.grids == ((4, 4), (4, 4)) and len(layout.source[0][0].options) == 2  # ambiguous from features
