@@ -9,8 +9,8 @@ models keep: the published processor settings and the published tower widths, `v
 The language model is where they depart, and why: `text_layers` = 4 decoder layers (the notebooks compare K = 1,
 2, 3) at a narrow width (`narrow_text`: two query heads of the published head dim, the published grouping of
 key/value heads, MLP twice the width). At the published width a 7B layer costs about 0.4 GFLOP per token, so one
-LLaVA-1.5 prompt through 4 layers takes 12.9 CPU-seconds here, 26x the narrow model (benchmarks/geometry.py), and a fast notebook run several hours; the layout
-does not depend on the width, and the engine's oracles at the published widths are the real-size geometry tests
+LLaVA-1.5 prompt through 4 layers takes 12.9 CPU-seconds here, 26x the narrow model (benchmarks/geometry.py),
+and a fast notebook run several hours; the layout does not depend on the width, and the engine's oracles at the published widths are the real-size geometry tests
 (`tests/models/test_real_geometry*.py`, built by `geometry_llava`, `geometry_qwen` and
 `tiny_gemma3.gemma3_4b_geometry` with `text_overrides=None`). Weights are random (seeded), the vocabulary is the
 family's tiny tokenizer's. Load them with `tpx.load("geometry-llava-1.5")` etc.; `CHECKPOINTS` lists the names.

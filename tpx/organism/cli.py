@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
         else:
             kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
             d.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None)
-    g = sub.add_parser("deep-diagnose", help="is the digit in the deep run's image tokens, and does the answer look at it")
+    g = sub.add_parser("deep-diagnose",
+                       help="is the digit in the deep run's image tokens, and does the answer look at it")
     g.add_argument("--run", default="deep0", help="the run under --root")
     g.add_argument("--root", default="data/organism/checkpoints")
     g.add_argument("--n", type=int, default=16, help="read samples behind the attention table")
