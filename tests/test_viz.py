@@ -221,6 +221,22 @@ def test_overlap_figure_picks_dart_under_the_pivot_rule():
     assert widgets.overlap_figure(df, ["fastv", "dart"], 0.25).axes[0].texts[1].get_text() == "0.33"
 
 
+def test_overlap_figure_names_methods_that_did_not_run_at_the_retention():
+    import pandas as pd
+    import pytest
+
+    from tpx import widgets
+
+    rows = [dict(id=i, method=m, retention=0.25, seed=0, n_visual=8, kept=k)
+            for i in range(2) for m, k in (("fastv", [0, 1]), ("dart", [0, 2]))]
+    df = pd.DataFrame(rows)
+    fig = widgets.overlap_figure(df, ["fastv", "dart", "pooling"], 0.25)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["fastv", "dart"]
+    assert "not evaluated at this retention: pooling" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match="methods: fewer than two"):
+        widgets.overlap_figure(df, ["fastv", "pooling"], 0.25)
+
+
 # ---- Q1: position bias -------------------------------------------------------------------------------------
 
 def _q1_table():

@@ -228,6 +228,9 @@ def choice_explorer(plot: Any, options: dict[str, list[Any]], value: dict[str, A
 def overlap_figure(df: Any, methods: list[str], retention: float, pivot: str = "max", kind: str = "jaccard") -> Any:
     """The kept-set agreement matrix of `methods` at one retention, with DART under pivot rule `pivot`.
 
+    Methods with no kept sets at this retention (a budget the method cannot reach on this layout, e.g. pooling
+    on LLaVA-OneVision's 27×27 grid at r = 1/4) are named in the title, not drawn.
+
     Args:
         df: `tpx.evaluate.evaluate` rows (method = label) holding every method and the DART pivot variants.
         methods: labels to compare; "dart" stands for DART under `pivot` (`tpx.analysis.redundancy.pivot_label`).
@@ -242,9 +245,17 @@ def overlap_figure(df: Any, methods: list[str], retention: float, pivot: str = "
     from tpx.analysis import redundancy
 
     labels = [redundancy.pivot_label(pivot) if m == "dart" else m for m in methods]
-    matrix = redundancy.overlap_matrix(df, retention, labels, kind=kind)
+    at = df[(df["retention"] == retention) & df["kept"].notna()]
+    present = [m for m in labels if m in set(at["method"])]
+    missing = [m for m in labels if m not in present]
+    if len(present) < 2:
+        raise ValueError(f"methods: fewer than two of {labels} have kept sets at retention {retention:g} "
+                         f"(missing: {', '.join(missing)})")
+    matrix = redundancy.overlap_matrix(df, retention, present, kind=kind)
     chance = redundancy.chance_overlap(retention) if kind == "jaccard" else None
     title = f"agreement of kept sets, retention {retention:g} ({len(df['id'].unique())} samples)"
+    if missing:
+        title += f"\nnot evaluated at this retention: {', '.join(missing)}"
     label = "Jaccard overlap of kept sets" if kind == "jaccard" else "share of common kept tokens"
     return viz.overlap_heatmap(matrix, title=title, chance=chance, label=label)
 
