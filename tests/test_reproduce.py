@@ -224,7 +224,7 @@ def test_executed_reads_the_pass_table_back_from_executed_copies(tmp_path):
     copy("a", "00_x.ipynb", done)
     copy("a", "01_y.ipynb", {**done, "exception": True}, [("ValueError", "cannot match the 63 crops")])
     copy("b", "00_x.ipynb", {"duration": None, "end_time": None, "exception": None})  # killed mid-run
-    matrix = executed(["a", "b"], tmp_path)
+    matrix = executed(["a", "b"], tmp_path, notebooks_dir=None)
     assert matrix[["notebook", "family", "status"]].values.tolist() == [
         ["00_x.ipynb", "a", "ok"], ["01_y.ipynb", "a", "failed"], ["00_x.ipynb", "b", "failed"]]
     assert matrix["seconds"].iloc[0] == 12.3 and "cannot match the 63 crops" in matrix["error"].iloc[1]
@@ -232,3 +232,29 @@ def test_executed_reads_the_pass_table_back_from_executed_copies(tmp_path):
     assert "| 00_x | ok (12 s) | **failed**: did not finish" in family_table(matrix)
     with pytest.raises(FileNotFoundError, match="no executed notebooks for 'c'"):
         executed(["c"], tmp_path)
+
+
+def test_executed_marks_copies_of_an_older_notebook_stale(tmp_path):
+    import nbformat
+
+    from tpx.reproduce import executed, family_table
+
+    source = nbformat.v4.new_notebook()
+    source.cells = [nbformat.v4.new_code_cell("model = 'tiny'", metadata={"tags": ["parameters"]}),
+                    nbformat.v4.new_code_cell("x = 1")]
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(source, tmp_path / "notebooks" / "00_x.ipynb")
+    copy = nbformat.v4.new_notebook()
+    injected = nbformat.v4.new_code_cell("model = 'b'", metadata={"tags": ["injected-parameters"]})
+    copy.cells = [source.cells[0], injected, nbformat.v4.new_code_cell("x = 1")]
+    copy.metadata["papermill"] = {"duration": 3.0, "end_time": "2026-12-05T01:00:00", "exception": None}
+    (tmp_path / "b" / "notebooks").mkdir(parents=True)
+    nbformat.write(copy, tmp_path / "b" / "notebooks" / "00_x.ipynb")
+    assert executed(["b"], tmp_path, tmp_path / "notebooks")["status"].tolist() == ["ok"]
+    source.cells[1].source = "x = 2"  # the notebook changed after the copy ran
+    nbformat.write(source, tmp_path / "notebooks" / "00_x.ipynb")
+    matrix = executed(["b"], tmp_path, tmp_path / "notebooks")
+    assert matrix["status"].tolist() == ["stale"] and "| 00_x | **stale**: the notebook changed" in family_table(matrix)
+    (tmp_path / "notebooks" / "00_x.ipynb").unlink()
+    with pytest.raises(FileNotFoundError, match="notebooks_dir: no source"):
+        executed(["b"], tmp_path, tmp_path / "notebooks")

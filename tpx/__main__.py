@@ -107,7 +107,7 @@ def _families(args: argparse.Namespace) -> int:
     names = named.get(args.families) or tuple(n.strip() for n in args.families.split(",") if n.strip())
     markers = GEOMETRY_MARKERS if all(n in GEOMETRY for n in names) else FAMILY_MARKERS
     if args.executed:
-        matrix = executed(names, _in_root("build/families"))
+        matrix = executed(names, _in_root("build/families"), args.notebooks_dir)
     else:
         matrix = families(names, args.notebooks_dir, _in_root("build/families"), only=args.only, jobs=args.jobs)
     print(family_table(matrix))

@@ -262,14 +262,22 @@ def families(names: tuple[str, ...] | list[str] = FAMILIES, notebooks_dir: str |
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame([], columns=[*COLUMNS, "family"])
 
 
-def executed(names: tuple[str, ...] | list[str], build_dir: str | os.PathLike = "build/families") -> pd.DataFrame:
+def executed(names: tuple[str, ...] | list[str], build_dir: str | os.PathLike = "build/families",
+             notebooks_dir: str | os.PathLike | None = "notebooks") -> pd.DataFrame:
     """`families`' rows read back from the executed copies under `build_dir/<family>/notebooks/`, without running
     anything: after a run that was interrupted or done family by family. `seconds` is papermill's recorded
     execution time (kernel start-up not included); `figures` is empty (not recorded in the copy); a copy whose
     run raised is "failed" with its first error, one papermill did not finish (a killed run) is "failed" too.
+    A copy whose cells differ from the notebook's source in `notebooks_dir` (papermill's injected parameters
+    aside) ran an older version of it and is "stale": the table never reports a notebook as it no longer is.
+
+    Args:
+        names: family names (folders under `build_dir`).
+        build_dir: `families`' build folder.
+        notebooks_dir: the source notebooks; None skips the staleness check.
 
     Raises:
-        FileNotFoundError: a family has no executed copies.
+        FileNotFoundError: a family has no executed copies, or a copy has no source in `notebooks_dir`.
     """
     rows = []
     for name in names:
@@ -285,14 +293,25 @@ def executed(names: tuple[str, ...] | list[str], build_dir: str | os.PathLike = 
             finished = meta.get("end_time") is not None and meta.get("duration") is not None
             error = errors[0] if errors else ("" if finished and not meta.get("exception") else
                                               "did not finish (papermill recorded no end)")
-            rows.append((path.name, round(float(meta.get("duration") or 0), 1), "failed" if error else "ok", [], error,
-                         name))
+            status = "failed" if error else "ok"
+            if notebooks_dir is not None and _changed_since(nb, Path(notebooks_dir) / path.name):
+                status, error = "stale", "the notebook changed after this copy ran; run it again"
+            rows.append((path.name, round(float(meta.get("duration") or 0), 1), status, [], error, name))
     return pd.DataFrame(rows, columns=[*COLUMNS, "family"])
 
 
+def _changed_since(copy: Any, source: Path) -> bool:
+    """Whether an executed copy's cell sources differ from the source notebook's (injected parameters aside)."""
+    if not source.is_file():
+        raise FileNotFoundError(f"notebooks_dir: no source {source} for the executed copy {source.name}")
+    ran = [c.source for c in copy.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    return ran != [c.source for c in nbformat.read(source, as_version=4).cells]
+
+
 def family_table(matrix: pd.DataFrame) -> str:
-    """The notebook × family pass table (Markdown) of `families` rows: "ok (12 s)" or "**failed**: the error"."""
-    cell = {(r.notebook, r.family): f"ok ({r.seconds:.0f} s)" if r.status == "ok" else f"**failed**: {r.error[:80]}"
+    """The notebook × family pass table (Markdown) of `families` rows: "ok (12 s)", or "**failed**" ("**stale**")
+    and the reason."""
+    cell = {(r.notebook, r.family): f"ok ({r.seconds:.0f} s)" if r.status == "ok" else f"**{r.status}**: {r.error[:80]}"
             for r in matrix.itertuples()}
     names = list(dict.fromkeys(matrix["family"]))
     lines = ["| notebook | " + " | ".join(f"`{n}`" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
